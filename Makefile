@@ -1,0 +1,15 @@
+# qwenft developer entry points. Each target installs what it needs first.
+VENV ?= $(HOME)/.cache/qwenft/venv
+export QWENFT_VENV := $(VENV)
+
+.PHONY: setup demo test
+setup:
+	bash hack/setup.sh
+
+# Fine-tune, merge and serve a tiny Qwen2 model locally from examples/quickstart-local.yaml.
+demo: setup
+	$(VENV)/bin/qwenft run examples/quickstart-local.yaml --local
+
+# Lint, type-check and run every test (the control plane is started by the tests).
+test: setup
+	bash hack/test.sh

@@ -1,0 +1,1 @@
+"""qwenft operator: drives QwenFineTune resources through validate, train, merge and serve."""

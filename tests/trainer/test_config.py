@@ -1,0 +1,74 @@
+"""TrainConfig: defaults, YAML/JSON loading, and rejected combinations named by field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from qwenft_trainer.config import QWEN2_LINEAR_MODULES, ConfigError, TrainConfig, load_config
+
+BASE = {"model": {"name_or_path": "/m"}, "data": {"path": "/d.jsonl"}, "output_dir": "/out"}
+
+
+def test_defaults_target_every_qwen2_linear_projection() -> None:
+    config = TrainConfig.model_validate(BASE)
+    assert config.method == "lora"
+    assert config.lora.target_modules == QWEN2_LINEAR_MODULES
+    assert config.quantization is None
+
+
+def test_qlora_gets_a_4bit_quantization_block_by_default() -> None:
+    config = TrainConfig.model_validate({**BASE, "method": "qlora"})
+    assert config.quantization is not None
+    assert config.quantization.quant_type == "nf4"
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"method": "full", "quantization": {"quant_type": "nf4"}}, "quantization"),
+        ({"method": "qlora", "training": {"precision": "fp32"}}, "training.precision"),
+        ({"method": "qlora", "deepspeed": {"enabled": True, "zero_stage": 3}}, "zero_stage 3"),
+        ({"deepspeed": {"offload_parameters": True}}, "deepspeed.offload_parameters"),
+        ({"evaluation": {"fraction": 0.1, "file": "/e.jsonl"}}, "evaluation.fraction"),
+        ({"lora": {"r": 0}}, "lora.r"),
+        ({"lora": {"dropout": 1.5}}, "lora.dropout"),
+        ({"training": {"precision": "fp8"}}, "training.precision"),
+        ({"trainig": {}}, "trainig"),
+    ],
+)
+def test_impossible_combinations_are_rejected_naming_the_field(
+    tmp_path: Path, override: dict[str, object], named: str
+) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({**BASE, **override}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert named in str(caught.value)
+
+
+def test_yaml_and_json_load_the_same_config(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({**BASE, "lora": {"r": 16}}))
+    (tmp_path / "b.yaml").write_text(
+        "model: {name_or_path: /m}\ndata: {path: /d.jsonl}\noutput_dir: /out\nlora: {r: 16}\n"
+    )
+    assert load_config(tmp_path / "a.json") == load_config(tmp_path / "b.yaml")
+
+
+def test_unreadable_and_non_mapping_files_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="can't read config"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_advice_follows_the_tuning_table() -> None:
+    config = TrainConfig.model_validate(
+        {**BASE, "method": "qlora", "lora": {"r": 4}, "training": {"learning_rate": 1e-3}}
+    )
+    advice = " ".join(config.advice())
+    assert "lora.r=4" in advice
+    assert "high for Q-LoRA" in advice
+    assert config.effective_batch_size(world_size=4) == 1 * 8 * 4

@@ -1,0 +1,268 @@
+"""TrainConfig: the one description of a training run, shared by the trainer and the operator.
+
+The operator renders this model to YAML in a ConfigMap; the trainer loads it with
+``load_config``. It imports no torch, so the operator image stays small. Combinations
+that cannot work are rejected here, before any model loads or any GPU is taken, with a
+message that names the fields involved.
+
+    qwenft train --config examples/train-lora.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+log = logging.getLogger(__name__)
+
+Method = Literal["lora", "qlora", "full"]
+Precision = Literal["bf16", "fp16", "fp32"]
+QuantType = Literal["nf4", "fp4"]
+DataFormat = Literal["auto", "dialogue_sequence", "conversations", "sharegpt", "messages"]
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+
+# Every linear projection of a Qwen2 decoder layer: attention and MLP.
+QWEN2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# Tuning table (Qwen fine-tuning practice): outside these bounds we warn, we don't refuse.
+RECOMMENDED_RANK = (8, 128)
+QLORA_MAX_RECOMMENDED_LR = 2e-4
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSource(_Section):
+    """Where the base model comes from: a local directory, or a hub id at a revision."""
+
+    name_or_path: str = Field(
+        description="Local directory of a Hugging Face checkpoint, or a hub id such as "
+        "'Qwen/Qwen2.5-7B-Instruct'.",
+        min_length=1,
+    )
+    revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit) to pin the download."
+    )
+    token_env: str = Field(
+        default="HF_TOKEN",
+        description="Name of the environment variable holding the hub token. The token itself "
+        "never appears in the config, logs or status.",
+    )
+    trust_remote_code: bool = Field(default=False, description="Allow custom model code.")
+    cache_dir: str | None = Field(default=None, description="Shared model cache directory.")
+
+    def token(self) -> SecretStr | None:
+        """The hub token from the environment, wrapped so it never prints."""
+        value = os.environ.get(self.token_env)
+        return SecretStr(value) if value else None
+
+
+class LoraSettings(_Section):
+    r: int = Field(default=64, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, le=1.0, description="Dropout on LoRA inputs.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(QWEN2_LINEAR_MODULES),
+        min_length=1,
+        description="Module names to adapt; defaults to every Qwen2 linear projection.",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full and saved with the adapter (e.g. 'lm_head', "
+        "'embed_tokens' when new tokens are added).",
+    )
+
+
+class QuantizationSettings(_Section):
+    quant_type: QuantType = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants.")
+    compute_dtype: Precision = Field(default="bf16", description="Dtype of the 4-bit matmuls.")
+
+
+class TrainingSettings(_Section):
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(
+        default=-1, ge=-1, description="Optimizer steps to run; overrides epochs when > 0."
+    )
+    per_device_batch_size: int = Field(default=1, ge=1, description="Sequences per device step.")
+    gradient_accumulation_steps: int = Field(default=8, ge=1, description="Steps per update.")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    scheduler: Scheduler = Field(default="cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(default=0.03, ge=0, le=1, description="Share of steps warming up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    max_seq_length: int = Field(default=2048, ge=16, le=131072, description="Tokens per sample.")
+    precision: Precision = Field(default="bf16", description="Training precision.")
+    gradient_checkpointing: bool = Field(default=True, description="Trade compute for memory.")
+    seed: int = Field(default=42, ge=0, description="Seed for data order and initialisation.")
+    packing: bool = Field(
+        default=True,
+        description="Pack several samples per sequence (position ids restart per sample, no "
+        "attention across samples) instead of padding each one.",
+    )
+    logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
+
+
+class DeepSpeedSettings(_Section):
+    enabled: bool = Field(default=False, description="Run under DeepSpeed instead of DDP.")
+    zero_stage: Literal[0, 2, 3] = Field(default=2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(default=False, description="Optimizer state to CPU.")
+    offload_parameters: bool = Field(default=False, description="Parameters to CPU (ZeRO-3).")
+
+
+class CheckpointSettings(_Section):
+    save_steps: int = Field(default=100, ge=1, description="Write a checkpoint every N steps.")
+    keep: int = Field(default=3, ge=1, description="Checkpoints to keep (oldest removed first).")
+    resume: bool = Field(
+        default=True, description="Resume from the newest complete checkpoint in output_dir."
+    )
+
+
+class EvaluationSettings(_Section):
+    fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Share of the data held out for evaluation."
+    )
+    file: str | None = Field(default=None, description="Separate evaluation file.")
+    steps: int = Field(default=100, ge=1, description="Evaluate every N steps.")
+
+
+class DataSettings(_Section):
+    path: str = Field(min_length=1, description="JSON array or JSONL file of dialogues.")
+    format: DataFormat = Field(default="auto", description="Record format; 'auto' detects it.")
+
+
+class TrainConfig(_Section):
+    """A complete training run; load it with :func:`load_config`."""
+
+    model: ModelSource
+    data: DataSettings
+    method: Method = Field(default="lora", description="lora, qlora (4-bit base) or full.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    quantization: QuantizationSettings | None = Field(
+        default=None, description="Required for method 'qlora'."
+    )
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    output_dir: str = Field(min_length=1, description="Where checkpoints and results go.")
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=9400, description="Prometheus port on rank 0; 0 turns the endpoint off."
+    )
+    termination_log: str = Field(
+        default="/dev/termination-log",
+        description="A short JSON summary is written here when the file exists.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_quantization_for_qlora(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("method") == "qlora"
+            and not data.get("quantization")
+        ):
+            data = {**data, "quantization": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TrainConfig:
+        problems: list[str] = []
+        if self.method != "qlora" and self.quantization is not None:
+            problems.append(
+                f"quantization is set but method is '{self.method}': 4-bit quantization is "
+                "only for method 'qlora' (remove quantization or set method: qlora)"
+            )
+        if self.method == "qlora" and self.training.precision == "fp32":
+            problems.append(
+                "method 'qlora' with training.precision 'fp32': use bf16 or fp16 for Q-LoRA"
+            )
+        if self.method == "qlora" and self.deepspeed.enabled and self.deepspeed.zero_stage == 3:
+            problems.append(
+                "method 'qlora' with deepspeed.zero_stage 3: 4-bit weights can't be sharded "
+                "by ZeRO-3 here; use zero_stage 2 (or 0), or method 'lora'"
+            )
+        if self.deepspeed.offload_parameters and (
+            not self.deepspeed.enabled or self.deepspeed.zero_stage != 3
+        ):
+            problems.append("deepspeed.offload_parameters needs deepspeed.enabled and zero_stage 3")
+        if self.method == "full" and self.lora.modules_to_save:
+            problems.append("lora.modules_to_save is set but method 'full' trains every module")
+        if self.evaluation.fraction > 0 and self.evaluation.file:
+            problems.append(
+                "evaluation.fraction and evaluation.file are both set: choose one source"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def advice(self) -> list[str]:
+        """Warnings from the tuning table: settings that work but are likely not what you want."""
+        notes: list[str] = []
+        low, high = RECOMMENDED_RANK
+        if self.method != "full" and not low <= self.lora.r <= high:
+            notes.append(f"lora.r={self.lora.r} is outside the usual range {low}-{high}")
+        if self.method == "qlora" and self.training.learning_rate > QLORA_MAX_RECOMMENDED_LR:
+            notes.append(
+                f"training.learning_rate={self.training.learning_rate:g} is high for Q-LoRA; "
+                f"{QLORA_MAX_RECOMMENDED_LR:g} or lower is usual"
+            )
+        if self.method == "full" and self.training.learning_rate > 1e-4:
+            notes.append(
+                f"training.learning_rate={self.training.learning_rate:g} is high for a full "
+                "fine-tune; 1e-5 to 2e-5 is usual"
+            )
+        return notes
+
+    def effective_batch_size(self, world_size: int) -> int:
+        """Sequences per optimizer update across all ranks."""
+        t = self.training
+        return t.per_device_batch_size * t.gradient_accumulation_steps * world_size
+
+
+class ConfigError(ValueError):
+    """The config file can't be read or doesn't describe a valid run."""
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TrainConfig from a YAML or JSON file, with errors that name the field."""
+    from pydantic import ValidationError
+
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"can't read config {file}: {err.strerror}") from err
+    try:
+        raw = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        kind = "JSON" if file.suffix == ".json" else "YAML"
+        raise ConfigError(f"{file} is not valid {kind}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file} must hold a mapping of settings, not {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(file, err)) from err
+
+
+def format_validation_error(source: str | Path, err: Any) -> str:
+    """One line per problem, each naming the dotted field path."""
+    lines = [f"invalid config {source}:"]
+    for item in err.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)
+
+
+def dump_config(config: TrainConfig) -> str:
+    """YAML text for a config, as the operator puts it in a ConfigMap."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
