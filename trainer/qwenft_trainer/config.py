@@ -153,6 +153,12 @@ class TrainConfig(_Section):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     output_dir: str = Field(min_length=1, description="Where checkpoints and results go.")
+    run_name: str = Field(
+        default="local",
+        min_length=1,
+        max_length=253,
+        description="Name of the run; the 'run' label on every metric the trainer exports.",
+    )
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=9400, description="Prometheus port on rank 0; 0 turns the endpoint off."
     )
