@@ -72,3 +72,18 @@ def test_advice_follows_the_tuning_table() -> None:
     assert "lora.r=4" in advice
     assert "high for Q-LoRA" in advice
     assert config.effective_batch_size(world_size=4) == 1 * 8 * 4
+
+
+def test_camel_case_keys_from_the_crd_load_the_same_config() -> None:
+    snake = TrainConfig.model_validate(
+        {**BASE, "training": {"max_seq_length": 512, "gradient_accumulation_steps": 2}}
+    )
+    camel = TrainConfig.model_validate(
+        {
+            "model": {"nameOrPath": "/m"},
+            "data": {"path": "/d.jsonl"},
+            "outputDir": "/out",
+            "training": {"maxSeqLength": 512, "gradientAccumulationSteps": 2},
+        }
+    )
+    assert snake == camel

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic.alias_generators import to_camel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,13 @@ QLORA_MAX_RECOMMENDED_LR = 2e-4
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """Settings accept snake_case (trainer files) and camelCase (the Kubernetes CRD) keys.
+
+    The operator's CRD embeds these same sections, so the trainer config and the
+    ``QwenFineTune`` spec can never disagree about a field's name, bounds or default.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
 class ModelSource(_Section):
