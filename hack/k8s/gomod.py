@@ -39,9 +39,7 @@ def upstream_gomod(module: str, version: str) -> str:
 
 def local_replaces(gomod: str) -> list[str]:
     """Module paths that upstream replaces with a local directory (skip FORBIDDEN markers)."""
-    return sorted(
-        {m for m, target in REPLACE_LOCAL.findall(gomod) if "FORBIDDEN" not in target}
-    )
+    return sorted({m for m, target in REPLACE_LOCAL.findall(gomod) if "FORBIDDEN" not in target})
 
 
 def render(module: str, version: str, sibling_version: str, gomod: str) -> str:
@@ -71,8 +69,9 @@ def main() -> None:
     parser.add_argument("--sibling-version", required=True)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    text = render(args.module, args.version, args.sibling_version,
-                  upstream_gomod(args.module, args.version))
+    text = render(
+        args.module, args.version, args.sibling_version, upstream_gomod(args.module, args.version)
+    )
     args.out.write_text(text)
 
 

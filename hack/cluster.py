@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Start, inspect and stop the local control plane (etcd, kube-apiserver, controllers, kwok).
+
+    bash hack/build-cluster.sh          # once per machine: build the binaries
+    eval "$(python3 hack/cluster.py up)"  # start; exports KUBECONFIG and PATH
+    kubectl get nodes
+    python3 hack/cluster.py status      # components, PIDs, ports, memory
+    python3 hack/cluster.py env         # the export lines again
+    python3 hack/cluster.py down        # stop exactly what `up` started, remove its temp dir
+
+`up` records its work dir in ~/.cache/qwenft/devcluster/current (or $QWENFT_CLUSTER_STATE),
+so the other subcommands work from any shell. Only one cluster per state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from devcluster import ClusterError, ControlPlane
+from devcluster.binaries import BinariesMissingError
+
+POINTER = Path(
+    os.environ.get("QWENFT_CLUSTER_STATE", Path.home() / ".cache/qwenft/devcluster/current")
+)
+
+
+def current() -> ControlPlane | None:
+    """The cluster `up` started last, if its state is still on disk."""
+    try:
+        return ControlPlane.load(Path(POINTER.read_text().strip()))
+    except FileNotFoundError:
+        return None
+
+
+def export_lines(cp: ControlPlane) -> str:
+    path = f"{cp.bin_dir}:{os.environ.get('PATH', '')}"
+    return "\n".join(
+        [f"export KUBECONFIG={shlex.quote(str(cp.kubeconfig))}", f"export PATH={shlex.quote(path)}"]
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    running = current()
+    if running and all(running.status().values()):
+        print(f"already running (workdir {running.workdir})", file=sys.stderr)
+        print(export_lines(running))
+        return 0
+    if running:
+        running.stop()
+    try:
+        cp = ControlPlane.start(args.workdir, gpu_nodes=args.gpu_nodes, timeout=args.timeout)
+    except (ClusterError, BinariesMissingError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    POINTER.parent.mkdir(parents=True, exist_ok=True)
+    POINTER.write_text(f"{cp.workdir}\n")
+    print(export_lines(cp))
+    return 0
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    cp = current()
+    if cp is None:
+        print("no cluster recorded", file=sys.stderr)
+        return 0
+    cp.stop()
+    POINTER.unlink(missing_ok=True)
+    print(f"stopped; removed {cp.workdir}", file=sys.stderr)
+    return 0
+
+
+def cmd_env(_: argparse.Namespace) -> int:
+    cp = current()
+    if cp is None:
+        print("no cluster recorded; run `hack/cluster.py up`", file=sys.stderr)
+        return 1
+    print(export_lines(cp))
+    return 0
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    cp = current()
+    if cp is None:
+        print("no cluster recorded")
+        return 1
+    rss = cp.rss_bytes()
+    print(f"workdir {cp.workdir}\nserver  {cp.server}\nstarted in {cp.started_seconds:.1f}s")
+    for proc, (name, up) in zip(cp.processes, cp.status().items(), strict=True):
+        state = "running" if up else "STOPPED"
+        print(
+            f"{name:24} pid {proc.pid:>7}  {state:8} rss {rss[name] / 2**20:7.1f} MiB"
+            f"  log {proc.log}"
+        )
+    print(f"{'total':24} {'':21} rss {sum(rss.values()) / 2**20:7.1f} MiB")
+    return 0 if all(cp.status().values()) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the control plane and print export lines")
+    up.add_argument("--workdir", type=Path, help="default: a new temp dir")
+    up.add_argument("--gpu-nodes", type=int, default=4)
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to become ready")
+    up.set_defaults(func=cmd_up)
+    for name, func in (("down", cmd_down), ("env", cmd_env), ("status", cmd_status)):
+        sub.add_parser(name).set_defaults(func=func)
+    args = parser.parse_args()
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Command lines of the five components, as pure functions of ports and paths.
+
+Kept apart from the launcher so the flags can be read (and tested) in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from devcluster.binaries import KWOK_DIR
+from devcluster.pki import Pki
+
+SERVICE_CIDR = "10.0.0.0/24"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+KWOK_CONFIGS = ("kwok.yaml", "node-stages.yaml", "pod-stages.yaml")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything a command line needs: binaries, the work dir, its PKI, ports, kubeconfig."""
+
+    bin_dir: Path
+    workdir: Path
+    pki: Pki
+    kubeconfig: Path
+    etcd_port: int
+    etcd_peer_port: int
+    apiserver_port: int
+    controller_manager_port: int
+    scheduler_port: int
+
+
+def etcd(lay: Layout) -> list[str]:
+    client = f"http://127.0.0.1:{lay.etcd_port}"
+    peer = f"http://127.0.0.1:{lay.etcd_peer_port}"
+    return [
+        str(lay.bin_dir / "etcd"),
+        "--name=qwenft",
+        f"--data-dir={lay.workdir / 'etcd'}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=qwenft={peer}",
+        "--unsafe-no-fsync",  # a test cluster: losing data on power loss is fine
+        "--log-level=warn",
+    ]
+
+
+def kube_apiserver(lay: Layout) -> list[str]:
+    p = lay.pki
+    return [
+        str(lay.bin_dir / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{lay.etcd_port}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={lay.apiserver_port}",
+        f"--cert-dir={lay.workdir / 'apiserver'}",
+        f"--tls-cert-file={p.server_cert}",
+        f"--tls-private-key-file={p.server_key}",
+        f"--client-ca-file={p.ca_cert}",
+        f"--token-auth-file={p.token_file}",
+        "--authorization-mode=Node,RBAC",
+        f"--service-account-issuer={ISSUER}",
+        f"--service-account-key-file={p.sa_pub}",
+        f"--service-account-signing-key-file={p.sa_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        "--profiling=false",
+    ]
+
+
+def kube_controller_manager(lay: Layout) -> list[str]:
+    p = lay.pki
+    return [
+        str(lay.bin_dir / "kube-controller-manager"),
+        f"--kubeconfig={lay.kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={lay.controller_manager_port}",
+        f"--cert-dir={lay.workdir / 'controller-manager'}",
+        f"--service-account-private-key-file={p.sa_key}",
+        f"--root-ca-file={p.ca_cert}",
+        "--use-service-account-credentials=true",
+        "--controllers=*",
+        "--leader-elect=false",
+        "--cluster-name=qwenft-dev",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--profiling=false",
+    ]
+
+
+def write_scheduler_config(lay: Layout) -> Path:
+    """The KubeSchedulerConfiguration (JSON is YAML): our kubeconfig, no leader election."""
+    path = lay.workdir / "scheduler.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                "clientConnection": {"kubeconfig": str(lay.kubeconfig)},
+                "leaderElection": {"leaderElect": False},
+            },
+            indent=2,
+        )
+    )
+    return path
+
+
+def kube_scheduler(lay: Layout) -> list[str]:
+    return [
+        str(lay.bin_dir / "kube-scheduler"),
+        f"--config={lay.workdir / 'scheduler.yaml'}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={lay.scheduler_port}",
+        f"--cert-dir={lay.workdir / 'scheduler'}",
+    ]
+
+
+def kwok(lay: Layout) -> list[str]:
+    return [
+        str(lay.bin_dir / "kwok"),
+        f"--kubeconfig={lay.kubeconfig}",
+        *(f"--config={KWOK_DIR / name}" for name in KWOK_CONFIGS),
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+    ]
