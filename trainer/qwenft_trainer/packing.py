@@ -1,0 +1,200 @@
+"""Packing short dialogues into full sequences, and the collators that batch them.
+
+Chat datasets are mostly short dialogues; padding each to ``max_seq_length`` spends most
+of the compute on pad tokens. Packing puts several samples in one sequence instead, and
+keeps them independent: position ids restart at 0 for every sample, and with no
+``attention_mask`` in the batch, transformers derives a block-diagonal causal mask from
+those position ids (``masking_utils.find_packed_sequence_indices`` for sdpa / eager;
+flash-attention uses the same boundaries). The model must run without a KV cache during
+training (:func:`configure_model_for_packing`), because the mask code only looks for
+packed sequences when there is no cache.
+
+    rows = pack_samples(tokenize_all(convs, tok, 2048), max_seq_length=2048)
+    trainer = Trainer(..., train_dataset=[r.to_features() for r in rows],
+                      data_collator=PackedCollator())
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from qwenft_trainer.data import IGNORE_INDEX, TokenizedSample
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Attention implementations that honour packed position ids without an attention mask.
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+@dataclass(frozen=True)
+class PackedSequence:
+    """One training row holding whole samples back to back."""
+
+    input_ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    position_ids: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+    def to_features(self) -> dict[str, list[int]]:
+        """The dict a Hugging Face dataset item holds."""
+        return {
+            "input_ids": list(self.input_ids),
+            "labels": list(self.labels),
+            "position_ids": list(self.position_ids),
+        }
+
+
+def pack_samples(samples: Sequence[TokenizedSample], max_seq_length: int) -> list[PackedSequence]:
+    """Best-fit-decreasing packing: fewest rows of at most ``max_seq_length`` tokens.
+
+    Samples are never split; each keeps its own positions (0..len-1). The first label of
+    every sample is -100 so no token learns to predict the start of the next sample.
+    Rows come out in a deterministic order; the trainer shuffles them.
+    """
+    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i].input_ids), i))
+    rows: list[list[int]] = []
+    # Sorted (free space, row) pairs: the best fit is the first row with enough room.
+    free: list[tuple[int, int]] = []
+    for index in order:
+        length = len(samples[index].input_ids)
+        if length > max_seq_length:
+            raise ValueError(
+                f"sample of {length} tokens is longer than max_seq_length={max_seq_length}; "
+                "tokenize with the same max_seq_length to truncate it"
+            )
+        if length == 0:
+            continue
+        slot = bisect.bisect_left(free, (length, -1))
+        if slot < len(free):
+            room, row = free.pop(slot)
+            rows[row].append(index)
+            bisect.insort(free, (room - length, row))
+        else:
+            rows.append([index])
+            bisect.insort(free, (max_seq_length - length, len(rows) - 1))
+    return [_build_row([samples[i] for i in members]) for members in rows]
+
+
+def _build_row(members: Sequence[TokenizedSample]) -> PackedSequence:
+    row = PackedSequence()
+    for sample in members:
+        row.input_ids.extend(sample.input_ids)
+        row.labels.extend([IGNORE_INDEX, *sample.labels[1:]])
+        row.position_ids.extend(range(len(sample.input_ids)))
+        row.lengths.append(len(sample.input_ids))
+    return row
+
+
+def packing_efficiency(rows: Sequence[PackedSequence], max_seq_length: int) -> float:
+    """Share of the rows' token slots holding real tokens (1.0 = no padding at all)."""
+    if not rows:
+        return 0.0
+    return sum(len(row.input_ids) for row in rows) / (len(rows) * max_seq_length)
+
+
+def configure_model_for_packing(model: PreTrainedModel) -> None:
+    """Turn off the KV cache and check the attention kernel can see sample boundaries."""
+    model.config.use_cache = False
+    implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+    if implementation not in PACKING_ATTENTION:
+        raise ValueError(
+            f"attention implementation '{implementation}' can't keep packed samples apart; "
+            f"load the model with attn_implementation one of {', '.join(PACKING_ATTENTION)} "
+            "or set training.packing: false"
+        )
+
+
+class PackedCollator:
+    """Flattens a batch of packed rows into one ``[1, tokens]`` row with restarting positions.
+
+    The batch has ``input_ids``, ``labels`` and ``position_ids`` and deliberately no
+    ``attention_mask``: transformers builds the per-sample causal mask from the position
+    ids. Flattening is done by :class:`transformers.DataCollatorWithFlattening`, one
+    feature per original sample, so its boundary handling is the library's own.
+    """
+
+    def __init__(self, *, return_flash_attn_kwargs: bool = False) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self._flatten = DataCollatorWithFlattening(
+            return_position_ids=True,
+            separator_id=IGNORE_INDEX,
+            return_flash_attn_kwargs=return_flash_attn_kwargs,
+        )
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pieces: list[dict[str, list[int]]] = []
+        for feature in features:
+            pieces.extend(_split_row(feature))
+        batch: dict[str, torch.Tensor] = self._flatten(pieces, return_tensors="pt")
+        return batch
+
+
+def _as_list(values: Any) -> list[int]:
+    return [int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+def _split_row(feature: dict[str, Any]) -> list[dict[str, list[int]]]:
+    """A packed row back into its samples, cut where the position ids restart."""
+    input_ids = _as_list(feature["input_ids"])
+    labels = _as_list(feature["labels"])
+    positions = _as_list(feature.get("position_ids", range(len(input_ids))))
+    starts = [i for i, position in enumerate(positions) if position == 0] or [0]
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    ends = [*starts[1:], len(input_ids)]
+    return [
+        {"input_ids": input_ids[start:end], "labels": labels[start:end]}
+        for start, end in zip(starts, ends, strict=True)
+    ]
+
+
+class PaddingCollator:
+    """Pads each batch (to its longest sample, or to ``max_seq_length``) with an attention mask.
+
+    Labels are -100 on padding. This is the non-packed path (``training.packing: false``)
+    and the benchmark's baseline (``pad_to_max=True``, as Qwen's ``finetune.py`` does).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_seq_length: int | None = None,
+        pad_to_max: bool = False,
+    ) -> None:
+        from transformers import DataCollatorForSeq2Seq
+
+        if pad_to_max and max_seq_length is None:
+            raise ValueError("pad_to_max=True needs max_seq_length")
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no pad token; set tokenizer.pad_token (Qwen uses "
+                "'<|endoftext|>') before training without packing"
+            )
+        self._pad = DataCollatorForSeq2Seq(
+            tokenizer,
+            padding="max_length" if pad_to_max else "longest",
+            max_length=max_seq_length if pad_to_max else None,
+            label_pad_token_id=IGNORE_INDEX,
+            return_tensors="pt",
+        )
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
+        batch: dict[str, torch.Tensor] = dict(self._pad(rows))
+        return batch
+
+
+def build_features(
+    samples: Sequence[TokenizedSample], max_seq_length: int, *, packing: bool
+) -> list[dict[str, list[int]]]:
+    """Dataset items for the Trainer: packed rows, or one item per sample."""
+    if packing:
+        return [row.to_features() for row in pack_samples(samples, max_seq_length)]
+    return [sample.to_features() for sample in samples]
