@@ -1,0 +1,122 @@
+"""Fixtures for tests against the real local control plane (hack/devcluster).
+
+The session-scoped `cluster` fixture starts etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok once for all e2e tests and stops them at the end. It sets KUBECONFIG
+(and puts kubectl and helm on PATH) for subprocesses. It fails, never skips, when the
+binaries are missing or a component does not come up, showing the component's log.
+
+    bash hack/build-cluster.sh                      # once per machine
+    python -m pytest tests/e2e -m e2e               # starts and stops its own cluster
+    QWENFT_E2E_REUSE_CLUSTER=1 python -m pytest ... # use the one `hack/cluster.py up` started
+
+Fixtures: `cluster` (devcluster.ControlPlane), `kubeconfig_path` (Path), `kube_client`
+(kubernetes.client.ApiClient), `e2e_namespace` (a fresh namespace whose default service
+account exists, deleted afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HACK = Path(__file__).resolve().parents[2] / "hack"
+sys.path.insert(0, str(HACK))
+
+from devcluster import BinariesMissingError, ClusterError, ControlPlane  # noqa: E402
+
+REUSE_ENV = "QWENFT_E2E_REUSE_CLUSTER"
+POINTER = Path(
+    os.environ.get("QWENFT_CLUSTER_STATE", Path.home() / ".cache/qwenft/devcluster/current")
+)
+
+
+def _reused_cluster() -> ControlPlane:
+    try:
+        cp = ControlPlane.load(Path(POINTER.read_text().strip()))
+    except FileNotFoundError:
+        pytest.fail(f"{REUSE_ENV}=1 but no cluster is recorded; run `hack/cluster.py up`")
+    if not all(cp.status().values()):
+        pytest.fail(f"{REUSE_ENV}=1 but the recorded cluster is not running:\n{cp.log_tails()}")
+    return cp
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The running control plane, started once per test session."""
+    reuse = os.environ.get(REUSE_ENV) == "1"
+    if reuse:
+        cp = _reused_cluster()
+    else:
+        try:
+            cp = ControlPlane.start(tmp_path_factory.mktemp("cluster"))
+        except BinariesMissingError as err:
+            pytest.fail(str(err), pytrace=False)
+        except ClusterError as err:
+            pytest.fail(f"the local control plane did not come up: {err}", pytrace=False)
+    saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "PATH")}
+    os.environ["KUBECONFIG"] = str(cp.kubeconfig)
+    os.environ["PATH"] = f"{cp.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    try:
+        yield cp
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if not reuse:
+            cp.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig_path(cluster: ControlPlane) -> Path:
+    """Path of the admin kubeconfig (also exported as KUBECONFIG)."""
+    return cluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kube_client(cluster: ControlPlane) -> Iterator[object]:
+    """A `kubernetes.client.ApiClient` logged in as cluster admin."""
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def e2e_namespace(kube_client: object) -> Iterator[str]:
+    """A new namespace, usable at once (its `default` service account exists)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(kube_client)
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except ApiException as err:
+            if err.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attach the components' log tails to every failed test that used the cluster."""
+    outcome = yield
+    report = outcome.get_result()
+    cp = getattr(item, "funcargs", {}).get("cluster")
+    if report.failed and isinstance(cp, ControlPlane):
+        report.sections.append(("control plane logs", cp.log_tails()))
