@@ -1,0 +1,139 @@
+"""The vLLM serving decision (qwenft_trainer.serving) on real PEFT adapters.
+
+Covers: rank rounding to vLLM's allowed --max-lora-rank values for adapters of several
+ranks; the rendered vllm arguments; adapters that must be merged first (modules_to_save,
+DoRA, rank above 512, LoRA on the output head); per-module rank_pattern; unreadable
+adapter configs; the module imports without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from qwenft_trainer.serving import (
+    VLLM_MAX_LORA_RANKS,
+    AdapterConfigError,
+    build_vllm_decision,
+    round_up_lora_rank,
+)
+
+
+@pytest.mark.parametrize(
+    ("rank", "expected"),
+    [(1, 1), (2, 8), (8, 8), (12, 16), (64, 64), (65, 128), (257, 320), (321, 512), (512, 512)],
+)
+def test_round_up_lora_rank(rank: int, expected: int) -> None:
+    assert round_up_lora_rank(rank) == expected
+    assert expected in VLLM_MAX_LORA_RANKS
+
+
+def test_round_up_lora_rank_above_vllm_limit_is_none() -> None:
+    assert round_up_lora_rank(513) is None
+    with pytest.raises(ValueError):
+        round_up_lora_rank(0)
+
+
+@pytest.mark.parametrize(("rank", "max_rank"), [(8, 8), (12, 16), (100, 128), (300, 320)])
+def test_plain_lora_adapters_are_served_with_enable_lora(
+    make_adapter, rank: int, max_rank: int
+) -> None:
+    adapter = make_adapter(f"serving-r{rank}", r=rank)
+    decision = build_vllm_decision(
+        adapter, served_model_name="demo", adapter_path="/adapters/demo", base_model="/models/base"
+    )
+    assert decision.mode == "lora"
+    assert not decision.requires_merge
+    assert decision.adapter_rank == rank
+    assert decision.max_lora_rank == max_rank
+    assert decision.reasons == ()
+    assert decision.vllm_args() == [
+        "--model",
+        "/models/base",
+        "--enable-lora",
+        "--max-lora-rank",
+        str(max_rank),
+        "--max-loras",
+        "1",
+        "--lora-modules",
+        "demo=/adapters/demo",
+    ]
+
+
+def test_base_model_defaults_to_the_adapters_own(make_adapter, tiny_model_dir: Path) -> None:
+    decision = build_vllm_decision(make_adapter("serving-r8", r=8), served_model_name="demo")
+    assert decision.base_model == str(tiny_model_dir)
+    assert decision.vllm_args()[:2] == ["--model", str(tiny_model_dir)]
+
+
+def test_modules_to_save_requires_merge(make_adapter) -> None:
+    adapter = make_adapter("serving-mts", r=8, modules_to_save=["lm_head"])
+    decision = build_vllm_decision(adapter, served_model_name="demo")
+    assert decision.requires_merge
+    assert decision.max_lora_rank is None
+    assert any("modules_to_save" in reason for reason in decision.reasons)
+    assert decision.vllm_args(model="/merged") == [
+        "--model",
+        "/merged",
+        "--served-model-name",
+        "demo",
+    ]
+    with pytest.raises(ValueError, match="merged model directory"):
+        decision.vllm_args()
+
+
+def test_rank_above_vllm_limit_requires_merge(make_adapter) -> None:
+    decision = build_vllm_decision(make_adapter("serving-r600", r=600), served_model_name="x")
+    assert decision.requires_merge
+    assert decision.adapter_rank == 600
+    assert any("above vLLM's largest --max-lora-rank 512" in r for r in decision.reasons)
+
+
+def test_lora_on_output_head_requires_merge(make_adapter) -> None:
+    adapter = make_adapter("serving-head", r=8, target_modules=["q_proj", "lm_head"])
+    decision = build_vllm_decision(adapter, served_model_name="x")
+    assert decision.requires_merge
+    assert any("lm_head" in reason for reason in decision.reasons)
+
+
+def _edited_copy(adapter: Path, tmp_path: Path, **changes: object) -> Path:
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter, copy)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    config.update(changes)
+    (copy / "adapter_config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_dora_requires_merge(make_adapter, tmp_path: Path) -> None:
+    adapter = _edited_copy(make_adapter("serving-r8", r=8), tmp_path, use_dora=True)
+    decision = build_vllm_decision(adapter, served_model_name="x")
+    assert decision.requires_merge
+    assert any("DoRA" in reason for reason in decision.reasons)
+
+
+def test_rank_pattern_sets_the_rank(make_adapter, tmp_path: Path) -> None:
+    adapter = _edited_copy(make_adapter("serving-r8", r=8), tmp_path, rank_pattern={"q_proj": 48})
+    decision = build_vllm_decision(adapter, served_model_name="x")
+    assert decision.adapter_rank == 48
+    assert decision.max_lora_rank == 64
+
+
+def test_unreadable_adapter_config(tmp_path: Path) -> None:
+    with pytest.raises(AdapterConfigError, match="not a PEFT adapter directory"):
+        build_vllm_decision(tmp_path, served_model_name="x")
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterConfigError, match="not valid JSON"):
+        build_vllm_decision(tmp_path, served_model_name="x")
+
+
+def test_serving_module_does_not_import_torch() -> None:
+    code = (
+        "import sys, qwenft_trainer.serving\n"
+        "assert 'torch' not in sys.modules, 'serving imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

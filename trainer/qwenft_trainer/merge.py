@@ -1,0 +1,303 @@
+"""Merge a LoRA / Q-LoRA adapter into its base model and write a standalone checkpoint.
+
+The merged directory loads with plain ``from_pretrained`` (and in vLLM or TGI) without
+peft: safetensors weights (sharded with an index above ``--max-shard-size``), the
+tokenizer, its chat template and the generation config. Q-LoRA adapters are merged into
+the un-quantized base, never into 4-bit weights. Before the output appears, the merge
+reloads what it wrote and compares its logits with base + adapter on a probe batch;
+``merge_report.json`` records the difference and the tolerance, and a disagreement fails
+the merge. Work happens in ``<output>.partial-<pid>``, renamed into place only when
+complete, so a crash or a full disk never leaves an output that looks finished.
+
+    python -m qwenft_trainer.merge --adapter /runs/demo/adapter --output /runs/demo/merged
+    qwenft merge --adapter ./adapter --base ./Qwen2.5-7B-Instruct --output ./merged --dtype bf16
+
+Memory: the base is loaded once, on the CPU, at the output dtype (bf16: 2 bytes per
+parameter): about 16 GB of RAM for a 7B model, 30 GB for 14B, 146 GB for 72B, plus 1-2 GB
+of working space. No GPU is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from qwenft_trainer.merge_checks import (
+    AdapterInfo,
+    BaseInfo,
+    FreeSpaceProbe,
+    MergeError,
+    check_compatible,
+    check_disk_space,
+    estimate_output_bytes,
+    free_bytes,
+    read_adapter,
+    read_base,
+)
+
+DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# Max |merged - (base + adapter)| allowed, relative to the largest reference logit.
+# Merging rounds W + BA once to the output dtype; the unmerged path rounds twice.
+RELATIVE_TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 4e-2}
+RESERVE_ENV = "QWENFT_MERGE_RESERVE_BYTES"
+REPORT_NAME = "merge_report.json"
+
+PROBE_DIALOGUES = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "请用一句话解释什么是微调。"},
+    ],
+    [
+        {"role": "user", "content": "Write a Python function that adds two numbers."},
+        {"role": "assistant", "content": "def add(a, b):\n    return a + b"},
+        {"role": "user", "content": "Thank you very much."},
+    ],
+]
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    adapter: Path
+    output: Path
+    base: str | None = None
+    dtype: DtypeName = "auto"
+    method: Literal["lora", "qlora"] | None = None
+    max_shard_size: str = "5GB"
+    tolerance: float | None = None
+    overwrite: bool = False
+    reserve_bytes: int = 0
+
+
+@dataclass
+class MergeReport:
+    adapter: str
+    base: str
+    output: str
+    method: str
+    dtype: str
+    merged_into: str
+    parameters: int
+    estimated_bytes: int
+    probe_tokens: int = 0
+    max_abs_diff: float = float("nan")
+    tolerance: float = float("nan")
+    adapter_effect: float = float("nan")
+    passed: bool = False
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+def _log(message: str) -> None:
+    print(f"[merge] {message}", file=sys.stderr, flush=True)
+
+
+def resolve_dtype(requested: DtypeName, base: BaseInfo) -> str:
+    """The output dtype: the requested one, else the base's own, else bf16."""
+    if requested != "auto":
+        return _DTYPES[requested]
+    text = base.config.get("text_config", base.config)
+    found = text.get("dtype") or text.get("torch_dtype") or base.config.get("torch_dtype")
+    return found if found in RELATIVE_TOLERANCE else "bfloat16"
+
+
+def detect_method(options: MergeOptions, adapter: AdapterInfo) -> str:
+    """``qlora`` or ``lora``: ``--method``, else what the trainer recorded, else lora."""
+    if options.method:
+        return options.method
+    recorded = adapter.summary.get("method")
+    return str(recorded) if recorded in {"lora", "qlora"} else "lora"
+
+
+def _probe_batch(tokenizer: Any) -> dict[str, Any]:
+    texts = [tokenizer.apply_chat_template(d, tokenize=False) for d in PROBE_DIALOGUES]
+    return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+
+
+def _logits(model: Any, batch: dict[str, Any]) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        logits = model(**batch).logits.float()
+    return logits[batch["attention_mask"].bool()]
+
+
+def _load_model(path: Path | str, dtype: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # Weights go straight from the safetensors files into tensors of the final dtype,
+    # on the CPU, so peak memory stays near one copy of the model.
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=getattr(torch, dtype), device_map="cpu", low_cpu_mem_usage=True
+    ).eval()
+
+
+def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> MergeReport:
+    """Merge, verify and write; raises :class:`MergeError` and leaves no output on failure."""
+    started = time.monotonic()
+    adapter = read_adapter(options.adapter)
+    base_name = options.base or adapter.config.get("base_model_name_or_path")
+    if not base_name:
+        raise MergeError("the adapter's config names no base model: pass --base")
+    base = read_base(str(base_name))
+    check_compatible(adapter, base)
+    method = detect_method(options, adapter)
+    dtype = resolve_dtype(options.dtype, base)
+    output = options.output.resolve()
+    if output.exists() and any(output.iterdir()) and not options.overwrite:
+        raise MergeError(f"output {output} exists and is not empty: pass --overwrite")
+    report = MergeReport(
+        adapter=str(adapter.path),
+        base=str(base.path),
+        output=str(output),
+        method=method,
+        dtype=dtype,
+        merged_into=f"un-quantized base in {dtype}",
+        parameters=base.parameter_count,
+        estimated_bytes=estimate_output_bytes(base, dtype),
+    )
+    if method == "qlora":
+        report.notes.append(
+            "Q-LoRA adapter merged into the un-quantized base (never into 4-bit weights); "
+            "the merged model can differ slightly from the 4-bit model used in training"
+        )
+    check_disk_space(output, report.estimated_bytes, reserve=options.reserve_bytes, probe=probe)
+
+    partial = output.with_name(f"{output.name}.partial-{os.getpid()}")
+    try:
+        _merge_into(partial, options, adapter, base, report)
+        report.seconds = round(time.monotonic() - started, 2)
+        (partial / REPORT_NAME).write_text(report.to_json(), encoding="utf-8")
+        if not report.passed:
+            raise MergeError(
+                f"verification failed: merged logits differ from base + adapter by "
+                f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:.3g}); nothing was "
+                f"written to {output}\n{report.to_json()}"
+            )
+        if output.exists():
+            shutil.rmtree(output)
+        partial.rename(output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return report
+
+
+def _merge_into(
+    partial: Path, options: MergeOptions, adapter: AdapterInfo, base: BaseInfo, report: MergeReport
+) -> None:
+    import gc
+
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    has_tokenizer = (adapter.path / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter.path if has_tokenizer else base.path))
+    batch = _probe_batch(tokenizer)
+    report.probe_tokens = int(batch["attention_mask"].sum())
+
+    _log(f"loading base {base.path} ({report.parameters / 1e9:.2f}B parameters, {report.dtype})")
+    model = PeftModel.from_pretrained(_load_model(base.path, report.dtype), str(adapter.path))
+    model.eval()
+    reference = _logits(model, batch)
+    with model.disable_adapter():
+        report.adapter_effect = float((reference - _logits(model, batch)).abs().max())
+    _log("merging adapter into the base weights")
+    merged = model.merge_and_unload(safe_merge=True)
+
+    _log(f"writing {partial} (shards up to {options.max_shard_size})")
+    partial.mkdir(parents=True)
+    merged.save_pretrained(str(partial), max_shard_size=options.max_shard_size)
+    tokenizer.save_pretrained(str(partial))
+    del model, merged
+    gc.collect()
+
+    _log("verifying: reloading the merged model and comparing logits with base + adapter")
+    reloaded = _load_model(partial, report.dtype)
+    diff = float((_logits(reloaded, batch) - reference).abs().max())
+    del reloaded
+    gc.collect()
+    rtol = options.tolerance or RELATIVE_TOLERANCE[report.dtype]
+    report.tolerance = rtol * max(1.0, float(reference.abs().max()))
+    report.max_abs_diff = diff
+    report.passed = diff <= report.tolerance
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwenft merge", description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[2]
+    )
+    parser.add_argument("--adapter", type=Path, required=True, help="PEFT adapter directory")
+    parser.add_argument("--output", type=Path, required=True, help="merged model directory")
+    parser.add_argument(
+        "--base", help="un-quantized base model directory (default: the adapter config's)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", *_DTYPES],
+        default="auto",
+        help="output dtype; auto keeps the base's (bf16 when the base doesn't say)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["lora", "qlora"],
+        help="how the adapter was trained (default: the trainer's summary.json, else lora)",
+    )
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="allowed max |logit diff| relative to the largest logit (default per dtype)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        reserve = int(os.environ.get(RESERVE_ENV, "0"))
+    except ValueError:
+        print(f"error: {RESERVE_ENV} must be a number of bytes", file=sys.stderr)
+        return 2
+    options = MergeOptions(
+        adapter=args.adapter,
+        output=args.output,
+        base=args.base,
+        dtype=args.dtype,
+        method=args.method,
+        max_shard_size=args.max_shard_size,
+        tolerance=args.tolerance,
+        overwrite=args.overwrite,
+        reserve_bytes=reserve,
+    )
+    try:
+        report = merge(options)
+    except MergeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    _log(
+        f"merged {report.method} adapter into {report.merged_into}: {report.output} "
+        f"(max |logit diff| {report.max_abs_diff:.3g} <= {report.tolerance:.3g}, "
+        f"{report.seconds:.1f}s)"
+    )
+    for note in report.notes:
+        _log(note)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""Checks a merge runs before it loads any weights: adapter, base, shapes, disk space.
+
+Loading a 72B base takes minutes and 150 GB of memory; finding out afterwards that the
+adapter belongs to another model, or that the output disk is full, wastes all of it and
+tends to end in a cryptic size-mismatch traceback or a truncated shard. Everything here
+reads only JSON files and safetensors headers, so it runs in seconds on any node, and each
+failure is a :class:`MergeError` whose message names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qwenft_trainer.serving import AdapterConfigError, read_adapter_config
+
+ADAPTER_PREFIX = "base_model.model."
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+# Tokenizer, configs, chat template and the report: small next to any model's weights.
+METADATA_BYTES = 64 * 1024**2
+
+FreeSpaceProbe = Callable[[Path], int]
+
+
+class MergeError(RuntimeError):
+    """A merge that can't proceed; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    path: Path
+    config: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    path: Path
+    config: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def parameter_count(self) -> int:
+        total = 0
+        for shape in self.shapes.values():
+            count = 1
+            for dim in shape:
+                count *= dim
+            total += count
+        return total
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem holding ``path`` (its nearest existing ancestor)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from safetensors headers, without reading any tensor data."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def read_adapter(adapter_dir: Path) -> AdapterInfo:
+    """The adapter's config, tensor shapes and the trainer's summary.json (if any)."""
+    if not adapter_dir.is_dir():
+        raise MergeError(f"adapter directory {adapter_dir} does not exist")
+    try:
+        config = read_adapter_config(adapter_dir)
+    except AdapterConfigError as err:
+        raise MergeError(f"unreadable adapter: {err}") from err
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise MergeError(
+            f"unreadable adapter: {weights} not found (save adapters with "
+            "save_pretrained(safe_serialization=True))"
+        )
+    try:
+        shapes = safetensors_shapes([weights])
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise MergeError(
+            f"unreadable adapter: {weights} is not a valid safetensors file: {err}"
+        ) from err
+    if not any(".lora_" in name for name in shapes):
+        raise MergeError(f"unreadable adapter: {weights} holds no LoRA weights")
+    summary: dict[str, Any] = {}
+    for candidate in (adapter_dir / "summary.json", adapter_dir.parent / "summary.json"):
+        if candidate.is_file():
+            try:
+                loaded = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(loaded, dict):
+                summary = loaded
+                break
+    return AdapterInfo(path=adapter_dir, config=config, shapes=shapes, summary=summary)
+
+
+def read_base(base: str) -> BaseInfo:
+    """Config and tensor shapes of a local base checkpoint directory."""
+    path = Path(base)
+    if not path.is_dir():
+        raise MergeError(
+            f"base model {base} not found: pass --base with the local directory of the "
+            "un-quantized base checkpoint the adapter was trained on"
+        )
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise MergeError(f"base model {base} has no readable config.json: {err}") from err
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted({path / name for name in weight_map.values()})
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise MergeError(f"base model {base} has no safetensors weights")
+    shapes = safetensors_shapes(files)
+    text = config.get("text_config", config)
+    if text.get("tie_word_embeddings", config.get("tie_word_embeddings")) and (
+        "lm_head.weight" not in shapes and "model.embed_tokens.weight" in shapes
+    ):
+        shapes["lm_head.weight"] = shapes["model.embed_tokens.weight"]
+    return BaseInfo(path=path, config=config, shapes=shapes)
+
+
+def _expected_base_shape(adapter_key: str, shape: tuple[int, ...]) -> tuple[str, str, int, int]:
+    """(base weight name, adapter part, dim index in the base weight, expected size)."""
+    name = adapter_key.removeprefix(ADAPTER_PREFIX)
+    for part, dim, source in (
+        (".lora_A.weight", 1, 1),
+        (".lora_B.weight", 0, 0),
+        (".lora_embedding_A", 0, 1),
+        (".lora_embedding_B", 1, 0),
+    ):
+        if name.endswith(part):
+            return name[: -len(part)] + ".weight", part.strip("."), dim, shape[source]
+    return name, "full", -1, 0
+
+
+def check_compatible(adapter: AdapterInfo, base: BaseInfo) -> None:
+    """Raise if the adapter was trained on a different architecture or vocabulary size."""
+    problems: list[str] = []
+    recorded = adapter.summary.get("base_model") if adapter.summary else None
+    if isinstance(recorded, dict):
+        for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"):
+            want, have = recorded.get(key), base.config.get(key)
+            if want is not None and have is not None and want != have:
+                problems.append(f"{key}: adapter trained on {want}, base has {have}")
+    for key, shape in sorted(adapter.shapes.items()):
+        base_key, part, dim, size = _expected_base_shape(key, shape)
+        base_shape = base.shapes.get(base_key)
+        if base_shape is None:
+            problems.append(f"adapter weight {key} targets {base_key}, which the base lacks")
+        elif part == "full" and base_shape != shape:
+            what = "vocabulary size" if "embed" in base_key or "lm_head" in base_key else "shape"
+            problems.append(
+                f"{base_key} {what}: adapter has {list(shape)}, base {list(base_shape)}"
+            )
+        elif part != "full" and base_shape[dim] != size:
+            problems.append(
+                f"{base_key}: adapter's {part} expects size {size}, base has {base_shape[dim]}"
+            )
+        if len(problems) >= 5:
+            break
+    if problems:
+        raise MergeError(
+            f"adapter {adapter.path} does not match base {base.path} (trained on another "
+            "architecture or vocabulary size?):\n  " + "\n  ".join(problems)
+        )
+
+
+def estimate_output_bytes(base: BaseInfo, dtype: str) -> int:
+    """Bytes the merged checkpoint takes: every base parameter at ``dtype``, plus metadata."""
+    return base.parameter_count * DTYPE_BYTES[dtype] + METADATA_BYTES
+
+
+def check_disk_space(
+    output: Path, needed: int, *, reserve: int = 0, probe: FreeSpaceProbe = free_bytes
+) -> int:
+    """Raise unless the output filesystem has ``needed + reserve`` bytes free; returns free."""
+    free = probe(output.parent)
+    if free < needed + reserve:
+        raise MergeError(
+            f"not enough disk space for {output}: the merged model needs about "
+            f"{needed / 1024**3:.2f} GiB"
+            + (f" plus a reserve of {reserve / 1024**3:.2f} GiB" if reserve else "")
+            + f", but only {free / 1024**3:.2f} GiB is free; free space or choose another "
+            "--output"
+        )
+    return free

@@ -1,0 +1,221 @@
+"""How vLLM should serve a trained adapter: as a LoRA over the base, or merged first.
+
+vLLM loads PEFT LoRA adapters next to the base model (``--enable-lora``), which keeps one
+base in GPU memory for many fine-tunes, but it accepts only plain LoRA adapters: a rank no
+larger than ``--max-lora-rank`` (itself one of a fixed set of values), no
+``modules_to_save``, no DoRA, no bias terms, no LoRA on embeddings or the output head, no
+inits that rewrite the base weights. Anything else has to be merged into the base first and
+served as an ordinary model. The operator calls :func:`build_vllm_decision` when it renders
+the vLLM Deployment, so this module reads only ``adapter_config.json`` and imports no torch
+(the operator image has none).
+
+    python -m qwenft_trainer.serving /runs/demo/adapter --served-model-name demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+# LoRAConfig.max_lora_rank in vLLM (vllm/config/lora.py, ``MaxLoRARanks``).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+# Modules vLLM applies LoRA to in Qwen2 (packed there as qkv_proj and gate_up_proj).
+VLLM_QWEN2_LORA_MODULES = frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+)
+
+# PEFT inits that only set the adapter's starting weights; the saved adapter is plain LoRA.
+_PLAIN_INITS = frozenset({"gaussian", "eva", "orthogonal", "mica", "lora_ga"})
+
+ServeMode = Literal["lora", "merged"]
+
+
+class AdapterConfigError(ValueError):
+    """The adapter directory has no readable ``adapter_config.json``."""
+
+
+@dataclass(frozen=True)
+class VllmDecision:
+    """How to start vLLM for one adapter.
+
+    ``mode`` is ``"lora"`` when vLLM can serve the adapter over the base, ``"merged"`` when
+    the adapter must be merged first; ``reasons`` says why in the second case.
+    """
+
+    mode: ServeMode
+    served_model_name: str
+    adapter_path: str
+    adapter_rank: int
+    max_lora_rank: int | None
+    base_model: str | None
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def requires_merge(self) -> bool:
+        return self.mode == "merged"
+
+    def vllm_args(self, *, model: str | None = None) -> list[str]:
+        """Arguments for ``vllm serve`` (``python -m vllm.entrypoints.openai.api_server``).
+
+        ``model`` is what vLLM loads: the base for ``lora`` mode (defaults to the base the
+        adapter names), the merged model's directory for ``merged`` mode (required then).
+        """
+        if self.mode == "merged":
+            if model is None:
+                raise ValueError("a merged deployment needs model= (the merged model directory)")
+            return ["--model", model, "--served-model-name", self.served_model_name]
+        base = model or self.base_model
+        if base is None:
+            raise ValueError(
+                "the adapter's config names no base model: pass model= (the base directory)"
+            )
+        assert self.max_lora_rank is not None
+        return [
+            "--model",
+            base,
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            "1",
+            "--lora-modules",
+            f"{self.served_model_name}={self.adapter_path}",
+        ]
+
+
+def round_up_lora_rank(rank: int) -> int | None:
+    """The smallest ``--max-lora-rank`` vLLM accepts that fits ``rank``; None if none does."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    return next((allowed for allowed in VLLM_MAX_LORA_RANKS if allowed >= rank), None)
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """``adapter_config.json`` of a PEFT adapter directory, with errors that name the file."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise AdapterConfigError(
+            f"{path} not found: {adapter_dir} is not a PEFT adapter directory "
+            "(expected adapter_config.json and adapter_model.safetensors)"
+        ) from err
+    except OSError as err:
+        raise AdapterConfigError(f"can't read {path}: {err.strerror}") from err
+    except json.JSONDecodeError as err:
+        raise AdapterConfigError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise AdapterConfigError(f"{path} must hold a JSON object")
+    return raw
+
+
+def unsupported_features(config: dict[str, Any]) -> list[str]:
+    """Reasons vLLM can't load this adapter as a LoRA, from its PEFT config (empty if none)."""
+    reasons: list[str] = []
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        reasons.append(f"peft_type is {peft_type}; vLLM serves only LoRA adapters")
+    if config.get("modules_to_save"):
+        reasons.append(
+            f"modules_to_save {config['modules_to_save']} are trained in full; vLLM loads "
+            "only the low-rank matrices of an adapter"
+        )
+    if config.get("use_dora"):
+        reasons.append("DoRA adapters (use_dora) are not supported by vLLM")
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        reasons.append("adapters with bias terms (bias / lora_bias) are not supported by vLLM")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower() not in _PLAIN_INITS:
+        reasons.append(
+            f"init_lora_weights={init!r} rewrites the base weights when the adapter loads; "
+            "vLLM would serve the unmodified base"
+        )
+    for key in ("layer_replication", "alora_invocation_tokens", "trainable_token_indices"):
+        if config.get(key):
+            reasons.append(f"{key} is set; vLLM does not support it")
+    targets = config.get("target_modules")
+    if isinstance(targets, list):
+        outside = sorted(set(targets) - VLLM_QWEN2_LORA_MODULES)
+        if outside:
+            reasons.append(
+                f"target_modules {outside} are outside the attention and MLP projections "
+                "vLLM applies LoRA to"
+            )
+    return reasons
+
+
+def adapter_rank(config: dict[str, Any]) -> int:
+    """The largest rank in the adapter: ``r`` or any per-module ``rank_pattern`` override."""
+    ranks = [
+        int(config.get("r", 8)),
+        *(int(r) for r in (config.get("rank_pattern") or {}).values()),
+    ]
+    return max(ranks)
+
+
+def build_vllm_decision(
+    adapter_dir: str | Path,
+    *,
+    served_model_name: str,
+    adapter_path: str | None = None,
+    base_model: str | None = None,
+) -> VllmDecision:
+    """Decide how vLLM serves the adapter in ``adapter_dir``.
+
+    ``adapter_path`` is where the vLLM server will see the adapter (the mount path in its
+    pod; defaults to ``adapter_dir``); ``base_model`` overrides the base the adapter names.
+    """
+    if not served_model_name:
+        raise ValueError("served_model_name must not be empty")
+    config = read_adapter_config(adapter_dir)
+    rank = adapter_rank(config)
+    reasons = unsupported_features(config)
+    max_rank = round_up_lora_rank(rank)
+    if max_rank is None:
+        reasons.append(
+            f"LoRA rank {rank} is above vLLM's largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}"
+        )
+    return VllmDecision(
+        mode="merged" if reasons else "lora",
+        served_model_name=served_model_name,
+        adapter_path=adapter_path or str(adapter_dir),
+        adapter_rank=rank,
+        max_lora_rank=None if reasons else max_rank,
+        base_model=base_model or config.get("base_model_name_or_path") or None,
+        reasons=tuple(reasons),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("adapter_dir", type=Path, help="PEFT adapter directory")
+    parser.add_argument("--served-model-name", required=True, help="name clients request")
+    parser.add_argument("--adapter-path", help="the adapter's path as the vLLM server sees it")
+    parser.add_argument("--base-model", help="base model to serve (default: the adapter's)")
+    args = parser.parse_args(argv)
+    try:
+        decision = build_vllm_decision(
+            args.adapter_dir,
+            served_model_name=args.served_model_name,
+            adapter_path=args.adapter_path,
+            base_model=args.base_model,
+        )
+    except AdapterConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if decision.requires_merge:
+        print("merge first, then serve the merged model:")
+        for reason in decision.reasons:
+            print(f"  - {reason}")
+    else:
+        print("vllm serve " + " ".join(decision.vllm_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
