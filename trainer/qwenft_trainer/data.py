@@ -79,7 +79,12 @@ class TokenizedSample:
 def _render(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation: bool
 ) -> str:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation
+        )
+    except Exception as err:  # jinja raises its own errors, and templates raise_exception()
+        raise TemplateError(f"the chat template can't render this dialogue: {err}") from err
     if not isinstance(text, str):
         raise TemplateError(f"chat template returned {type(text).__name__}, expected text")
     return text
@@ -111,10 +116,16 @@ def assistant_spans(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:i], generation=True) if i else ""
-        turn = _render(tokenizer, messages[: i + 1], generation=False)
-        lined_up = full.startswith(prompt) and full.startswith(turn)
-        if lined_up and cursor <= len(prompt) < len(turn):
+        lined_up = False
+        if i > 0:  # templates may not render an empty history, nor a default system prompt
+            try:
+                prompt = _render(tokenizer, messages[:i], generation=True)
+                turn = _render(tokenizer, messages[: i + 1], generation=False)
+            except TemplateError:
+                prompt = turn = ""
+            lined_up = full.startswith(prompt) and full.startswith(turn)
+            lined_up = lined_up and cursor <= len(prompt) < len(turn)
+        if lined_up:
             start, end = len(prompt), len(turn)
         else:
             start, end = _search_span(full, message["content"], cursor, tokenizer)

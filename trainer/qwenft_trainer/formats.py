@@ -109,9 +109,21 @@ def iter_records(path: Path) -> tuple[list[RawRecord], list[RecordProblem]]:
     stripped = text.lstrip()
     if not stripped:
         return [], [RecordProblem(source=str(path), message="file is empty")]
-    if stripped.startswith("["):
+    if stripped.startswith("[") and not _first_line_is_a_record(stripped):
         return _parse_array(path, text)
     return _parse_jsonl(path, text)
+
+
+def _first_line_is_a_record(text: str) -> bool:
+    """A JSONL file whose first record is a list, rather than a JSON array of records."""
+    first, _, rest = text.partition("\n")
+    if not rest.strip():
+        return False
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _line_of(text: str, pos: int) -> int:

@@ -1,0 +1,122 @@
+"""The dataset report (qwenft_trainer.validate) and ``qwenft data validate``.
+
+Covers: counts of a clean file (records, turns, tokens = trained + masked, longest sample,
+matching the tokenizer); truncation share at a small max_seq_length and the warning for a
+dialogue left without a trained token; every bad-record case reported with file:line and
+the problem while the good records are still counted; a control token written inside a
+message; the text report; the CLI through the ``qwenft`` dispatcher with exit status 0 on a
+clean file, 1 on bad records, 2 on a tokenizer that can't load; ``--json`` output with
+``ok`` and ``message``; ``--format`` forcing a format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qwenft_operator.cli import main as qwenft
+from qwenft_trainer.data import load_conversations, tokenize_conversation
+from qwenft_trainer.validate import validate_dataset
+
+DATA = Path(__file__).parent / "data"
+BAD = DATA / "bad"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+def test_clean_file_counts(tokenizer: Any) -> None:
+    path = DATA / "dialogue_sequence.jsonl"
+    report = validate_dataset(path, tokenizer, max_seq_length=1024)
+    samples = [tokenize_conversation(c, tokenizer, 1024) for c in load_conversations(path)]
+    assert report.ok and not report.problems
+    assert (report.records, report.conversations, report.turns) == (3, 3, 11)
+    assert report.tokens == sum(len(s.input_ids) for s in samples)
+    assert report.trained_tokens == sum(s.trained_tokens for s in samples)
+    assert report.trained_tokens + report.masked_tokens == report.tokens
+    assert report.longest_sample_tokens == max(len(s.input_ids) for s in samples)
+    assert report.longest_sample_source == "dialogue_sequence.jsonl:2"
+    assert report.truncated_share == 0.0
+
+
+def test_truncation_share_and_samples_left_without_loss(tokenizer: Any) -> None:
+    report = validate_dataset(DATA / "dialogue_sequence.jsonl", tokenizer, max_seq_length=30)
+    assert report.truncated_samples == 3
+    assert report.truncated_share == 1.0
+    assert report.tokens == 3 * 30
+    assert report.longest_sample_tokens > 30
+    assert report.ok  # truncation is reported, not refused
+    # Line 2's first reply starts within 30 tokens; lines 1 and 4 lose every reply.
+    assert [w.source for w in report.warnings] == [
+        "dialogue_sequence.jsonl:1",
+        "dialogue_sequence.jsonl:4",
+    ]
+    assert "no assistant token within max_seq_length=30" in report.warnings[0].message
+
+
+@pytest.mark.parametrize(
+    ("name", "where", "words"),
+    [
+        ("invalid_json.jsonl", "invalid_json.jsonl:2", "invalid JSON"),
+        ("unknown_role.jsonl", "unknown_role.jsonl:2", "unknown role 'bot'"),
+        ("no_assistant.jsonl", "no_assistant.jsonl:2", "no assistant turn"),
+        ("empty_content.jsonl", "empty_content.jsonl:3", "empty content"),
+        ("wrong_type.jsonl", "wrong_type.jsonl:1", "wrong type"),
+        ("unknown_format.jsonl", "unknown_format.jsonl:2", "unknown format"),
+        ("control_token.jsonl", "control_token.jsonl:2", "contains the control token"),
+    ],
+)
+def test_bad_records_fail_the_report(tokenizer: Any, name: str, where: str, words: str) -> None:
+    report = validate_dataset(BAD / name, tokenizer, max_seq_length=256)
+    assert not report.ok
+    assert report.problems[0].source == where
+    assert words in report.problems[0].message
+    assert report.records == report.conversations + len(report.problems)
+    assert words in report.message and where in report.message
+
+
+def test_text_report(tokenizer: Any) -> None:
+    text = validate_dataset(BAD / "unknown_role.jsonl", tokenizer, 256).to_text()
+    assert "records                   2  (1 usable, 1 bad)" in text
+    assert "problems:\n  unknown_role.jsonl:2: unknown role 'bot'" in text
+    assert text.splitlines()[-1].startswith("FAILED: 1 bad record(s)")
+
+
+def test_cli_clean_file(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["data", "validate", str(DATA / "mixed.jsonl"), "--model", str(tiny_model_dir)]
+    assert qwenft(args) == 0
+    out = capsys.readouterr().out
+    assert "records                   5  (5 usable, 0 bad)" in out
+    assert out.splitlines()[-1].startswith("OK: 5 dialogues")
+
+
+def test_cli_json_with_problems(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = BAD / "wrong_type.jsonl"
+    args = ["data", "validate", str(file), "--model", str(tiny_model_dir), "--json"]
+    assert qwenft([*args, "--max-seq-length", "64"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert report["max_seq_length"] == 64
+    assert [p["line"] for p in report["problems"]] == [1, 2, 3, 4]
+    assert report["message"].startswith("4 bad record(s); first: wrong_type.jsonl:1: wrong type")
+
+
+def test_cli_forced_format(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["data", "validate", str(DATA / "sharegpt.json"), "--model", str(tiny_model_dir)]
+    assert qwenft([*args, "--format", "sharegpt", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["conversations"] == 2
+    assert qwenft([*args, "--format", "messages", "--json"]) == 1
+    assert "data.format is 'messages'" in json.loads(capsys.readouterr().out)["message"]
+
+
+def test_cli_model_that_cannot_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["data", "validate", str(DATA / "mixed.jsonl"), "--model", str(tmp_path), "--json"]
+    assert qwenft(args) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and "can't load the tokenizer" in out["message"]
