@@ -1,0 +1,57 @@
+"""The merge Job: the trainer's ``qwenft merge`` folds the adapter into the base model.
+
+It runs on a CPU-only pod by default (the merge loads the base in the merge dtype with
+low memory use) and writes ``<output>/merged`` next to the adapter; Q-LoRA adapters are
+merged into the un-quantized base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwenft_operator.builders import paths, pods
+from qwenft_operator.runs import Run
+
+# `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage.
+MERGE_FAILURE_EXIT_CODES = [1, 2]
+
+
+def build_merge_args(run: Run) -> list[str]:
+    """The merge command line."""
+    spec = run.spec
+    return [
+        "qwenft", "merge",
+        "--base", paths.model_location(run),
+        "--adapter", paths.adapter_dir(run),
+        "--output", paths.merged_dir(run),
+        "--dtype", spec.merge.dtype,
+        "--method", "qlora" if spec.method == "qlora" else "lora",
+        "--overwrite",
+    ]  # fmt: skip
+
+
+def build_merge_job(run: Run) -> dict[str, Any]:
+    """Job ``<run>-merge``: reads the base and the adapter, writes the merged model."""
+    mounts = pods.Mounts(model=True, output=True)
+    pod_spec = pods.pod_spec_base(run, mounts)
+    pod_spec["containers"] = [
+        {
+            "name": "merge",
+            "image": run.trainer_image,
+            **pods.image_pull_policy(run),
+            "command": build_merge_args(run),
+            "env": pods.model_env(run),
+            "resources": pods.resources(run.spec.merge.resources),
+            "volumeMounts": pods.volume_mounts(run, mounts),
+            "securityContext": pods.container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    ]
+    return pods.job(
+        run,
+        name=run.names.merge_job,
+        component="merge",
+        pod_spec=pod_spec,
+        backoff_limit=1,
+        fail_on_exit_codes=MERGE_FAILURE_EXIT_CODES,
+    )

@@ -1,0 +1,212 @@
+"""The serving step: a Deployment running the fine-tuned model and a Service in front.
+
+Engine ``builtin`` runs the trainer image's ``qwenft serve``; engine ``vllm`` runs vLLM's
+OpenAI server. What they load is a :class:`ServeTarget`: the merged model, the full
+fine-tune's weights, or the base with the adapter on top (vLLM: ``--enable-lora`` with a
+``--max-lora-rank`` it accepts, decided by the trainer's own rules in
+:mod:`qwenft_trainer.serving` applied to the adapter the spec will produce).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qwenft_trainer import serving
+
+from qwenft_operator import labels
+from qwenft_operator.builders import paths, pods
+from qwenft_operator.runs import Run
+
+SERVE_PORT = 8000
+VLLM_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+STARTUP_PROBE_PERIOD = 10
+STARTUP_PROBE_FAILURES = 180  # 30 minutes to download and load a large model
+
+
+@dataclass(frozen=True)
+class ServeTarget:
+    """What the server loads.
+
+    ``model`` is a directory in the pod (or a hub id); ``adapter``, when set, is an
+    adapter directory served over ``model`` under the run's served model name;
+    ``max_lora_rank`` is vLLM's ``--max-lora-rank`` for it.
+    """
+
+    model: str
+    adapter: str | None = None
+    max_lora_rank: int | None = None
+
+
+def predicted_adapter_config(run: Run) -> dict[str, Any]:
+    """The ``adapter_config.json`` the trainer will write for this spec (the fields the
+    serving decision reads), so the operator decides without reading the output volume."""
+    lora = run.spec.lora
+    return {
+        "peft_type": "LORA",
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "target_modules": list(lora.target_modules),
+        "modules_to_save": list(lora.modules_to_save) or None,
+        "bias": "none",
+        "base_model_name_or_path": paths.model_location(run),
+    }
+
+
+def build_vllm_decision(run: Run) -> serving.VllmDecision:
+    """How vLLM would serve this run's adapter (``qwenft_trainer.serving``'s rules)."""
+    config = predicted_adapter_config(run)
+    rank = serving.adapter_rank(config)
+    reasons = serving.unsupported_features(config)
+    max_rank = serving.round_up_lora_rank(rank)
+    if max_rank is None:
+        reasons.append(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank")
+    return serving.VllmDecision(
+        mode="merged" if reasons else "lora",
+        served_model_name=run.served_model_name,
+        adapter_path=paths.adapter_dir(run),
+        adapter_rank=rank,
+        max_lora_rank=None if reasons else max_rank,
+        base_model=paths.model_location(run),
+        reasons=tuple(reasons),
+    )
+
+
+def needs_merge(run: Run) -> bool:
+    """Whether a merge Job runs: asked for, or vLLM can't serve the adapter unmerged."""
+    spec = run.spec
+    if spec.method == "full":
+        return False
+    if spec.merge.enabled:
+        return True
+    inference = spec.inference
+    return (
+        inference.enabled and inference.engine == "vllm" and build_vllm_decision(run).requires_merge
+    )
+
+
+def build_serve_target(run: Run) -> ServeTarget:
+    """What the server loads: full weights, the merged model, or base + adapter."""
+    if run.spec.method == "full":
+        return ServeTarget(model=paths.adapter_dir(run))
+    if needs_merge(run):
+        return ServeTarget(model=paths.merged_dir(run))
+    rank = None
+    if run.spec.inference.engine == "vllm":
+        rank = build_vllm_decision(run).max_lora_rank
+    return ServeTarget(
+        model=paths.model_location(run), adapter=paths.adapter_dir(run), max_lora_rank=rank
+    )
+
+
+def build_builtin_args(run: Run, target: ServeTarget) -> list[str]:
+    """``qwenft serve`` command line."""
+    args = ["qwenft", "serve", "--model", target.model]
+    if target.adapter:
+        args += ["--adapter", f"{run.served_model_name}={target.adapter}"]
+    else:
+        args += ["--served-model-name", run.served_model_name]
+    return [*args, "--host", "0.0.0.0", "--port", str(SERVE_PORT)]
+
+
+def build_vllm_args(run: Run, target: ServeTarget) -> list[str]:
+    """vLLM OpenAI server arguments (after :data:`VLLM_COMMAND`)."""
+    inference = run.spec.inference
+    args = ["--model", target.model]
+    if target.adapter:
+        if target.max_lora_rank is None:
+            raise ValueError("vLLM serving an adapter needs target.max_lora_rank")
+        args += [
+            "--enable-lora",
+            "--max-lora-rank", str(target.max_lora_rank),
+            "--max-loras", "1",
+            "--lora-modules", f"{run.served_model_name}={target.adapter}",
+        ]  # fmt: skip
+    else:
+        args += ["--served-model-name", run.served_model_name]
+    args += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]
+    if inference.gpus > 1:
+        args += ["--tensor-parallel-size", str(inference.gpus)]
+    if inference.max_model_len:
+        args += ["--max-model-len", str(inference.max_model_len)]
+    if run.spec.model.trust_remote_code:
+        args.append("--trust-remote-code")
+    return args
+
+
+def endpoint_url(run: Run) -> str:
+    """In-cluster base URL of the OpenAI-compatible API (``status.endpoint.url``)."""
+    return f"http://{run.names.serve_service}.{run.namespace}.svc:{SERVE_PORT}/v1"
+
+
+def _probe(path: str, **extra: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, **extra}
+
+
+def build_serve_deployment(run: Run, target: ServeTarget) -> dict[str, Any]:
+    """Deployment ``<run>-serve``."""
+    inference = run.spec.inference
+    vllm = inference.engine == "vllm"
+    mounts = pods.Mounts(model=True, output=True, output_read_only=True, shm=vllm)
+    pod_spec = pods.pod_spec_base(run, mounts)
+    if vllm:
+        image = run.spec.images.server or run.settings.vllm_image
+        command = [*VLLM_COMMAND, *build_vllm_args(run, target)]
+        ready, live = "/health", "/health"
+    else:
+        image = run.spec.images.server or run.trainer_image
+        command = build_builtin_args(run, target)
+        ready, live = "/readyz", "/healthz"
+    pod_spec["containers"] = [
+        {
+            "name": "server",
+            "image": image,
+            **pods.image_pull_policy(run),
+            "command": command,
+            "env": pods.model_env(run),
+            "ports": [{"name": "http", "containerPort": SERVE_PORT}],
+            "resources": pods.resources(
+                inference.resources, gpus=inference.gpus, gpu_resource=run.gpu_resource
+            ),
+            "startupProbe": _probe(
+                live, periodSeconds=STARTUP_PROBE_PERIOD, failureThreshold=STARTUP_PROBE_FAILURES
+            ),
+            "readinessProbe": _probe(ready, periodSeconds=5, failureThreshold=3),
+            "livenessProbe": _probe(live, periodSeconds=20, failureThreshold=3),
+            "volumeMounts": pods.volume_mounts(run, mounts),
+            "securityContext": pods.container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": pods.object_meta(run, run.names.serve_deployment, "serve"),
+        "spec": {
+            "replicas": inference.replicas,
+            "selector": {"matchLabels": labels.build_selector(run.name, "serve")},
+            # GPUs are scarce: replace pods one at a time instead of surging.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+            },
+            "template": {
+                "metadata": {"labels": labels.build_labels(run.name, "serve")},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_serve_service(run: Run) -> dict[str, Any]:
+    """Service ``<run>-serve`` on port 8000 (the endpoint in ``status.endpoint``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": pods.object_meta(run, run.names.serve_service, "serve"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels.build_selector(run.name, "serve"),
+            "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": "http"}],
+        },
+    }

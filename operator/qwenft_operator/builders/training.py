@@ -1,0 +1,138 @@
+"""The training step: a headless Service for torchrun's rendezvous and an Indexed Job.
+
+The Job runs one pod per node (``completions = parallelism = nodes``); pod ``i`` is node
+rank ``i`` (its completion index) and reaches rank 0 at the stable DNS name
+``<job>-0.<service>.<namespace>.svc``, which the headless Service publishes even before
+the pods are ready. Every pod runs the same torchrun command (through a small launcher,
+see :data:`LAUNCHER`):
+
+    torchrun --nnodes N --nproc-per-node G --node-rank $(JOB_COMPLETION_INDEX)
+             --master-addr <run>-train-0.<run>-train.<ns>.svc --master-port 29500
+             -m qwenft_trainer.train --config /etc/qwenft/train.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwenft_operator import labels
+from qwenft_operator.builders import fetch, paths, pods
+from qwenft_operator.builders.config import TRAINER_METRICS_PORT
+from qwenft_operator.runs import Run
+
+MASTER_PORT = 29500
+# Exit code of a training pod whose trainer refused its config or data: retrying can't help.
+INVALID_INPUT_EXIT_CODE = 3
+# torchrun exits 1 whatever its workers' exit codes were, so a small shell wrapper runs it
+# (forwarding SIGTERM so a stopping pod still writes its checkpoint) and turns the
+# trainer's own verdict, the reason in its termination log, into INVALID_INPUT_EXIT_CODE.
+LAUNCHER = """set -u
+torchrun "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+while :; do
+  wait "$child"; rc=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+log="${QWENFT_TERMINATION_LOG:-/dev/termination-log}"
+if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"Invalid(Config|Dataset)"' "$log"; then
+  exit INVALID_INPUT_EXIT_CODE
+fi
+exit "$rc"
+""".replace("INVALID_INPUT_EXIT_CODE", str(INVALID_INPUT_EXIT_CODE))
+LAUNCHER_COMMAND = ["/bin/sh", "-c", LAUNCHER, "torchrun"]
+TERMINATION_GRACE_SECONDS = 60  # time to finish writing a checkpoint on SIGTERM
+
+
+def master_address(run: Run) -> str:
+    """DNS name of the rank-0 pod."""
+    names = run.names
+    return f"{names.train_job}-0.{names.train_service}.{run.namespace}.svc"
+
+
+def build_torchrun_args(run: Run) -> list[str]:
+    """torchrun's arguments (the training container's ``args``, the same in every pod)."""
+    resources = run.spec.resources
+    return [
+        "--nnodes", str(resources.nodes),
+        "--nproc-per-node", str(max(resources.gpus_per_node, 1)),
+        "--node-rank", "$(JOB_COMPLETION_INDEX)",
+        "--master-addr", master_address(run),
+        "--master-port", str(MASTER_PORT),
+        "-m", "qwenft_trainer.train",
+        "--config", paths.CONFIG_FILE,
+    ]  # fmt: skip
+
+
+def build_headless_service(run: Run) -> dict[str, Any]:
+    """Service ``<run>-train`` without a cluster IP: one DNS record per training pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": pods.object_meta(run, run.names.train_service, "train"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels.build_selector(run.name, "train"),
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+        },
+    }
+
+
+def build_train_job(run: Run) -> dict[str, Any]:
+    """Indexed Job ``<run>-train``: one pod per node, GPUs, shared memory, checkpoints."""
+    spec = run.spec
+    mounts = pods.Mounts(data=True, model=True, output=True, config=True, shm=True)
+    pod_spec = pods.pod_spec_base(run, mounts)
+    pod_spec["subdomain"] = run.names.train_service
+    pod_spec["terminationGracePeriodSeconds"] = TERMINATION_GRACE_SECONDS
+    fetcher = fetch.build_fetch_container(run)
+    if fetcher is not None:
+        pod_spec["initContainers"] = [fetcher]
+    index = {"fieldPath": f"metadata.annotations['{labels.JOB_COMPLETION_INDEX_ANNOTATION}']"}
+    pod_spec["containers"] = [
+        {
+            "name": "trainer",
+            "image": run.trainer_image,
+            **pods.image_pull_policy(run),
+            "command": LAUNCHER_COMMAND,
+            "args": build_torchrun_args(run),
+            "env": [
+                {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": index}},
+                *pods.model_env(run),
+            ],
+            "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT}],
+            "resources": pods.resources(
+                None,
+                gpus=spec.resources.gpus_per_node,
+                gpu_resource=run.gpu_resource,
+                requests=spec.resources.requests,
+                limits=spec.resources.limits,
+            ),
+            "volumeMounts": pods.volume_mounts(run, mounts),
+            "securityContext": pods.container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    ]
+    policy = spec.run_policy
+    extra: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": spec.resources.nodes,
+        "parallelism": spec.resources.nodes,
+        "suspend": spec.suspend or spec.scheduling.queue_name is not None,
+    }
+    if policy.active_deadline_seconds is not None:
+        extra["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.ttl_seconds_after_finished is not None:
+        extra["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    queue = spec.scheduling.queue_name
+    return pods.job(
+        run,
+        name=run.names.train_job,
+        component="train",
+        pod_spec=pod_spec,
+        backoff_limit=policy.backoff_limit,
+        fail_on_exit_codes=[INVALID_INPUT_EXIT_CODE],
+        extra_labels={labels.KUEUE_QUEUE_KEY: queue} if queue else None,
+        extra_spec=extra,
+    )

@@ -1,0 +1,64 @@
+"""The dataset validation Job: the trainer's ``qwenft data validate`` on a CPU-only pod.
+
+It runs before any GPU is requested, so a malformed dataset fails in seconds with the
+validator's report instead of after a training pod was scheduled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwenft_operator.builders import fetch, paths, pods
+from qwenft_operator.runs import Run
+
+# `qwenft data validate` exits 1 when the data is invalid: retrying can't help. (It exits 2
+# when the tokenizer can't load, which may be a hub outage, so that one is retried.)
+INVALID_DATA_EXIT_CODE = 1
+VALIDATION_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}}
+VALIDATION_DEADLINE_SECONDS = 3600
+
+
+def build_validation_args(run: Run) -> list[str]:
+    """The validator's command line."""
+    spec = run.spec
+    args = [
+        "qwenft", "data", "validate", paths.dataset_file(run),
+        "--model", paths.model_location(run),
+        "--max-seq-length", str(spec.training.max_seq_length),
+        "--format", spec.dataset.format,
+        "--json",
+    ]  # fmt: skip
+    if spec.model.trust_remote_code:
+        args.append("--trust-remote-code")
+    return args
+
+
+def build_validation_job(run: Run) -> dict[str, Any]:
+    """Job ``<run>-validate``: one CPU pod, no GPU, fails at once on invalid data."""
+    mounts = pods.Mounts(data=True, model=True)
+    pod_spec = pods.pod_spec_base(run, mounts)
+    fetcher = fetch.build_fetch_container(run)
+    if fetcher is not None:
+        pod_spec["initContainers"] = [fetcher]
+    pod_spec["containers"] = [
+        {
+            "name": "validate",
+            "image": run.trainer_image,
+            **pods.image_pull_policy(run),
+            "command": build_validation_args(run),
+            "env": pods.model_env(run),
+            "resources": VALIDATION_RESOURCES,
+            "volumeMounts": pods.volume_mounts(run, mounts),
+            "securityContext": pods.container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    ]
+    return pods.job(
+        run,
+        name=run.names.validate_job,
+        component="validate",
+        pod_spec=pod_spec,
+        backoff_limit=2,
+        fail_on_exit_codes=[INVALID_DATA_EXIT_CODE],
+        extra_spec={"activeDeadlineSeconds": VALIDATION_DEADLINE_SECONDS},
+    )

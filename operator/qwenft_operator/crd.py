@@ -1,0 +1,233 @@
+"""Generate the ``QwenFineTune`` CustomResourceDefinition from the pydantic spec and status.
+
+The CRD is never edited by hand: the pydantic models are the one source of truth, and a
+test fails when the committed file differs from what this module prints. The JSON schema
+pydantic emits is turned into a Kubernetes *structural* schema: ``$ref`` inlined,
+``Optional`` unwrapped (absent instead of null), ``int | str`` made
+``x-kubernetes-int-or-string``, free-form objects marked
+``x-kubernetes-preserve-unknown-fields`` on that field only, and the models' cross-field
+rules emitted as CEL ``x-kubernetes-validations``.
+
+    python -m qwenft_operator.crd > crds/finetune.qwenft.io_qwenfinetunes.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import yaml
+
+from qwenft_operator import spec as spec_module
+from qwenft_operator.spec import QwenFineTuneSpec
+from qwenft_operator.status import QwenFineTuneStatus
+
+CRD_PATH = "crds/finetune.qwenft.io_qwenfinetunes.yaml"
+_DROPPED = {"title", "$defs"}
+# Key order in the emitted YAML: the description first, so the file reads like the docs.
+_ORDER = [
+    "description", "type", "format", "enum", "default", "nullable",
+    "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum",
+    "minLength", "maxLength", "pattern", "minItems", "maxItems",
+    "x-kubernetes-int-or-string", "anyOf", "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "items", "additionalProperties", "required", "properties", "x-kubernetes-validations",
+]  # fmt: skip
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+     "description": "One-word summary of where the run is."},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.display",
+     "description": "Optimizer steps done / planned."},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss",
+     "description": "Training loss at the last logging step."},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+     "description": "Whether the endpoint serves the fine-tuned model."},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint.url",
+     "description": "In-cluster URL of the OpenAI-compatible API."},
+    {"name": "Method", "type": "string", "jsonPath": ".spec.method", "priority": 1,
+     "description": "lora, qlora or full."},
+    {"name": "Reason", "type": "string", "priority": 1,
+     "jsonPath": '.status.conditions[?(@.type=="Failed")].reason',
+     "description": "Why the run failed, when it did."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp",
+     "description": "Time since the run was created."},
+]  # fmt: skip
+
+NAME_RULE = {
+    "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && "
+    "size(self.metadata.name) <= 63",
+    "message": "metadata.name must be at most 63 lower-case letters, digits and '-', "
+    "starting with a letter: it names the run's Services and label values",
+}
+
+
+class SchemaError(ValueError):
+    """The pydantic schema has a construct with no structural Kubernetes equivalent."""
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A structural Kubernetes schema for one pydantic JSON-schema node."""
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        return _merge(structural(target, defs, where), node, defs, where)
+    if "allOf" in node and len(node["allOf"]) == 1:
+        return _merge(structural(node.pop("allOf")[0], defs, where), node, defs, where)
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) == 1:
+            return _merge(structural(options[0], defs, where), node, defs, where)
+        if sorted(o.get("type", "") for o in options) == ["integer", "string"]:
+            pattern = next((o["pattern"] for o in options if "pattern" in o), None)
+            node = {**node, "x-kubernetes-int-or-string": True}
+            node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+            if pattern and "pattern" not in node:
+                node["pattern"] = pattern
+        else:
+            raise SchemaError(f"{where or 'root'}: anyOf {options} has no structural form")
+    return _tidy(node, defs, where)
+
+
+def _merge(
+    base: dict[str, Any], extra: dict[str, Any], defs: dict[str, Any], where: str
+) -> dict[str, Any]:
+    """The referenced schema with the referring field's own keys laid over it."""
+    merged = dict(base)
+    rules = list(base.get("x-kubernetes-validations", []))
+    for key, value in _tidy(extra, defs, where, top_only=True).items():
+        if key == "x-kubernetes-validations":
+            rules.extend(value)
+        elif key == "description" and base.get("description", value) != value:
+            merged[key] = f"{value}\n\n{base['description']}"
+        else:
+            merged[key] = value
+    if rules:
+        merged["x-kubernetes-validations"] = rules
+    return _ordered(merged)
+
+
+def _tidy(
+    node: dict[str, Any], defs: dict[str, Any], where: str, *, top_only: bool = False
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED or (key == "default" and value is None):
+            continue
+        if key == "additionalProperties":
+            if value is False:
+                continue  # unknown keys are pruned or rejected by kubectl's field validation
+            if value is True or value == {}:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+                continue
+            value = structural(value, defs, f"{where}.*")
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            value = True
+        elif key == "const":
+            key, value = "enum", [value]
+        elif key == "properties" and not top_only:
+            value = {name: structural(sub, defs, f"{where}.{name}") for name, sub in value.items()}
+        elif key == "items" and not top_only:
+            value = structural(value, defs, f"{where}[]")
+        out[key] = value
+    if out.get("type") == "object" and out.get("x-kubernetes-preserve-unknown-fields"):
+        out.pop("properties", None)
+    return _ordered(out)
+
+
+def _ordered(node: dict[str, Any]) -> dict[str, Any]:
+    if "x-kubernetes-validations" in node:
+        keys = ("rule", "message", "fieldPath", "reason")
+        node["x-kubernetes-validations"] = [
+            {key: rule[key] for key in keys if key in rule}
+            for rule in node["x-kubernetes-validations"]
+        ]
+    rank = {key: i for i, key in enumerate(_ORDER)}
+    return dict(sorted(node.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+def model_schema(model: type[Any]) -> dict[str, Any]:
+    """The structural schema of a pydantic model, camelCase keys."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(raw, raw.get("$defs", {}), "")
+
+
+def build_crd() -> dict[str, Any]:
+    """The whole CustomResourceDefinition object."""
+    root = {
+        "description": "A fine-tune of a Qwen-family model: validate the data, train with "
+        "LoRA, Q-LoRA or in full, merge, and serve behind an OpenAI-compatible endpoint.",
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"description": "finetune.qwenft.io/v1alpha1", "type": "string"},
+            "kind": {"description": "QwenFineTune", "type": "string"},
+            "metadata": {"description": "Standard object metadata.", "type": "object"},
+            "spec": model_schema(QwenFineTuneSpec),
+            "status": model_schema(QwenFineTuneStatus),
+        },
+        "x-kubernetes-validations": [NAME_RULE],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{spec_module.PLURAL}.{spec_module.GROUP}"},
+        "spec": {
+            "group": spec_module.GROUP,
+            "names": {
+                "kind": spec_module.KIND,
+                "listKind": f"{spec_module.KIND}List",
+                "plural": spec_module.PLURAL,
+                "singular": spec_module.SINGULAR,
+                "shortNames": list(spec_module.SHORT_NAMES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": spec_module.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def render_crd() -> str:
+    """The CRD as the YAML text committed in ``crds/``."""
+    header = (
+        "# Generated by `python -m qwenft_operator.crd`: edit the pydantic models in\n"
+        "# operator/qwenft_operator/ instead, then regenerate.\n"
+        f"# kubectl apply --server-side -f {CRD_PATH}\n"
+    )
+    body = yaml.dump(build_crd(), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+    return header + body
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes shared sub-objects out in full instead of as YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the QwenFineTune CRD as YAML.")
+    parser.add_argument("--output", "-o", help="write to this file instead of stdout")
+    args = parser.parse_args(argv)
+    text = render_crd()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

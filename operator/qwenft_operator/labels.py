@@ -1,0 +1,39 @@
+"""Label keys and values on every object the operator creates, in one place.
+
+The operator finds a run's children by these labels (``kopf`` filters, list selectors),
+dashboards group by them, and ``kubectl get pods -l finetune.qwenft.io/name=demo`` shows a
+run's pods.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "qwenft-operator"
+NAME_KEY = "finetune.qwenft.io/name"  # the QwenFineTune's name
+COMPONENT_KEY = "finetune.qwenft.io/component"  # which step of the run the object serves
+KUEUE_QUEUE_KEY = "kueue.x-k8s.io/queue-name"  # Kueue LocalQueue of a queued Job
+JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+Component = Literal["validate", "train", "merge", "serve"]
+COMPONENTS: tuple[Component, ...] = ("validate", "train", "merge", "serve")
+
+
+def build_labels(run: str, component: Component) -> dict[str, str]:
+    """Labels of a child object (and of its pods)."""
+    return {MANAGED_BY_KEY: MANAGED_BY, NAME_KEY: run, COMPONENT_KEY: component}
+
+
+def build_selector(run: str, component: Component) -> dict[str, str]:
+    """Labels that select one component's pods (Service and Deployment selectors)."""
+    return {NAME_KEY: run, COMPONENT_KEY: component}
+
+
+def selector_string(labels: dict[str, str]) -> str:
+    """``key=value,...`` for a list call's labelSelector."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+# Every object the operator manages, for watches and list calls.
+MANAGED_SELECTOR = selector_string({MANAGED_BY_KEY: MANAGED_BY})

@@ -1,0 +1,262 @@
+"""The ``QwenFineTune`` spec: one typed model, the source of the CRD's schema.
+
+The training hyper-parameters are the trainer's own config sections
+(:mod:`qwenft_trainer.config`: ``lora``, ``quantization``, ``training``, ``deepspeed``,
+``checkpoint``, ``evaluation``), embedded as they are, so a field's name, bounds and
+default can't differ between a manifest and the trainer config the operator renders from
+it. Around them sit the Kubernetes parts (:mod:`sources`, :mod:`workloads`). The CRD is
+generated from this module (``python -m qwenft_operator.crd``); cross-field rules live in
+:data:`QwenFineTuneSpec.rules`, enforced by the API server (CEL) and by pydantic alike.
+
+    from qwenft_operator.spec import QwenFineTune
+    run = QwenFineTune.model_validate(yaml.safe_load(open("examples/lora-single-gpu.yaml")))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from qwenft_trainer.config import (
+    CheckpointSettings,
+    DeepSpeedSettings,
+    EvaluationSettings,
+    LoraSettings,
+    Method,
+    QuantizationSettings,
+    TrainingSettings,
+)
+
+from qwenft_operator.rules import Rule, SpecObject, immutable
+from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec
+from qwenft_operator.status import QwenFineTuneStatus
+from qwenft_operator.workloads import (
+    EvaluationPrompt,
+    ImagesSpec,
+    InferenceSpec,
+    MergeSpec,
+    ResourcesSpec,
+    RunPolicySpec,
+    SchedulingSpec,
+)
+
+GROUP = "finetune.qwenft.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "QwenFineTune"
+PLURAL = "qwenfinetunes"
+SINGULAR = "qwenfinetune"
+SHORT_NAMES = ("qft", "qwenft")
+# Run names become label values and prefixes of Service names: a DNS-1035 label.
+RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+RUN_NAME_MAX_LENGTH = 63
+# Fields the API server refuses to change once a run exists (CEL ``self == oldSelf``).
+IMMUTABLE_FIELDS = ("model", "dataset", "method")
+# The largest --max-lora-rank vLLM accepts (qwenft_trainer.serving.VLLM_MAX_LORA_RANKS).
+VLLM_LARGEST_LORA_RANK = 512
+
+
+def _section(description: str, factory: type[BaseModel]) -> Any:
+    """A trainer config section that defaults to its own defaults (CRD ``default: {}``)."""
+    return Field(
+        default_factory=factory, description=description, json_schema_extra={"default": {}}
+    )
+
+
+def _vllm_unmerged(s: QwenFineTuneSpec) -> bool:
+    """vLLM is asked to serve the adapter itself (no merge)."""
+    return s.inference.enabled and s.inference.engine == "vllm" and not s.merge.enabled
+
+
+class QwenFineTuneSpec(SpecObject):
+    """What to fine-tune, on what data, how, on which hardware, and how to serve it."""
+
+    rules = (
+        Rule(
+            cel="self.method != 'qlora' || has(self.quantization)",
+            check=lambda s: s.method != "qlora" or s.quantization is not None,
+            message="method qlora needs a 4-bit quantization block, e.g. {quantType: nf4}",
+            field=".quantization",
+        ),
+        Rule(
+            cel="!has(self.quantization) || self.method == 'qlora'",
+            check=lambda s: s.quantization is None or s.method == "qlora",
+            message="quantization is only for method qlora: remove it or set method: qlora",
+            field=".quantization",
+        ),
+        Rule(
+            cel="!(self.method == 'qlora' && self.deepspeed.enabled && "
+            "self.deepspeed.zeroStage == 3)",
+            check=lambda s: (
+                not (s.method == "qlora" and s.deepspeed.enabled and s.deepspeed.zero_stage == 3)
+            ),
+            message="ZeRO-3 can't shard 4-bit Q-LoRA weights: use zeroStage 2, or method lora",
+            field=".deepspeed.zeroStage",
+        ),
+        Rule(
+            cel="self.method != 'qlora' || self.training.precision != 'fp32'",
+            check=lambda s: s.method != "qlora" or s.training.precision != "fp32",
+            message="method qlora trains in bf16 or fp16, not fp32",
+            field=".training.precision",
+        ),
+        Rule(
+            cel="!self.deepspeed.offloadParameters || "
+            "(self.deepspeed.enabled && self.deepspeed.zeroStage == 3)",
+            check=lambda s: (
+                not s.deepspeed.offload_parameters
+                or (s.deepspeed.enabled and s.deepspeed.zero_stage == 3)
+            ),
+            message="offloadParameters needs deepspeed.enabled and zeroStage 3",
+            field=".deepspeed.offloadParameters",
+        ),
+        Rule(
+            cel="!self.deepspeed.offloadOptimizer || "
+            "(self.deepspeed.enabled && self.deepspeed.zeroStage >= 2)",
+            check=lambda s: (
+                not s.deepspeed.offload_optimizer
+                or (s.deepspeed.enabled and s.deepspeed.zero_stage >= 2)
+            ),
+            message="offloadOptimizer needs deepspeed.enabled and zeroStage 2 or 3",
+            field=".deepspeed.offloadOptimizer",
+        ),
+        Rule(
+            cel="self.method != 'full' || size(self.lora.modulesToSave) == 0",
+            check=lambda s: s.method != "full" or not s.lora.modules_to_save,
+            message="method full trains every module; remove lora.modulesToSave",
+            field=".lora.modulesToSave",
+        ),
+        Rule(
+            cel="!(self.evaluation.fraction > 0.0 && has(self.evaluation.file))",
+            check=lambda s: not (s.evaluation.fraction > 0 and s.evaluation.file),
+            message="set evaluation.fraction or evaluation.file, not both",
+            field=".evaluation.file",
+        ),
+        Rule(
+            cel="!(has(self.dataset.url) && has(self.evaluation.file))",
+            check=lambda s: not (s.dataset.url is not None and s.evaluation.file),
+            message="evaluation.file needs a configMap, pvc or path dataset; with a URL "
+            "dataset use evaluation.fraction",
+            field=".evaluation.file",
+        ),
+        Rule(
+            cel="size(self.evaluationPrompts) == 0 || self.inference.enabled",
+            check=lambda s: not s.evaluation_prompts or s.inference.enabled,
+            message="evaluationPrompts test the served endpoint: set inference.enabled",
+            field=".evaluationPrompts",
+        ),
+        Rule(
+            cel="!self.inference.enabled || self.inference.engine != 'vllm' || "
+            "self.merge.enabled || self.lora.r <= 512",
+            check=lambda s: not _vllm_unmerged(s) or s.lora.r <= VLLM_LARGEST_LORA_RANK,
+            message="vLLM serves unmerged adapters up to rank 512: set merge.enabled or lower "
+            "lora.r",
+            field=".merge.enabled",
+        ),
+        Rule(
+            cel="!self.inference.enabled || self.inference.engine != 'vllm' || "
+            "self.merge.enabled || size(self.lora.modulesToSave) == 0",
+            check=lambda s: not _vllm_unmerged(s) or not s.lora.modules_to_save,
+            message="vLLM can't serve an unmerged adapter with lora.modulesToSave: set "
+            "merge.enabled",
+            field=".merge.enabled",
+        ),
+    )
+
+    model: ModelSpec = immutable("The base model to fine-tune.", "model")
+    dataset: DatasetSpec = immutable("The training data.", "dataset")
+    method: Method = immutable(
+        "lora (adapter over a bf16 base), qlora (adapter over a 4-bit base) or full.",
+        "method",
+        default="lora",
+    )
+    lora: LoraSettings = _section("LoRA adapter shape (methods lora and qlora).", LoraSettings)
+    quantization: QuantizationSettings | None = Field(
+        default=None, description="4-bit quantization of the base; required for method qlora."
+    )
+    training: TrainingSettings = _section(
+        "Optimisation: epochs or steps, batch, learning rate, sequence length, precision.",
+        TrainingSettings,
+    )
+    deepspeed: DeepSpeedSettings = _section(
+        "DeepSpeed ZeRO sharding and CPU offload (otherwise DDP).", DeepSpeedSettings
+    )
+    checkpoint: CheckpointSettings = _section(
+        "How often checkpoints are written and how many are kept; a restarted pod resumes "
+        "from the newest complete one.",
+        CheckpointSettings,
+    )
+    evaluation: EvaluationSettings = _section(
+        "Held-out evaluation: a fraction of the dataset, or a file next to it (another key of "
+        "the same ConfigMap, or a path inside the same claim).",
+        EvaluationSettings,
+    )
+    resources: ResourcesSpec = _section("Nodes, GPUs, CPU and memory of training.", ResourcesSpec)
+    scheduling: SchedulingSpec = _section(
+        "Placement of every pod: node selector, tolerations, affinity, priority, queue.",
+        SchedulingSpec,
+    )
+    images: ImagesSpec = _section("Container image overrides.", ImagesSpec)
+    output: OutputSpec = Field(description="Where checkpoints, the adapter and merges go.")
+    run_policy: RunPolicySpec = _section(
+        "Retries, deadline and clean-up of the training Job.", RunPolicySpec
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Suspend training (its pods stop); set back to false to resume from the "
+        "newest checkpoint.",
+    )
+    merge: MergeSpec = _section("Merging the adapter into the base after training.", MergeSpec)
+    inference: InferenceSpec = _section("Serving the result after training.", InferenceSpec)
+    evaluation_prompts: list[EvaluationPrompt] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Smoke test: prompts sent to the endpoint once it is ready; the result "
+        "is recorded in status.smokeTest.",
+    )
+
+    def cluster_problems(self) -> list[str]:
+        """Problems that only matter in a cluster (``qwenft run --local`` accepts these)."""
+        problems: list[str] = []
+        if self.output.pvc is None:
+            problems.append(
+                "spec.output.pvc: results must outlive the pods in a cluster; set output.pvc "
+                "(output.path is for 'qwenft run --local')"
+            )
+        return problems
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the spec relies on; other keys are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        min_length=1,
+        max_length=RUN_NAME_MAX_LENGTH,
+        pattern=RUN_NAME_PATTERN,
+        description="Run name: lower-case letters, digits and '-', starting with a letter.",
+    )
+    namespace: str | None = Field(default=None, description="Namespace of the run.")
+    uid: str | None = Field(default=None, description="Set by the API server.")
+    generation: int | None = Field(default=None, description="Set by the API server.")
+
+
+class QwenFineTune(BaseModel):
+    """A whole manifest, as applied with kubectl or run with ``qwenft run --local``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["finetune.qwenft.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["QwenFineTune"]
+    metadata: ObjectMeta
+    spec: QwenFineTuneSpec
+    status: QwenFineTuneStatus | None = None
+
+
+def check_update(old: QwenFineTuneSpec, new: QwenFineTuneSpec) -> list[str]:
+    """The API server's transition rules in Python: changes to immutable fields."""
+    return [
+        f"spec.{name}: {name} is immutable; create a new run"
+        for name in IMMUTABLE_FIELDS
+        if getattr(old, name) != getattr(new, name)
+    ]

@@ -1,0 +1,125 @@
+"""The QwenFineTune spec model: shipped examples, refused manifests, updates, error text.
+
+Covers: every example in examples/ validates and renders a trainer config; each case of
+invalid_manifests.CASES is refused by pydantic with a message naming its field (the e2e
+suite applies the same table to the API server); immutable fields (check_update);
+format_errors joins rule messages onto their object's path; cluster-only problems.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from invalid_manifests import BASE_MANIFEST, CASES, UPDATE_CASES, InvalidCase, build
+from pydantic import ValidationError
+from qwenft_operator.builders.config import build_train_config
+from qwenft_operator.rules import format_errors
+from qwenft_operator.runs import Run
+from qwenft_operator.spec import QwenFineTune, QwenFineTuneSpec, check_update
+
+EXAMPLES = sorted(
+    path
+    for path in (Path(__file__).parents[2] / "examples").glob("*.yaml")
+    if "\nkind: QwenFineTune\n" in path.read_text(encoding="utf-8")
+)
+
+
+def test_examples_exist() -> None:
+    names = {path.name for path in EXAMPLES}
+    assert {
+        "lora-single-gpu.yaml",
+        "qlora-multinode-zero2.yaml",
+        "full-finetune.yaml",
+        "kueue-queued.yaml",
+        "quickstart-local.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_validates_and_renders(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(("# kubectl apply -f examples/", "# qwenft run examples/"))
+    assert path.name in text.splitlines()[0], "the first line must be the command that runs it"
+    manifest = yaml.safe_load(text)
+    QwenFineTune.model_validate(manifest)
+    run = Run.from_body(manifest)
+    config = build_train_config(run)
+    assert config.run_name == manifest["metadata"]["name"]
+    local = path.name.startswith("quickstart-local")
+    assert bool(run.spec.cluster_problems()) == local
+
+
+def test_base_manifest_is_valid() -> None:
+    QwenFineTune.model_validate(BASE_MANIFEST)
+
+
+def _error_text(manifest: dict[str, Any]) -> str:
+    with pytest.raises(ValidationError) as info:
+        QwenFineTune.model_validate(manifest)
+    return "\n".join(format_errors(info.value))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_invalid_manifest_is_refused_naming_the_field(case: InvalidCase) -> None:
+    text = _error_text(build(case))
+    assert case.field in text, f"{case.id}: error does not name {case.field}:\n{text}"
+
+
+def test_invalid_cases_are_many_and_distinct() -> None:
+    assert len(CASES) >= 40
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", UPDATE_CASES, ids=lambda c: c.id)
+def test_immutable_field_change_is_refused(case: Any) -> None:
+    old = QwenFineTune.model_validate(BASE_MANIFEST).spec
+    new = QwenFineTune.model_validate(build(case)).spec
+    problems = check_update(old, new)
+    assert len(problems) == 1
+    assert problems[0].startswith(case.field + ":")
+
+
+def test_mutable_field_change_is_allowed() -> None:
+    old = QwenFineTune.model_validate(BASE_MANIFEST).spec
+    changed = {**BASE_MANIFEST["spec"], "suspend": True, "training": {"epochs": 2}}
+    assert check_update(old, QwenFineTuneSpec.model_validate(changed)) == []
+
+
+def test_rule_messages_are_joined_onto_their_path() -> None:
+    manifest = build(CASES[[c.id for c in CASES].index("qlora-zero3")])
+    lines = _error_text(manifest).splitlines()
+    assert lines == [
+        "spec.deepspeed.zeroStage: ZeRO-3 can't shard 4-bit Q-LoRA weights: use zeroStage 2, "
+        "or method lora"
+    ]
+
+
+def test_several_broken_rules_are_all_reported() -> None:
+    spec = {**BASE_MANIFEST["spec"], "method": "qlora", "training": {"precision": "fp32"}}
+    with pytest.raises(ValidationError) as info:
+        QwenFineTuneSpec.model_validate(spec)
+    text = "\n".join(format_errors(info.value, prefix="spec"))
+    assert "spec.quantization:" in text
+    assert "spec.training.precision:" in text
+
+
+def test_defaults_match_the_trainer_config() -> None:
+    spec = QwenFineTuneSpec.model_validate(BASE_MANIFEST["spec"])
+    assert spec.method == "lora"
+    assert spec.lora.r == 64
+    assert spec.training.precision == "bf16"
+    assert spec.resources.nodes == 1
+    assert spec.inference.engine == "builtin"
+    assert spec.merge.enabled
+
+
+def test_snake_case_keys_are_accepted_in_python() -> None:
+    spec = QwenFineTuneSpec.model_validate(
+        {**BASE_MANIFEST["spec"], "run_policy": {"backoff_limit": 0}}
+    )
+    assert spec.run_policy.backoff_limit == 0
+    dumped = spec.model_dump(by_alias=True, exclude_none=True)
+    assert dumped["runPolicy"]["backoffLimit"] == 0
