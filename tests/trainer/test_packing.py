@@ -3,9 +3,10 @@
 Covers: every sample lands in exactly one row, whole and in order of its tokens; rows never
 exceed max_seq_length; position ids restart at 0 per sample; the first label of every
 sample is -100; best-fit packing fills short dialogues to >= 95% of the slots; the packed
-collator flattens rows into one row without an attention mask; no leakage between packed
-samples: each sample's logits inside a packed row equal its logits run alone (tiny model,
-fp32, sdpa and eager); configure_model_for_packing turns the KV cache off (with the cache on,
+collator stacks rows (a short row gets a pad segment of its own) or flattens them, without
+an attention mask; no leakage between packed samples: each sample's logits inside a batch
+of packed rows equal its logits run alone (tiny model, fp32, sdpa and eager, stacked and
+flattened); configure_model_for_packing turns the KV cache off (with the cache on,
 transformers ignores the packing, which the test shows) and refuses attention kernels that
 can't keep samples apart; the padding collator pads labels with -100 and builds the
 attention mask, to the batch's longest sample or to max_seq_length.
@@ -84,9 +85,22 @@ def test_build_features_packed_or_not() -> None:
     }
 
 
-def test_packed_collator_flattens_rows_without_attention_mask() -> None:
+def test_packed_collator_stacks_rows_with_a_pad_segment_and_no_mask() -> None:
+    samples = [fake_sample(3, 0), fake_sample(4, 10), fake_sample(2, 20)]
+    rows = [r.to_features() for r in pack_samples(samples, 5)]
+    batch = PackedCollator(pad_token_id=99)(rows)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 13, 99], [0, 1, 2, 20, 21]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [
+        [IGNORE_INDEX, 11, 12, 13, IGNORE_INDEX],
+        [IGNORE_INDEX, 1, 2, IGNORE_INDEX, 21],
+    ]
+
+
+def test_packed_collator_can_flatten_for_varlen_kernels() -> None:
     rows = [r.to_features() for r in pack_samples([fake_sample(3, 0), fake_sample(4, 10)], 4)]
-    batch = PackedCollator()(rows)
+    batch = PackedCollator(flatten=True)(rows)
     assert set(batch) == {"input_ids", "labels", "position_ids"}
     assert batch["input_ids"].tolist() == [[10, 11, 12, 13, 0, 1, 2]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
@@ -116,34 +130,43 @@ def load_tiny(path: Path, attention: str) -> Any:
     return model.eval()
 
 
-def packed_and_alone_logits(model: Any, samples: list[TokenizedSample]) -> list[tuple[Any, Any]]:
+def packed_and_alone_logits(
+    model: Any, samples: list[TokenizedSample], *, flatten: bool = False
+) -> list[tuple[Any, Any]]:
+    """(logits inside the packed batch, logits run alone) for every sample."""
     import torch
 
-    rows = pack_samples(samples, max_seq_length=512)
-    assert len(rows) == 1 and len(rows[0].lengths) == len(samples)
-    batch = PackedCollator()([rows[0].to_features()])
+    rows = pack_samples(samples, max_seq_length=128)  # 3 rows of 96, 124 and 120 tokens
+    assert sorted(len(r.lengths) for r in rows) == [1, 2, 2]
+    batch = PackedCollator(flatten=flatten)([r.to_features() for r in rows])
+    pairs = []
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
-        pairs = []
-        offset = 0
-        for length in rows[0].lengths:
-            ids = batch["input_ids"][:, offset : offset + length]
-            alone = model(input_ids=ids).logits[0]
-            pairs.append((packed[offset : offset + length], alone))
-            offset += length
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        starts = (batch["position_ids"] == 0).nonzero().tolist()
+        bounds = [(b, s) for b, s in starts]  # (row, first token) of every segment
+        for (b, start), (b_next, s_next) in zip(bounds, [*bounds[1:], (-1, -1)], strict=True):
+            end = s_next if b_next == b else batch["input_ids"].shape[1]
+            ids = batch["input_ids"][b, start:end]
+            if batch["labels"][b, start:end].eq(IGNORE_INDEX).all():
+                continue  # the pad segment of a short row
+            alone = model(input_ids=ids[None]).logits[0]
+            pairs.append((logits[b, start:end], alone))
+    assert len(pairs) == len(samples)
     return pairs
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize(
+    ("attention", "flatten"), [("sdpa", False), ("eager", False), ("sdpa", True)]
+)
 def test_packed_samples_do_not_leak_into_each_other(
-    attention: str, tiny_model_dir: Path, tiny_samples: list[TokenizedSample]
+    attention: str, flatten: bool, tiny_model_dir: Path, tiny_samples: list[TokenizedSample]
 ) -> None:
     import torch
 
     model = load_tiny(tiny_model_dir, attention)
     configure_model_for_packing(model)
     assert model.config.use_cache is False
-    for packed, alone in packed_and_alone_logits(model, tiny_samples):
+    for packed, alone in packed_and_alone_logits(model, tiny_samples, flatten=flatten):
         torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
 
 
@@ -152,9 +175,9 @@ def test_with_the_kv_cache_on_packed_samples_would_leak(
 ) -> None:
     model = load_tiny(tiny_model_dir, "sdpa")
     model.config.use_cache = True
-    pairs = packed_and_alone_logits(model, tiny_samples)
-    assert (pairs[0][0] - pairs[0][1]).abs().max() < 1e-5  # the first sample sees nothing before it
-    assert max((p - a).abs().max().item() for p, a in pairs[1:]) > 1e-3
+    errors = [(p - a).abs().max().item() for p, a in packed_and_alone_logits(model, tiny_samples)]
+    assert min(errors) < 1e-5  # a sample first in its row sees nothing before it
+    assert max(errors) > 1e-3  # the second sample of a row attends to the first
 
 
 def test_attention_kernels_that_ignore_packing_are_refused(tiny_model_dir: Path) -> None:

@@ -11,7 +11,7 @@ packed sequences when there is no cache.
 
     rows = pack_samples(tokenize_all(convs, tok, 2048), max_seq_length=2048)
     trainer = Trainer(..., train_dataset=[r.to_features() for r in rows],
-                      data_collator=PackedCollator())
+                      data_collator=PackedCollator(pad_token_id=tok.pad_token_id))
 """
 
 from __future__ import annotations
@@ -110,29 +110,59 @@ def configure_model_for_packing(model: PreTrainedModel) -> None:
 
 
 class PackedCollator:
-    """Flattens a batch of packed rows into one ``[1, tokens]`` row with restarting positions.
+    """Batches packed rows as ``[rows, longest row]`` with restarting positions, no mask.
 
     The batch has ``input_ids``, ``labels`` and ``position_ids`` and deliberately no
     ``attention_mask``: transformers builds the per-sample causal mask from the position
-    ids. Flattening is done by :class:`transformers.DataCollatorWithFlattening`, one
-    feature per original sample, so its boundary handling is the library's own.
+    ids. A row shorter than the longest is filled with a pad segment of its own (positions
+    from 0, labels -100) that no real token attends to. Rows are stacked rather than
+    flattened into one ``[1, tokens]`` row because sdpa and eager attention cost grows with
+    the square of the row length; ``flatten=True`` hands the batch to
+    :class:`transformers.DataCollatorWithFlattening` instead, for flash-attention kernels
+    that run variable-length segments without any padding.
     """
 
-    def __init__(self, *, return_flash_attn_kwargs: bool = False) -> None:
-        from transformers import DataCollatorWithFlattening
+    def __init__(
+        self,
+        *,
+        pad_token_id: int = 0,
+        flatten: bool = False,
+        return_flash_attn_kwargs: bool = False,
+    ) -> None:
+        self.pad_token_id = pad_token_id
+        self._flatten: Any = None
+        if flatten:
+            from transformers import DataCollatorWithFlattening
 
-        self._flatten = DataCollatorWithFlattening(
-            return_position_ids=True,
-            separator_id=IGNORE_INDEX,
-            return_flash_attn_kwargs=return_flash_attn_kwargs,
-        )
+            self._flatten = DataCollatorWithFlattening(
+                return_position_ids=True,
+                separator_id=IGNORE_INDEX,
+                return_flash_attn_kwargs=return_flash_attn_kwargs,
+            )
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pieces: list[dict[str, list[int]]] = []
-        for feature in features:
-            pieces.extend(_split_row(feature))
-        batch: dict[str, torch.Tensor] = self._flatten(pieces, return_tensors="pt")
-        return batch
+        import torch
+
+        if self._flatten is not None:
+            pieces = [piece for feature in features for piece in _split_row(feature)]
+            flat: dict[str, torch.Tensor] = self._flatten(pieces, return_tensors="pt")
+            return flat
+        rows = [_row_lists(feature) for feature in features]
+        width = max(len(ids) for ids, _, _ in rows)
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for ids, labels, positions in rows:
+            fill = width - len(ids)
+            batch["input_ids"].append(ids + [self.pad_token_id] * fill)
+            batch["labels"].append(labels + [IGNORE_INDEX] * fill)
+            batch["position_ids"].append(positions + list(range(fill)))
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
+def _row_lists(feature: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    input_ids = _as_list(feature["input_ids"])
+    labels = _as_list(feature["labels"])
+    positions = _as_list(feature.get("position_ids", range(len(input_ids))))
+    return input_ids, labels, positions
 
 
 def _as_list(values: Any) -> list[int]:
@@ -141,9 +171,7 @@ def _as_list(values: Any) -> list[int]:
 
 def _split_row(feature: dict[str, Any]) -> list[dict[str, list[int]]]:
     """A packed row back into its samples, cut where the position ids restart."""
-    input_ids = _as_list(feature["input_ids"])
-    labels = _as_list(feature["labels"])
-    positions = _as_list(feature.get("position_ids", range(len(input_ids))))
+    input_ids, labels, positions = _row_lists(feature)
     starts = [i for i, position in enumerate(positions) if position == 0] or [0]
     if starts[0] != 0:
         starts.insert(0, 0)
