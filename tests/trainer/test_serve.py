@@ -1,0 +1,300 @@
+"""The OpenAI-compatible server (qwenft serve) over real HTTP on loopback.
+
+Each test talks to a uvicorn server in a thread with the official ``openai`` client (or
+httpx for raw bodies). Covers: /v1/models; non-streaming and SSE streaming completions
+that equal a direct ``generate`` over the tokenizer's chat template; multi-turn history;
+adapter selection by model name, also with concurrent requests for different adapters;
+stop sequences; seeded sampling; OpenAI-style errors 400 (malformed JSON, invalid fields,
+prompt longer than the context), 404 (unknown model), 429 (saturated) and 503 (model still
+loading, /readyz), and the Prometheus series of docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+from qwenft_trainer.generation import Engine, EngineConfig, load_engine
+from qwenft_trainer.serve_app import ServerLimits, create_app
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+HELLO = [{"role": "user", "content": "Hello! How can I help you today?"}]
+HISTORY = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+    {"role": "user", "content": "中国的首都是北京。"},
+]
+GREEDY = {"temperature": 0, "max_tokens": 12, "extra_body": {"ignore_eos": True}}
+
+
+@contextmanager
+def running(loader: Callable[[], Engine], limits: ServerLimits | None = None) -> Iterator[str]:
+    """Serve ``create_app(loader)`` on a free loopback port; yields the base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(loader, limits), log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.05)
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def adapters(make_adapter: Callable[..., Path]) -> dict[str, Path]:
+    return {
+        "support": make_adapter("serve-support", r=8, seed=11, scale=0.3),
+        "sql": make_adapter("serve-sql", r=16, seed=12, scale=0.3),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[str]:
+    config = EngineConfig(
+        model=str(tiny_model_dir),
+        served_model_name="tiny",
+        adapters={name: str(path) for name, path in adapters.items()},
+        max_model_len=256,
+    )
+    with running(lambda: load_engine(config), ServerLimits(max_concurrency=2)) as url:
+        wait_ready(url)
+        yield url
+
+
+def direct_greedy(model_dir: Path, messages: list[dict[str, str]], tokens: int) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False
+        )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def test_models_lists_base_and_adapters(server: str) -> None:
+    assert [m.id for m in client(server).models.list()] == ["tiny", "support", "sql"]
+
+
+def test_completion_equals_generate_over_the_chat_template(
+    server: str, tiny_model_dir: Path
+) -> None:
+    reply = client(server).chat.completions.create(model="tiny", messages=HELLO, **GREEDY)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "length"
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, tokenize=False)
+    assert reply.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    assert choice.message.content == direct_greedy(tiny_model_dir, HELLO, 12)
+
+
+def test_streaming_matches_non_streaming(server: str) -> None:
+    api = client(server)
+    plain = api.chat.completions.create(model="support", messages=HISTORY, **GREEDY)
+    stream = api.chat.completions.create(
+        model="support",
+        messages=HISTORY,
+        stream=True,
+        stream_options={"include_usage": True},
+        **GREEDY,
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len([p for p in pieces if p]) > 1, "text must arrive in several chunks"
+    assert "".join(pieces) == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+
+
+def test_history_is_part_of_the_prompt(server: str) -> None:
+    api = client(server)
+    short = api.chat.completions.create(model="tiny", messages=HISTORY[-1:], **GREEDY)
+    full = api.chat.completions.create(model="tiny", messages=HISTORY, **GREEDY)
+    assert short.usage is not None and full.usage is not None
+    assert full.usage.prompt_tokens > short.usage.prompt_tokens + 10
+
+
+def test_model_field_selects_the_adapter(server: str) -> None:
+    api = client(server)
+
+    def ask(name: str) -> str:
+        reply = api.chat.completions.create(model=name, messages=HELLO, **GREEDY)
+        return str(reply.choices[0].message.content)
+
+    sequential = {name: ask(name) for name in ("tiny", "support", "sql")}
+    assert len(set(sequential.values())) == 3, sequential
+    # Interleaved concurrent requests for different adapters get the same answers.
+    order = ["support", "sql", "tiny", "sql", "support", "tiny"] * 2
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, order))
+    assert answers == [sequential[name] for name in order]
+
+
+def test_stop_sequence_cuts_the_answer(server: str) -> None:
+    api = client(server)
+    full = str(
+        api.chat.completions.create(model="sql", messages=HELLO, **GREEDY)
+        .choices[0]
+        .message.content
+    )
+    stop = full[4:7]
+    expected = full[: full.find(stop)]
+    reply = api.chat.completions.create(model="sql", messages=HELLO, stop=[stop], **GREEDY)
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].finish_reason == "stop"
+    stream = api.chat.completions.create(
+        model="sql", messages=HELLO, stop=stop, stream=True, **GREEDY
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected
+
+
+def test_seed_makes_sampling_reproducible(server: str) -> None:
+    api = client(server)
+
+    def sample(seed: int) -> str:
+        reply = api.chat.completions.create(
+            model="support",
+            messages=HELLO,
+            temperature=1.0,
+            top_p=0.95,
+            max_tokens=16,
+            seed=seed,
+            extra_body={"ignore_eos": True},
+        )
+        return str(reply.choices[0].message.content)
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+
+
+def _error(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return dict(error)
+
+
+def test_bad_requests_get_openai_errors(server: str) -> None:
+    url = f"{server}/v1/chat/completions"
+    json_header = {"content-type": "application/json"}
+    malformed = httpx.post(url, content=b'{"model": "tiny", "messages": [', headers=json_header)
+    assert "not valid JSON" in str(_error(malformed, 400)["message"])
+    not_object = httpx.post(url, content=b"[1, 2]", headers=json_header)
+    assert "JSON object" in str(_error(not_object, 400)["message"])
+    missing = httpx.post(url, json={"model": "tiny"})
+    assert _error(missing, 400)["param"] == "messages"
+    two = httpx.post(url, json={"model": "tiny", "messages": HELLO, "n": 2})
+    assert _error(two, 400)["param"] == "n"
+
+    api = client(server)
+    with pytest.raises(openai.BadRequestError) as too_long:
+        api.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hello " * 300}]
+        )
+    assert too_long.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match="lower max_tokens"):
+        api.chat.completions.create(model="tiny", messages=HELLO, max_tokens=1000)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        api.chat.completions.create(model="gpt-4o", messages=HELLO)
+    assert unknown.value.code == "model_not_found"
+
+
+def test_metrics_use_the_documented_names(server: str) -> None:
+    api = client(server)
+    api.chat.completions.create(model="sql", messages=HELLO, **GREEDY)
+    with pytest.raises(openai.NotFoundError):
+        api.chat.completions.create(model="nope", messages=HELLO)
+    text = httpx.get(f"{server}/metrics").text
+    for line in (
+        'qwenft_serve_requests_total{model="sql",status="200"}',
+        'qwenft_serve_requests_total{model="unknown",status="404"}',
+        'qwenft_serve_request_duration_seconds_bucket{le="0.05",model="sql"}',
+        'qwenft_serve_prompt_tokens_total{model="sql"}',
+        'qwenft_serve_generated_tokens_total{model="sql"}',
+        "qwenft_serve_in_flight_requests 0.0",
+    ):
+        assert line in text, line
+
+
+def test_saturated_server_answers_429(tiny_model_dir: Path) -> None:
+    config = EngineConfig(model=str(tiny_model_dir), served_model_name="tiny")
+    limits = ServerLimits(max_concurrency=1, max_queue=0)
+    with running(lambda: load_engine(config), limits) as url:
+        wait_ready(url)
+        api = client(url)
+        long = api.chat.completions.create(
+            model="tiny",
+            messages=HELLO,
+            temperature=0,
+            max_tokens=1500,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        first = next(iter(long))  # admitted and generating: the one slot is taken
+        assert first.choices[0].delta.role == "assistant"
+        with pytest.raises(openai.RateLimitError) as err:
+            api.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4)
+        assert err.value.code == "rate_limit_exceeded"
+        long.close()
+        deadline = time.monotonic() + 60
+        while "qwenft_serve_in_flight_requests 0.0" not in httpx.get(f"{url}/metrics").text:
+            assert time.monotonic() < deadline, "the closed stream was never released"
+            time.sleep(0.05)
+        reply = api.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4)
+        assert reply.choices[0].message.content is not None
+
+
+def test_503_until_the_model_is_loaded(tiny_model_dir: Path) -> None:
+    release = threading.Event()
+    config = EngineConfig(model=str(tiny_model_dir), served_model_name="tiny")
+
+    def slow_loader() -> Engine:
+        assert release.wait(60)
+        return load_engine(config)
+
+    with running(slow_loader) as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert _error(httpx.get(f"{url}/readyz"), 503)["code"] == "model_not_ready"
+        with pytest.raises(openai.InternalServerError) as err:
+            client(url).chat.completions.create(model="tiny", messages=HELLO)
+        assert err.value.status_code == 503
+        release.set()
+        wait_ready(url)
+        reply = client(url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=3)
+        assert reply.model == "tiny"

@@ -1,0 +1,318 @@
+"""The OpenAI-compatible HTTP app: routes, admission control, errors and metrics.
+
+The model loads in a background thread after the server starts listening, so Kubernetes
+probes get answers at once (``/healthz`` alive, ``/readyz`` 503 until loaded). Each
+completion runs in a worker thread; at most ``max_concurrency`` generate at once, up to
+``max_queue`` more wait, and anything beyond that gets 429 straight away rather than
+piling up. Errors use OpenAI's ``{"error": {...}}`` body so clients raise the right
+exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from qwenft_trainer import serve_schemas as schemas
+from qwenft_trainer.generation import Completion, Engine, SamplingParams, StopFilter
+from qwenft_trainer.serve_metrics import ServeMetrics
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_concurrency: int = 4
+    max_queue: int = 16
+    default_max_tokens: int = 256
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        model: str = "unknown",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.model = param, code, model
+
+
+class ServerState:
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+        self.in_flight = 0
+        self.metrics = ServeMetrics()
+        self.executor = ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="generate")
+        self.semaphore = asyncio.Semaphore(limits.max_concurrency)
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:
+            detail = f": {self.load_error}" if self.load_error else ""
+            raise APIError(
+                503,
+                f"the model is not loaded yet{detail}",
+                type="service_unavailable",
+                code="model_not_ready",
+            )
+        return self.engine
+
+    def admit(self, model: str) -> None:
+        if self.in_flight >= self.limits.max_concurrency + self.limits.max_queue:
+            raise APIError(
+                429,
+                f"server is saturated: {self.in_flight} requests in flight (max_concurrency "
+                f"{self.limits.max_concurrency} + max_queue {self.limits.max_queue}); retry later",
+                type="rate_limit_exceeded",
+                code="rate_limit_exceeded",
+                model=model,
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.dec()
+
+
+def _sse(payload: Any) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def create_app(loader: Callable[[], Engine], limits: ServerLimits | None = None) -> FastAPI:
+    """The app; ``loader`` builds the engine in a background thread once the app starts."""
+    state = ServerState(limits or ServerLimits())
+
+    def load() -> None:
+        try:
+            state.engine = loader()
+        except Exception as err:  # surfaced by /readyz and /healthz, and in the log
+            state.load_error = f"{type(err).__name__}: {err}"
+            raise
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=load, name="model-loader", daemon=True).start()
+        yield
+        state.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="qwenft inference server", lifespan=lifespan)
+    app.state.server = state
+
+    async def timer(request: Request, call_next: Any) -> Any:
+        request.state.started = time.perf_counter()
+        return await call_next(request)
+
+    def elapsed(request: Request) -> float:
+        return time.perf_counter() - float(getattr(request.state, "started", time.perf_counter()))
+
+    async def api_error(request: Request, err: APIError) -> JSONResponse:
+        if request.url.path == CHAT_PATH:
+            state.metrics.observe(model=err.model, status=err.status, seconds=elapsed(request))
+        body = schemas.error_body(err.message, type=err.type, param=err.param, code=err.code)
+        return JSONResponse(body, status_code=err.status)
+
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            message = "request body is not valid JSON"
+        elif param is None:
+            message = "request body must be a JSON object with 'model' and 'messages'"
+        else:
+            message = f"{param}: {first.get('msg')}"
+        return await api_error(request, APIError(400, message, param=param))
+
+    async def healthz() -> JSONResponse:
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=500)
+        return JSONResponse({"status": "ok"})
+
+    async def readyz() -> JSONResponse:
+        state.require_engine()
+        return JSONResponse({"status": "ready"})
+
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def models() -> JSONResponse:
+        engine = state.require_engine()
+        created = schemas.now()
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "qwenft"}
+            for name in engine.model_names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat(
+        body: schemas.ChatCompletionRequest, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        engine = state.require_engine()
+        if body.model not in engine.model_names:
+            raise APIError(
+                404,
+                f"model '{body.model}' not found; this server serves "
+                f"{', '.join(engine.model_names)}",
+                param="model",
+                code="model_not_found",
+            )
+        prompt_ids = engine.encode([m.as_template_message() for m in body.messages])
+        params = _sampling(body, len(prompt_ids), engine, state.limits)
+        state.admit(body.model)
+        if body.stream:
+            stream = _stream(state, engine, body, prompt_ids, params, request, elapsed)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        try:
+            async with state.semaphore:
+                job = partial(engine.generate, body.model, prompt_ids, params)
+                done: Completion = await asyncio.get_running_loop().run_in_executor(
+                    state.executor, job
+                )
+        finally:
+            state.release()
+        state.metrics.observe(
+            model=body.model,
+            status=200,
+            seconds=elapsed(request),
+            prompt=done.prompt_tokens,
+            generated=done.completion_tokens,
+        )
+        return JSONResponse(
+            {
+                "id": schemas.completion_id(),
+                "object": "chat.completion",
+                "created": schemas.now(),
+                "model": body.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": done.text},
+                        "logprobs": None,
+                        "finish_reason": done.finish_reason,
+                    }
+                ],
+                "usage": schemas.usage(done.prompt_tokens, done.completion_tokens),
+            }
+        )
+
+    app.middleware("http")(timer)
+    app.exception_handler(APIError)(api_error)
+    app.exception_handler(RequestValidationError)(invalid)
+    app.get("/healthz")(healthz)
+    app.get("/readyz")(readyz)
+    app.get("/metrics")(metrics)
+    app.get("/v1/models")(models)
+    app.post(CHAT_PATH, response_model=None)(chat)
+    return app
+
+
+def _sampling(
+    body: schemas.ChatCompletionRequest, prompt_len: int, engine: Engine, limits: ServerLimits
+) -> SamplingParams:
+    """Sampling settings for a request, or a 400 when the prompt doesn't fit the context."""
+    context = engine.context_length
+    if prompt_len >= context:
+        raise APIError(
+            400,
+            f"the prompt is {prompt_len} tokens, but the model's context is {context} "
+            "tokens; shorten the messages",
+            param="messages",
+            code="context_length_exceeded",
+            model=body.model,
+        )
+    room = context - prompt_len
+    requested = body.requested_max_tokens()
+    if requested is not None and requested > room:
+        raise APIError(
+            400,
+            f"max_tokens {requested} + prompt {prompt_len} tokens exceed the model's "
+            f"context of {context} tokens; lower max_tokens to at most {room}",
+            param="max_tokens",
+            code="context_length_exceeded",
+            model=body.model,
+        )
+    return SamplingParams(
+        max_tokens=requested or min(limits.default_max_tokens, room),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_sequences(),
+        seed=body.seed,
+        ignore_eos=body.ignore_eos,
+    )
+
+
+async def _stream(
+    state: ServerState,
+    engine: Engine,
+    body: schemas.ChatCompletionRequest,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    request: Request,
+    elapsed: Callable[[Request], float],
+) -> AsyncGenerator[str, None]:
+    from transformers import AsyncTextIteratorStreamer
+
+    cid, created, model = schemas.completion_id(), schemas.now(), body.model
+    cancelled = threading.Event()
+    status, done = 200, None
+    try:
+        async with state.semaphore:
+            streamer = AsyncTextIteratorStreamer(
+                engine.tokenizer, skip_prompt=True, skip_special_tokens=True
+            )
+            job = partial(
+                engine.generate, model, prompt_ids, params, streamer=streamer, cancelled=cancelled
+            )
+            future = asyncio.get_running_loop().run_in_executor(state.executor, job)
+            yield _sse(schemas.chunk(cid, model, created, {"role": "assistant", "content": ""}))
+            stops = StopFilter(params.stop)
+            async for text in streamer:
+                if piece := stops.feed(text):
+                    yield _sse(schemas.chunk(cid, model, created, {"content": piece}))
+                if stops.stopped:
+                    break
+            if piece := stops.flush():
+                yield _sse(schemas.chunk(cid, model, created, {"content": piece}))
+            done = await future
+            yield _sse(schemas.chunk(cid, model, created, {}, done.finish_reason))
+            if body.stream_options and body.stream_options.include_usage:
+                usage = schemas.usage(done.prompt_tokens, done.completion_tokens)
+                yield _sse(
+                    {**schemas.chunk(cid, model, created, {}), "choices": [], "usage": usage}
+                )
+            yield "data: [DONE]\n\n"
+    except Exception as err:
+        status = 500
+        yield _sse(schemas.error_body(f"generation failed: {err}", type="server_error"))
+        yield "data: [DONE]\n\n"
+    finally:
+        cancelled.set()
+        state.release()
+        state.metrics.observe(
+            model=model,
+            status=status,
+            seconds=elapsed(request),
+            prompt=done.prompt_tokens if done else 0,
+            generated=done.completion_tokens if done else 0,
+        )
