@@ -50,6 +50,7 @@ def pod_security_context() -> dict[str, Any]:
         "runAsUser": POD_USER,
         "runAsGroup": POD_USER,
         "fsGroup": POD_USER,
+        "fsGroupChangePolicy": "OnRootMismatch",  # large model volumes: no recursive chown
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
