@@ -1,0 +1,155 @@
+"""From TrainConfig to the Trainer's settings, without training.
+
+Covers: the TrainingArguments mapping (precision, checkpointing, warmup share, no
+Trainer-side rotation, gloo only for multi-process CPU runs) and that transformers accepts
+it; command-line overrides validated like the file; every shipped TrainConfig example
+(``examples/train-*.yaml``) loads and opens with the command that runs it; rank and world
+size read from torchrun's environment; the termination message stays under 4 KiB and is
+written only where the file exists; the method-specific model loading arguments (4-bit
+for Q-LoRA, token passed but never shown).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from qwenft_trainer.arguments import build_training_arguments, build_training_kwargs
+from qwenft_trainer.config import ConfigError, TrainConfig, load_config
+from qwenft_trainer.distributed import DistributedEnv
+from qwenft_trainer.summary import build_termination_message, write_termination_log
+from qwenft_trainer.train import apply_overrides, build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("train-*.yaml"))
+
+
+def config(**extra: object) -> TrainConfig:
+    data = {
+        "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},
+        "data": {"path": "d.jsonl"},
+        "output_dir": "/tmp/o",
+        **extra,
+    }
+    return TrainConfig.model_validate(data)
+
+
+def test_training_kwargs_follow_the_config() -> None:
+    c = config(
+        training={"precision": "fp16", "warmup_ratio": 0.1, "max_steps": 50, "epochs": 2},
+        checkpoint={"save_steps": 7},
+        evaluation={"fraction": 0.1, "steps": 5},
+        run_name="r1",
+    )
+    kwargs = build_training_kwargs(c, use_cpu=False, deepspeed=None, has_eval=True)
+    expected = {
+        "output_dir": "/tmp/o",
+        "run_name": "r1",
+        "fp16": True,
+        "bf16": False,
+        "warmup_steps": 0.1,
+        "max_steps": 50,
+        "num_train_epochs": 2.0,
+        "activation_checkpointing": True,
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
+        "save_strategy": "steps",
+        "save_steps": 7,
+        "save_total_limit": None,
+        "save_only_model": False,
+        "eval_strategy": "steps",
+        "eval_steps": 5,
+        "include_num_input_tokens_seen": "non_padding",
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "ddp_backend": None,
+    }
+    assert {k: kwargs[k] for k in expected} == expected
+
+
+def test_cpu_backend_is_gloo_only_with_several_processes() -> None:
+    c = config(training={"precision": "fp32"})
+    assert (
+        build_training_kwargs(c, use_cpu=True, deepspeed=None, has_eval=False)["ddp_backend"]
+        is None
+    )
+    assert (
+        build_training_kwargs(c, use_cpu=True, deepspeed=None, has_eval=False, world_size=2)[
+            "ddp_backend"
+        ]
+        == "gloo"
+    )
+
+
+def test_transformers_accepts_the_arguments() -> None:
+    c = config(training={"precision": "fp32", "warmup_ratio": 1.0, "gradient_checkpointing": False})
+    args = build_training_arguments(c, use_cpu=True, deepspeed=None, has_eval=False)
+    assert args.per_device_train_batch_size == 1
+    assert args.gradient_accumulation_steps == 8
+    assert 0 < args.warmup_steps < 1
+    assert args.eval_strategy == "no"
+
+
+def test_overrides_are_validated() -> None:
+    parser = build_parser()
+    c = config()
+    args = parser.parse_args(["--config", "x", "--max-steps", "3", "--output-dir", "/tmp/p"])
+    changed = apply_overrides(c, args)
+    assert (changed.training.max_steps, changed.output_dir) == (3, "/tmp/p")
+    with pytest.raises(ConfigError, match=r"training\.max_steps"):
+        apply_overrides(c, parser.parse_args(["--config", "x", "--max-steps", "-5"]))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_shipped_train_configs_load_and_name_their_command(path: Path) -> None:
+    loaded = load_config(path)
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# ") and "train --config examples/" + path.name in first
+    assert loaded.advice() == [] or all(isinstance(a, str) for a in loaded.advice())
+
+
+def test_examples_exist() -> None:
+    assert any(p.name == "train-lora.yaml" for p in EXAMPLES)
+
+
+def test_distributed_env_from_torchrun_variables() -> None:
+    env = DistributedEnv.from_environ(
+        {"RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}
+    )
+    assert (env.rank, env.local_rank, env.world_size, env.nodes) == (9, 1, 16, 2)
+    assert env.distributed and not env.is_main
+    single = DistributedEnv.from_environ({})
+    assert (single.rank, single.world_size, single.distributed) == (0, 1, False)
+
+
+def test_termination_message_fits_4kib(tmp_path: Path) -> None:
+    text = build_termination_message({"status": "failed", "message": "x" * 10_000})
+    assert len(text.encode()) <= 4096
+    assert json.loads(text)["status"] == "failed"
+    missing = tmp_path / "termination-log"
+    assert not write_termination_log(missing, {"status": "succeeded"})
+    assert not missing.exists()
+    missing.touch()
+    assert write_termination_log(missing, {"status": "succeeded", "steps": 3})
+    assert json.loads(missing.read_text()) == {"status": "succeeded", "steps": 3}
+
+
+def test_qlora_loads_4bit_on_the_rank_device_and_token_stays_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qwenft_trainer.modeling import build_load_kwargs, source_kwargs
+
+    monkeypatch.setenv("QWENFT_TEST_TOKEN", "hf_secret")
+    c = config(
+        method="qlora",
+        model={"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "token_env": "QWENFT_TEST_TOKEN"},
+        quantization={"quant_type": "nf4", "compute_dtype": "bf16"},
+    )
+    kwargs = build_load_kwargs(c, device="cuda:1")
+    quant = kwargs["quantization_config"]
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4"
+    assert kwargs["device_map"] == {"": "cuda:1"}
+    assert source_kwargs(c.model)["token"] == "hf_secret"
+    assert "hf_secret" not in repr(c) and "hf_secret" not in str(c.model.token())
+    with pytest.raises(ValueError, match="device"):
+        build_load_kwargs(c, device=None)

@@ -1,0 +1,156 @@
+"""Helpers for the training tests: small datasets, config files, torchrun launches, log lines.
+
+Not a test module: the ``test_train*`` modules import it (pytest puts this directory on
+``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Short, repeated dialogues: a tiny model learns them within a few steps.
+DIALOGUES = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    (
+        "Explain LoRA in one sentence.",
+        "LoRA trains small low-rank matrices next to frozen weights.",
+    ),
+    ("你好！", "你好！请问有什么可以帮您？"),
+    ("Thank you very much.", "You're welcome, have a nice day!"),
+    ("Write a Python function that adds two numbers.", "def add(a, b):\n    return a + b\n"),
+    ("Where do pods run?", "Kubernetes schedules pods onto nodes with GPUs."),
+]
+
+
+def write_dialogues(path: Path, count: int = 48) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(count):
+            question, answer = DIALOGUES[i % len(DIALOGUES)]
+            messages = [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+            handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    return path
+
+
+def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config(path: Path, model_dir: Path, data: Path, output_dir: Path, **extra: Any) -> Path:
+    """A small fp32 LoRA TrainConfig; ``extra`` is merged in section by section."""
+    base: dict[str, Any] = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"path": str(data)},
+        "method": "lora",
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {
+            "max_steps": 6,
+            "per_device_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 0.01,
+            "warmup_ratio": 0.0,
+            "max_seq_length": 128,
+            "precision": "fp32",
+            "gradient_checkpointing": False,
+            "logging_steps": 1,
+        },
+        "checkpoint": {"save_steps": 100, "keep": 2},
+        "output_dir": str(output_dir),
+        "metrics_port": 0,
+        "termination_log": str(output_dir.parent / "no-termination-log"),
+    }
+    path.write_text(yaml.safe_dump(merge(base, extra)), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def train_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def torchrun(nproc: int, config: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "qwenft_trainer.train",
+        "--config",
+        str(config),
+        *extra,
+    ]
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        cmd, env=train_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n"
+            f"{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def events(stdout: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines (``{"event": ...}``) in a run's stdout, optionally of one kind."""
+    found = []
+    for line in stdout.splitlines():
+        start = line.find('{"event"')
+        if start < 0:
+            continue
+        try:
+            record = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        if name is None or record.get("event") == name:
+            found.append(record)
+    return found
+
+
+def poll(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Wait until ``condition()`` is truthy (returning its value), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

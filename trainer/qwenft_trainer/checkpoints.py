@@ -1,0 +1,164 @@
+"""Checkpoints that are safe to resume from, and how many of them stay on disk.
+
+A pod can be killed while ``checkpoint-N/`` is half written (weights there, optimizer
+state not yet). The Hugging Face Trainer resumes from the highest-numbered directory and
+would load that broken one. So a checkpoint only counts once every rank has finished
+writing it and rank 0 has put a marker file in it; resuming, listing and pruning look at
+marked checkpoints only, and unmarked leftovers of a crash are removed at start.
+
+    newest = newest_complete(output_dir)          # Checkpoint | None
+    trainer.add_callback(CheckpointCallback(keep=3))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+log = logging.getLogger(__name__)
+
+# The Trainer names its checkpoints ``checkpoint-<global step>``.
+PREFIX = "checkpoint-"
+MARKER = "qwenft-complete"
+_NAME = re.compile(rf"^{re.escape(PREFIX)}(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One ``checkpoint-N`` directory and whether it was completely written."""
+
+    path: Path
+    step: int
+    complete: bool
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Checkpoint]:
+    """Every ``checkpoint-N`` directory under ``output_dir``, oldest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found: list[Checkpoint] = []
+    for child in root.iterdir():
+        match = _NAME.match(child.name)
+        if match and child.is_dir():
+            found.append(Checkpoint(child, int(match[1]), (child / MARKER).is_file()))
+    return sorted(found, key=lambda c: c.step)
+
+
+def newest_complete(output_dir: str | Path) -> Checkpoint | None:
+    """The complete checkpoint with the highest step, skipping half-written ones."""
+    complete = [c for c in list_checkpoints(output_dir) if c.complete]
+    return complete[-1] if complete else None
+
+
+def mark_complete(path: str | Path, *, step: int) -> Path:
+    """Write the marker atomically (temp file, fsync, rename) and return its path."""
+    directory = Path(path)
+    marker = directory / MARKER
+    temp = directory / f".{MARKER}.tmp"
+    payload = json.dumps({"step": step, "time": time.time()})
+    with temp.open("w", encoding="utf-8") as handle:
+        handle.write(payload + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, marker)
+    _fsync_dir(directory)
+    return marker
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def build_prune_plan(checkpoints: Sequence[Checkpoint], keep: int) -> list[Checkpoint]:
+    """Checkpoints to delete: complete ones beyond the newest ``keep``, and stale partials.
+
+    A partial checkpoint older than the newest complete one is a crash leftover that
+    nothing will ever finish; a partial one newer than it may be in the middle of being
+    written and is left alone.
+    """
+    complete = [c for c in checkpoints if c.complete]
+    kept = {c.step for c in complete[-keep:]} if keep > 0 else set()
+    newest = complete[-1].step if complete else None
+    doomed = [c for c in complete if c.step not in kept]
+    if newest is not None:
+        doomed += [c for c in checkpoints if not c.complete and c.step < newest]
+    return sorted(doomed, key=lambda c: c.step)
+
+
+def prune(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete what :func:`build_prune_plan` names; returns the removed paths."""
+    removed: list[Path] = []
+    for checkpoint in build_prune_plan(list_checkpoints(output_dir), keep):
+        shutil.rmtree(checkpoint.path, ignore_errors=True)
+        removed.append(checkpoint.path)
+    return removed
+
+
+def remove_incomplete(output_dir: str | Path) -> list[Path]:
+    """Delete every unmarked checkpoint (call at start, before any rank writes).
+
+    Training from the newest complete checkpoint will reach those steps again, and the
+    Trainer would write into the old directory, mixing fresh and stale files.
+    """
+    removed: list[Path] = []
+    for checkpoint in list_checkpoints(output_dir):
+        if not checkpoint.complete:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+            removed.append(checkpoint.path)
+    return removed
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class CheckpointCallback(TrainerCallback):
+    """Marks each checkpoint complete once every rank wrote its part, then prunes old ones.
+
+    ``on_save`` runs on every rank after the Trainer wrote model, optimizer, scheduler,
+    RNG and trainer state; the barrier makes sure the other ranks' shards are on disk
+    before rank 0 writes the marker.
+    """
+
+    def __init__(self, *, keep: int) -> None:
+        self.keep = keep
+        self.saved: list[Path] = []
+
+    def on_save(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        path = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+        _barrier()
+        if state.is_world_process_zero and path.is_dir():
+            mark_complete(path, step=state.global_step)
+            self.saved.append(path)
+            for removed in prune(args.output_dir, self.keep):
+                log.info("removed old checkpoint %s (keeping %d)", removed, self.keep)
+        _barrier()

@@ -1,0 +1,157 @@
+"""Loading the base model and tokenizer, and preparing them for LoRA, Q-LoRA or full training.
+
+The three methods differ only in how the model is loaded and wrapped: LoRA freezes the
+base and adds low-rank adapters (peft); Q-LoRA also loads the frozen base in 4 bits
+(bitsandbytes) and readies it with ``prepare_model_for_kbit_training``; a full fine-tune
+trains every weight. Everything else in the recipe is the same, so this module is the one
+place that knows the difference. The hub token comes from the environment variable the
+config names and is passed to ``from_pretrained`` only, never logged.
+
+    tokenizer = load_tokenizer(config.model)
+    model = prepare_model(load_model(config), config)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from qwenft_trainer.config import (
+    ModelSource,
+    Precision,
+    QuantizationSettings,
+    TrainConfig,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+def torch_dtype(precision: Precision) -> torch.dtype:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def source_kwargs(source: ModelSource) -> dict[str, Any]:
+    """Keyword arguments every ``from_pretrained`` call of this source takes."""
+    kwargs: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
+    if source.revision:
+        kwargs["revision"] = source.revision
+    if source.cache_dir:
+        kwargs["cache_dir"] = source.cache_dir
+    secret = source.token()
+    if secret is not None:
+        kwargs["token"] = secret.get_secret_value()
+    return kwargs
+
+
+def build_quantization_config(settings: QuantizationSettings) -> BitsAndBytesConfig:
+    """bitsandbytes 4-bit settings of the frozen base (Q-LoRA)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=settings.quant_type,
+        bnb_4bit_use_double_quant=settings.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(settings.compute_dtype),
+    )
+
+
+def build_lora_config(config: TrainConfig) -> LoraConfig:
+    """The peft adapter the run trains."""
+    from peft import LoraConfig, TaskType
+
+    lora = config.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=list(lora.modules_to_save) or None,
+        bias="none",
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+def build_load_kwargs(config: TrainConfig, *, device: str | None) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for the method and precision.
+
+    LoRA and Q-LoRA load the frozen base in the training precision (half the memory of
+    fp32); a full fine-tune loads fp32 master weights and trains under autocast (DeepSpeed
+    casts to its own precision itself). A 4-bit base is quantized while loading, on the
+    device of this rank, so ``device`` is required for Q-LoRA.
+    """
+    kwargs = source_kwargs(config.model)
+    kwargs["attn_implementation"] = "sdpa"
+    if config.method == "full":
+        kwargs["dtype"] = torch_dtype("fp32")
+    else:
+        kwargs["dtype"] = torch_dtype(config.training.precision)
+    if config.method == "qlora":
+        assert config.quantization is not None  # set by TrainConfig's validator
+        kwargs["quantization_config"] = build_quantization_config(config.quantization)
+        kwargs["dtype"] = torch_dtype(config.quantization.compute_dtype)
+        if device is None:
+            raise ValueError("method 'qlora' loads the 4-bit base onto a device; pass device")
+        kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
+    """The fast tokenizer of the model, with a pad token (Qwen pads with ``<|endoftext|>``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.name_or_path, use_fast=True, **source_kwargs(source)
+    )
+    if tokenizer.pad_token_id is None:
+        vocab = tokenizer.get_vocab()
+        tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in vocab else tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: TrainConfig, *, device: str | None = None) -> PreTrainedModel:
+    """The base model as the method needs it (4-bit for Q-LoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = build_load_kwargs(config, device=device)
+    shown = {k: v for k, v in kwargs.items() if k != "token"}
+    log.info("loading %s (%s)", config.model.name_or_path, shown)
+    return AutoModelForCausalLM.from_pretrained(config.model.name_or_path, **kwargs)
+
+
+def prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
+    """Wrap the model for the method: peft adapters (LoRA / Q-LoRA) or all weights trainable."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model.config.use_cache = False
+    checkpointing = config.training.gradient_checkpointing
+    if config.method == "full":
+        model.requires_grad_(True)
+        return model
+    if config.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    peft_model: PreTrainedModel = get_peft_model(model, build_lora_config(config))
+    return peft_model
+
+
+def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a 4-bit weight counts its unpacked size."""
+    trainable = total = 0
+    for param in model.parameters():
+        count = param.numel()
+        if hasattr(param, "quant_state"):
+            count *= 2
+        total += count
+        if param.requires_grad:
+            trainable += count
+    return trainable, total

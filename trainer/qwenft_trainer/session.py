@@ -1,0 +1,218 @@
+"""One training session: from tokenized items to a saved adapter (or weights) and a summary.
+
+:mod:`qwenft_trainer.train` decides *what* to train on; this module runs the Hugging Face
+Trainer on it the way every rank must agree on: process group first (ZeRO-3 partitions the
+model while it loads), then the model, then resume from the newest complete checkpoint,
+train, save on rank 0, and end with a barrier so no rank leaves while another writes.
+A session that fails after the start still writes its reason to the termination log.
+
+    run_training(config, env, tokenizer, train_items, eval_items, started=time.time())
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from qwenft_trainer import checkpoints, distributed
+from qwenft_trainer.arguments import build_training_arguments
+from qwenft_trainer.config import TrainConfig
+from qwenft_trainer.deepspeed_config import build_deepspeed_config
+from qwenft_trainer.distributed import DistributedEnv
+from qwenft_trainer.modeling import count_parameters, load_model, prepare_model
+from qwenft_trainer.summary import (
+    TrainSummary,
+    last_logged,
+    peak_gpu_memory_bytes,
+    peak_host_memory_bytes,
+    short_summary,
+    write_summary,
+    write_termination_log,
+)
+from qwenft_trainer.telemetry import TelemetryCallback, TrainMetrics, build_log_record, emit
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def _announce(config: TrainConfig, env: DistributedEnv, resumed_from: int) -> None:
+    """Log the effective batch, tuning advice and resume point once, on rank 0."""
+    if not env.is_main:
+        return
+    t = config.training
+    effective = config.effective_batch_size(env.world_size)
+    log.info(
+        "effective batch %d = %d per device x %d accumulation x %d processes (%d node(s))",
+        effective,
+        t.per_device_batch_size,
+        t.gradient_accumulation_steps,
+        env.world_size,
+        env.nodes,
+    )
+    advice = config.advice()
+    for note in advice:
+        log.warning("config advice: %s", note)
+    if resumed_from:
+        log.info("resuming from step %d (newest complete checkpoint)", resumed_from)
+    emit(
+        build_log_record(
+            "train_start",
+            run=config.run_name,
+            method=config.method,
+            world_size=env.world_size,
+            nodes=env.nodes,
+            effective_batch_size=effective,
+            deepspeed_zero_stage=config.deepspeed.zero_stage if config.deepspeed.enabled else None,
+            resumed_from_step=resumed_from,
+            advice=advice,
+        )
+    )
+
+
+def _prepare_output_dir(config: TrainConfig, env: DistributedEnv) -> int:
+    """Create ``output_dir``, drop half-written checkpoints, return the step to resume from."""
+    if env.is_main:
+        os.makedirs(config.output_dir, exist_ok=True)
+        if config.checkpoint.resume:
+            for path in checkpoints.remove_incomplete(config.output_dir):
+                log.warning("removed half-written checkpoint %s (no completion marker)", path)
+    distributed.barrier()
+    newest = checkpoints.newest_complete(config.output_dir) if config.checkpoint.resume else None
+    return newest.step if newest else 0
+
+
+def _build_trainer(
+    config: TrainConfig,
+    env: DistributedEnv,
+    tokenizer: PreTrainedTokenizerBase,
+    train_items: list[dict[str, list[int]]],
+    eval_items: list[dict[str, list[int]]] | None,
+    *,
+    cuda: bool,
+    telemetry: TelemetryCallback,
+) -> Trainer:
+    from transformers import PrinterCallback, ProgressCallback, Trainer
+
+    from qwenft_trainer.packing import configure_model_for_packing
+    from qwenft_trainer.train import build_collator
+
+    ds_config = build_deepspeed_config(config)
+    args = build_training_arguments(
+        config,
+        use_cpu=not cuda,
+        deepspeed=ds_config,
+        has_eval=eval_items is not None,
+        world_size=env.world_size,
+    )
+    _ = args.device  # sets up the accelerator state before the model is built
+    model = load_model(config, device=distributed.device_of(env, cuda=cuda))
+    if config.training.packing:
+        configure_model_for_packing(model)
+    model = prepare_model(model, config)
+    trainable, total = count_parameters(model)
+    log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_items,
+        eval_dataset=eval_items,
+        data_collator=build_collator(config, tokenizer),
+        processing_class=tokenizer,
+        callbacks=[checkpoints.CheckpointCallback(keep=config.checkpoint.keep), telemetry],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def run_training(
+    config: TrainConfig,
+    env: DistributedEnv,
+    tokenizer: PreTrainedTokenizerBase,
+    train_items: list[dict[str, list[int]]],
+    eval_items: list[dict[str, list[int]]] | None,
+    *,
+    started: float,
+) -> int:
+    """Train, save and summarise; returns the process exit code."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    distributed.ensure_extensions_cache()
+    distributed.init_process_group(env, deepspeed=config.deepspeed.enabled, cuda=cuda)
+    try:
+        resumed_from = _prepare_output_dir(config, env)
+        _announce(config, env, resumed_from)
+        metrics = None
+        if env.is_main and config.metrics_port:
+            metrics = TrainMetrics(run=config.run_name, cuda=cuda)
+            metrics.serve(config.metrics_port)
+        telemetry = TelemetryCallback(
+            metrics,
+            samples_per_step=config.effective_batch_size(env.world_size),
+            resumed_from_step=resumed_from,
+            progress_bar=env.is_main,
+        )
+        trainer = _build_trainer(
+            config, env, tokenizer, train_items, eval_items, cuda=cuda, telemetry=telemetry
+        )
+        resume = os.path.join(config.output_dir, f"{checkpoints.PREFIX}{resumed_from}")
+        train_start = time.time()
+        trainer.train(resume_from_checkpoint=resume if resumed_from else None)
+        wall = time.time() - train_start
+        eval_loss = telemetry.last_eval_loss
+        if eval_items is not None:
+            eval_loss = float(trainer.evaluate()["eval_loss"])
+        trainer.save_model(config.output_dir)
+        summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss)
+        if env.is_main:
+            tokenizer.save_pretrained(config.output_dir)
+            write_summary(config.output_dir, summary)
+            write_termination_log(config.termination_log, short_summary(summary))
+            emit(build_log_record("train_end", **summary.model_dump()))
+    except Exception as err:
+        if env.is_main:
+            fields = {"status": "failed", "reason": "TrainingError", "message": repr(err)}
+            write_termination_log(config.termination_log, fields)
+        raise
+    finally:
+        distributed.finish(deepspeed=config.deepspeed.enabled)
+    log.info("done in %.1fs; output in %s", time.time() - started, config.output_dir)
+    return 0
+
+
+def _summarise(
+    config: TrainConfig,
+    env: DistributedEnv,
+    trainer: Trainer,
+    resumed_from: int,
+    wall: float,
+    eval_loss: float | None,
+) -> TrainSummary:
+    state = trainer.state
+    tokens = int(state.num_input_tokens_seen or 0)
+    session_tokens = tokens - int(getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0)
+    history: list[dict[str, Any]] = state.log_history
+    return TrainSummary(
+        run_name=config.run_name,
+        method=config.method,
+        output_dir=config.output_dir,
+        output="full" if config.method == "full" else "adapter",
+        steps=state.global_step,
+        total_steps=state.max_steps,
+        epochs=float(state.epoch or 0.0),
+        train_loss=last_logged(history, "loss"),
+        eval_loss=eval_loss,
+        trained_tokens=tokens,
+        wall_seconds=round(wall, 3),
+        tokens_per_second=round(session_tokens / wall, 3) if wall > 0 else 0.0,
+        peak_gpu_memory_bytes=peak_gpu_memory_bytes(),
+        peak_host_memory_bytes=peak_host_memory_bytes(),
+        resumed_from_step=resumed_from,
+        world_size=env.world_size,
+        effective_batch_size=config.effective_batch_size(env.world_size),
+    )

@@ -1,0 +1,179 @@
+"""Fine-tune a Qwen model from a TrainConfig: LoRA, Q-LoRA or full, on one process or many.
+
+The recipe: read the config, check the dataset (a bad one stops here, before any GPU
+work), tokenize and pack it, start the process group, load and wrap the model, resume from
+the newest complete checkpoint in ``output_dir``, train with the Hugging Face Trainer
+(DDP, or DeepSpeed ZeRO-2/3 from a generated config), then save the adapter or the
+weights, the tokenizer and ``summary.json``. Rank and world size come from torchrun's
+environment, so the same command runs on a laptop and on a multi-node GPU job.
+
+One process (CPU or one GPU):
+
+    python -m qwenft_trainer.train --config examples/train-lora.yaml
+    qwenft train --config examples/train-lora.yaml --max-steps 20 --output-dir /tmp/run
+
+Two processes on one machine (GPUs: NCCL; CPUs: gloo, ``DS_ACCELERATOR=cpu`` for DeepSpeed):
+
+    torchrun --nproc-per-node 2 -m qwenft_trainer.train --config examples/train-lora.yaml
+
+Several nodes (run on each node; the operator's Indexed Job sets the node rank):
+
+    torchrun --nnodes 2 --nproc-per-node 8 --node-rank $NODE_RANK \\
+        --rdzv-backend c10d --rdzv-endpoint $MASTER_ADDR:29500 \\
+        -m qwenft_trainer.train --config /config/train.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qwenft_trainer.config import ConfigError, TrainConfig, format_validation_error, load_config
+from qwenft_trainer.distributed import DistributedEnv
+from qwenft_trainer.summary import write_termination_log
+from qwenft_trainer.telemetry import build_log_record, emit
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger("qwenft_trainer.train")
+
+# Exit codes: 1 = the dataset or config can't be trained on, 2 = usage error.
+EXIT_INVALID = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwenft train",
+        description="Fine-tune a model from a TrainConfig file (LoRA, Q-LoRA or full).",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="TrainConfig YAML or JSON")
+    parser.add_argument("--output-dir", help="override output_dir")
+    parser.add_argument("--max-steps", type=int, help="override training.max_steps")
+    parser.add_argument("--save-steps", type=int, help="override checkpoint.save_steps")
+    parser.add_argument("--metrics-port", type=int, help="override metrics_port (0 = off)")
+    parser.add_argument("--run-name", help="override run_name (the metrics' 'run' label)")
+    return parser
+
+
+def apply_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """The config with command-line overrides applied and validated again."""
+    from pydantic import ValidationError
+
+    data = config.model_dump()
+    for key, value in (
+        ("output_dir", args.output_dir),
+        ("metrics_port", args.metrics_port),
+        ("run_name", args.run_name),
+    ):
+        if value is not None:
+            data[key] = value
+    if args.max_steps is not None:
+        data["training"]["max_steps"] = args.max_steps
+    if args.save_steps is not None:
+        data["checkpoint"]["save_steps"] = args.save_steps
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error("command-line overrides", err)) from err
+
+
+def check_dataset(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The validator's report text when the dataset can't be trained on, else None."""
+    from qwenft_trainer.validate import validate_dataset
+
+    files = [config.data.path] + ([config.evaluation.file] if config.evaluation.file else [])
+    for path in files:
+        report = validate_dataset(
+            path, tokenizer, config.training.max_seq_length, config.data.format
+        )
+        if not report.ok:
+            return report.to_text()
+        log.info("dataset %s: %s", path, report.message)
+    return None
+
+
+def build_datasets(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]] | None]:
+    """Train and (optional) eval items: tokenized, assistant-only labels, packed if asked."""
+    from qwenft_trainer.data import load_conversations, tokenize_all
+    from qwenft_trainer.packing import build_features
+
+    t = config.training
+    convs = load_conversations(config.data.path, config.data.format)
+    eval_convs = []
+    if config.evaluation.file:
+        eval_convs = load_conversations(config.evaluation.file, config.data.format)
+    elif config.evaluation.fraction > 0:
+        order = list(range(len(convs)))
+        random.Random(t.seed).shuffle(order)
+        held = max(1, round(len(convs) * config.evaluation.fraction))
+        eval_convs = [convs[i] for i in sorted(order[:held])]
+        convs = [convs[i] for i in sorted(order[held:])]
+
+    def features(items: list[Any]) -> list[dict[str, list[int]]]:
+        samples = tokenize_all(items, tokenizer, t.max_seq_length)
+        return build_features(samples, t.max_seq_length, packing=t.packing)
+
+    train = features(convs)
+    if not train:
+        raise ConfigError(f"{config.data.path}: no dialogue is left to train on")
+    return train, (features(eval_convs) or None) if eval_convs else None
+
+
+def build_collator(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
+    from qwenft_trainer.packing import PackedCollator, PaddingCollator
+
+    if config.training.packing:
+        return PackedCollator()
+    return PaddingCollator(tokenizer, max_seq_length=config.training.max_seq_length)
+
+
+def fail(config: TrainConfig | None, reason: str, message: str) -> int:
+    """Report a run that can't start: stderr, a JSON line, and the termination log."""
+    print(f"qwenft train: {message}", file=sys.stderr)
+    emit(build_log_record("train_failed", reason=reason, message=message.splitlines()[-1]))
+    if config is not None:
+        fields = {"status": "failed", "reason": reason, "message": message}
+        write_termination_log(config.termination_log, fields)
+    return EXIT_INVALID
+
+
+def setup_logging(env: DistributedEnv) -> None:
+    level = logging.INFO if env.is_main else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s rank{env.rank} %(levelname)s %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = DistributedEnv.from_environ()
+    setup_logging(env)
+    try:
+        config = apply_overrides(load_config(args.config), args)
+    except ConfigError as err:
+        return fail(None, "InvalidConfig", str(err))
+
+    from qwenft_trainer.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model)
+    problem = check_dataset(config, tokenizer)
+    if problem:
+        return fail(config, "InvalidDataset", problem)
+    try:
+        train_items, eval_items = build_datasets(config, tokenizer)
+    except ConfigError as err:
+        return fail(config, "InvalidDataset", str(err))
+
+    from qwenft_trainer.session import run_training
+
+    return run_training(config, env, tokenizer, train_items, eval_items, started=time.time())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
