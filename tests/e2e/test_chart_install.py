@@ -1,0 +1,222 @@
+"""`helm install` of the chart into the real local control plane.
+
+Covers:
+- the release installs into a namespace that enforces the "restricted" Pod Security Standard
+  (and that namespace really does reject a privileged pod, so the check has teeth);
+- the QwenFineTune CRD is Established; the Deployment, metrics Service, ServiceAccount,
+  Role + RoleBinding in the watched namespace and the CRD-reader ClusterRole exist;
+- the API server admits the operator pod (the ReplicaSet creates it) and, by server-side dry
+  run, the `helm test` pod, under "restricted";
+- the ServiceAccount holds exactly the access the operator needs, checked by the API server's
+  own authorizer (SubjectAccessReview through `kubectl auth can-i --as`): every verb of the
+  contract is allowed in the watched namespace; Secrets are readable only there; pods cannot
+  be created, other namespaces are out of reach, and nothing is granted cluster-wide but the
+  CRD read;
+- `helm uninstall` removes the release but keeps the CRD.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+CHART = Path(__file__).resolve().parents[2] / "charts" / "qwenft-operator"
+CRD_NAME = "qwenfinetunes.finetune.qwenft.io"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
+    """Poll probe() until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.25)
+
+
+def run(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run helm/kubectl (on PATH via the `cluster` fixture) without raising."""
+    return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=180)
+
+
+def ok(*argv: str, stdin: str | None = None) -> str:
+    done = run(*argv, stdin=stdin)
+    assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture
+def restricted_namespace(kube_client: Any) -> Iterator[str]:
+    """A namespace that enforces the "restricted" Pod Security Standard."""
+    core = client.CoreV1Api(kube_client)
+    name = f"qwenft-system-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": RESTRICTED}})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def release(
+    cluster: Any, restricted_namespace: str, e2e_namespace: str
+) -> Iterator[tuple[str, str, str]]:
+    """(release, operator namespace, watched namespace) of an installed chart."""
+    name = f"qwenft-{uuid.uuid4().hex[:6]}"
+    # --take-ownership: other e2e tests may have applied the same CRD already.
+    ok(
+        "helm", "install", name, str(CHART),
+        "--namespace", restricted_namespace,
+        "--set", f"operator.watchNamespaces={{{e2e_namespace}}}",
+        "--take-ownership",
+    )  # fmt: skip
+    yield name, restricted_namespace, e2e_namespace
+    run("helm", "uninstall", name, "--namespace", restricted_namespace, "--wait")
+
+
+def test_restricted_namespace_rejects_a_privileged_pod(restricted_namespace: str) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged"},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "busybox", "securityContext": {"privileged": True}}
+            ]
+        },
+    }
+    done = run(
+        "kubectl", "apply", "--dry-run=server", "-n", restricted_namespace, "-f", "-",
+        stdin=yaml.safe_dump(pod),
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert 'violates PodSecurity "restricted' in done.stderr
+
+
+def test_install_creates_the_operator_objects(
+    kube_client: Any, release: tuple[str, str, str]
+) -> None:
+    name, namespace, watched = release
+    ext = client.ApiextensionsV1Api(kube_client)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(CRD_NAME)
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
+
+    wait_until("the QwenFineTune CRD to be Established", established)
+    fullname = f"{name}-qwenft-operator"
+    apps = client.AppsV1Api(kube_client)
+    core = client.CoreV1Api(kube_client)
+    rbac = client.RbacAuthorizationV1Api(kube_client)
+    deployment = apps.read_namespaced_deployment(fullname, namespace)
+    assert deployment.spec.replicas == 1
+    assert deployment.spec.strategy.type == "Recreate"
+    assert core.read_namespaced_service(fullname, namespace).spec.ports[0].name == "metrics"
+    core.read_namespaced_service_account(fullname, namespace)
+    role = rbac.read_namespaced_role(fullname, watched)
+    assert {r.resources[0] for r in role.rules} >= {"qwenfinetunes", "jobs", "secrets"}
+    rbac.read_namespaced_role_binding(fullname, watched)
+    rbac.read_cluster_role(f"{fullname}-crd-reader")
+    with pytest.raises(ApiException) as err:
+        rbac.read_cluster_role(fullname)  # namespaced mode: no broad ClusterRole
+    assert err.value.status == 404
+
+    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=operator"
+    pods = wait_until(
+        "the ReplicaSet to create the operator pod under the restricted policy",
+        lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
+    )
+    assert pods[0].spec.security_context.run_as_non_root is True
+
+
+def test_helm_test_pod_is_admitted(release: tuple[str, str, str]) -> None:
+    name, namespace, watched = release
+    manifest = ok(
+        "helm", "template", name, str(CHART), "--namespace", namespace,
+        "--set", f"operator.watchNamespaces={{{watched}}}",
+        "--show-only", "templates/tests/test-metrics.yaml",
+    )  # fmt: skip
+    done = run("kubectl", "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=manifest)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+
+
+ALLOWED_IN_WATCHED = [
+    ("get", "qwenfinetunes.finetune.qwenft.io"),
+    ("watch", "qwenfinetunes.finetune.qwenft.io"),
+    ("patch", "qwenfinetunes.finetune.qwenft.io/status"),
+    ("create", "jobs.batch"),
+    ("delete", "jobs.batch"),
+    ("list", "pods"),
+    ("create", "services"),
+    ("patch", "configmaps"),
+    ("create", "deployments.apps"),
+    ("create", "events"),
+    ("create", "events.events.k8s.io"),
+    ("get", "persistentvolumeclaims"),
+    ("get", "secrets"),
+]
+DENIED_IN_WATCHED = [
+    ("list", "secrets"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("create", "persistentvolumeclaims"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("update", "deployments.apps"),
+]
+
+
+def _can_i(sa: str, verb: str, resource: str, namespace: str | None) -> bool:
+    where = ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    done = run("kubectl", "auth", "can-i", verb, resource, "--as", sa, *where)
+    assert done.stdout.strip() in {"yes", "no"}, done.stdout + done.stderr
+    return done.stdout.strip() == "yes"
+
+
+def test_service_account_has_least_privilege(release: tuple[str, str, str]) -> None:
+    name, namespace, watched = release
+    sa = f"system:serviceaccount:{namespace}:{name}-qwenft-operator"
+    for verb, resource in ALLOWED_IN_WATCHED:
+        assert _can_i(sa, verb, resource, watched), f"cannot {verb} {resource} in {watched}"
+    for verb, resource in DENIED_IN_WATCHED:
+        assert not _can_i(sa, verb, resource, watched), f"may {verb} {resource} in {watched}"
+    for verb, resource in (("get", "secrets"), ("list", "qwenfinetunes.finetune.qwenft.io")):
+        assert not _can_i(sa, verb, resource, "default"), f"may {verb} {resource} in default"
+        assert not _can_i(sa, verb, resource, None), f"may {verb} {resource} cluster-wide"
+    assert _can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io", None)
+    assert not _can_i(sa, "list", "namespaces", None)
+
+
+def test_uninstall_keeps_the_crd(
+    kube_client: Any, restricted_namespace: str, e2e_namespace: str
+) -> None:
+    name = f"qwenft-{uuid.uuid4().hex[:6]}"
+    ok(
+        "helm", "install", name, str(CHART), "--namespace", restricted_namespace,
+        "--set", f"operator.watchNamespaces={{{e2e_namespace}}}", "--take-ownership",
+    )  # fmt: skip
+    ok("helm", "uninstall", name, "--namespace", restricted_namespace, "--wait")
+    apps = client.AppsV1Api(kube_client)
+    with pytest.raises(ApiException) as err:
+        apps.read_namespaced_deployment(f"{name}-qwenft-operator", restricted_namespace)
+    assert err.value.status == 404
+    client.ApiextensionsV1Api(kube_client).read_custom_resource_definition(CRD_NAME)
