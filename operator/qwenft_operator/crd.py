@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from qwenft_operator import spec as spec_module
 from qwenft_operator.spec import QwenFineTuneSpec
@@ -148,10 +151,51 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(node.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
-def model_schema(model: type[Any]) -> dict[str, Any]:
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The structural schema of a pydantic model, camelCase keys."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return structural(raw, raw.get("$defs", {}), "")
+    defs = raw.get("$defs", {})
+    for cls in _models(model):
+        node = raw if cls is model else defs.get(cls.__name__)
+        if node is not None:
+            _add_factory_defaults(cls, node)
+    return structural(raw, defs, "")
+
+
+def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """``model`` and every model class its fields refer to."""
+    found: list[type[BaseModel]] = []
+    pending = [model]
+    while pending:
+        cls = pending.pop()
+        if cls in found:
+            continue
+        found.append(cls)
+        for field in cls.model_fields.values():
+            for arg in _type_args(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    pending.append(arg)
+    return found
+
+
+def _type_args(annotation: Any) -> list[Any]:
+    args = [annotation]
+    for arg in typing.get_args(annotation):
+        args.extend(_type_args(arg))
+    return args
+
+
+def _add_factory_defaults(cls: type[BaseModel], node: dict[str, Any]) -> None:
+    """Defaults made by ``default_factory`` (lists, maps) written into the schema, so the
+    API server fills them in too and CEL rules can rely on them. Sections (models) keep
+    the ``default: {}`` their field declares."""
+    for name, field in cls.model_fields.items():
+        prop = node.get("properties", {}).get(field.alias or name)
+        if prop is None or field.default_factory is None or "default" in prop:
+            continue
+        value = field.default_factory()  # type: ignore[call-arg]
+        if not isinstance(value, BaseModel):
+            prop["default"] = to_jsonable_python(value)
 
 
 def build_crd() -> dict[str, Any]:
@@ -164,7 +208,17 @@ def build_crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"description": "finetune.qwenft.io/v1alpha1", "type": "string"},
             "kind": {"description": "QwenFineTune", "type": "string"},
-            "metadata": {"description": "Standard object metadata.", "type": "object"},
+            "metadata": {
+                "description": "Standard object metadata.",
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "description": "Name of the run; it prefixes its children's names.",
+                        "type": "string",
+                        "maxLength": spec_module.RUN_NAME_MAX_LENGTH,
+                    }
+                },
+            },
             "spec": model_schema(QwenFineTuneSpec),
             "status": model_schema(QwenFineTuneStatus),
         },
