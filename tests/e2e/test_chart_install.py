@@ -11,7 +11,8 @@ Covers:
   own authorizer (SubjectAccessReview through `kubectl auth can-i --as`): every verb of the
   contract is allowed in the watched namespace; Secrets are readable only there; pods cannot
   be created, other namespaces are out of reach, and nothing is granted cluster-wide but the
-  CRD read;
+  CRD read; in cluster-wide mode the same verbs hold in every namespace, and no Secret is
+  readable anywhere;
 - `helm uninstall` removes the release but keeps the CRD.
 """
 
@@ -204,6 +205,25 @@ def test_service_account_has_least_privilege(release: tuple[str, str, str]) -> N
         assert not _can_i(sa, verb, resource, None), f"may {verb} {resource} cluster-wide"
     assert _can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io", None)
     assert not _can_i(sa, "list", "namespaces", None)
+
+
+def test_cluster_wide_mode_grants_no_secret_access(restricted_namespace: str) -> None:
+    name = f"qwenft-{uuid.uuid4().hex[:6]}"
+    ok(
+        "helm", "install", name, str(CHART), "--namespace", restricted_namespace,
+        "--take-ownership",
+    )  # fmt: skip
+    try:
+        sa = f"system:serviceaccount:{restricted_namespace}:{name}-qwenft-operator"
+        for verb, resource in [a for a in ALLOWED_IN_WATCHED if a[1] != "secrets"]:
+            assert _can_i(sa, verb, resource, None), f"cannot {verb} {resource} cluster-wide"
+        assert _can_i(sa, "watch", "namespaces", None)
+        for namespace in ("default", restricted_namespace, None):
+            assert not _can_i(sa, "get", "secrets", namespace), f"may read Secrets in {namespace}"
+        for verb, resource in DENIED_IN_WATCHED:
+            assert not _can_i(sa, verb, resource, None), f"may {verb} {resource} cluster-wide"
+    finally:
+        run("helm", "uninstall", name, "--namespace", restricted_namespace, "--wait")
 
 
 def test_uninstall_keeps_the_crd(
