@@ -8,7 +8,8 @@ QWENFT_* environment and a read-only root with a writable /tmp; RBAC in both mod
 one rule list, never grants Secret reads through a ClusterRole, and namespaced mode makes one
 Role per watched namespace; the environment is what OperatorSettings reads; monitoring
 objects appear only when enabled and the Prometheus Operator API exists; the dashboard
-ConfigMap carries the generated JSON; long release names are cut to 63 characters.
+ConfigMap carries the generated JSON; long release names are cut to 63 characters; the
+kubeVersion floor (1.30) is enforced.
 """
 
 from __future__ import annotations
@@ -257,3 +258,11 @@ def test_environment_matches_the_operator_settings(render: Render) -> None:
     settings = OperatorSettings.from_env(env)
     assert settings.cluster_wide
     assert settings.trainer_image == env["QWENFT_TRAINER_IMAGE"]
+
+
+def test_kube_version_floor_is_enforced(helm: Path) -> None:
+    args = ["template", "qwenft-operator", str(CHART), "--kube-version"]
+    too_old = run_helm(helm, [*args, "v1.29.9"])
+    assert too_old.returncode != 0
+    assert "incompatible with Kubernetes v1.29.9" in too_old.stderr
+    assert run_helm(helm, [*args, "v1.30.0"]).returncode == 0
