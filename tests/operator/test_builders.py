@@ -384,6 +384,14 @@ def test_builtin_adapter_target_and_probes() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert serving.endpoint_url(run) == "http://support-lora-serve.ml.svc:8000/v1"
+    inference = run.spec.inference.model_copy(update={"max_model_len": 4096})
+    longer = Run(
+        name=run.name,
+        namespace="ml",
+        uid="u",
+        spec=spec.model_copy(update={"inference": inference}),
+    )
+    assert serving.build_builtin_args(longer, target)[-2:] == ["--max-model-len", "4096"]
 
 
 BUILDERS: list[Callable[[Run], dict[str, Any]]] = [

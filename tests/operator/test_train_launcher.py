@@ -4,7 +4,8 @@ torchrun exits 1 whatever its workers did, so the launcher maps the trainer's ow
 (the reason in its termination log) to INVALID_INPUT_EXIT_CODE for the Job's pod failure
 policy. Covers, with a stand-in torchrun on PATH: arguments passed through unchanged;
 exit codes kept; invalid config/data mapped; a crash without that verdict stays 1;
-SIGTERM reaches torchrun (so it can checkpoint) and its exit code is kept.
+SIGTERM reaches torchrun (so it can checkpoint) and its exit code is kept. The stand-in
+writes its termination log with the trainer's own function, so a format change shows.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import pytest
 from qwenft_operator.builders.training import INVALID_INPUT_EXIT_CODE, LAUNCHER_COMMAND
 
 FAKE_TORCHRUN = f"""#!{sys.executable}
-import json, os, signal, sys, time
+import os, signal, sys, time
 print("args", " ".join(sys.argv[1:]), flush=True)
 mode = sys.argv[1]
 log = os.environ["QWENFT_TERMINATION_LOG"]
+mode_reason = sys.argv[2] if len(sys.argv) > 2 else ""
 if mode == "invalid":
+    from qwenft_trainer.summary import build_termination_message
     with open(log, "w") as f:
-        json.dump({{"status": "failed", "reason": "InvalidDataset", "message": "bad"}}, f)
+        fields = {{"status": "failed", "reason": mode_reason, "message": "bad"}}
+        f.write(build_termination_message(fields))
     sys.exit(1)
 if mode == "crash":
     sys.exit(1)
@@ -67,8 +71,14 @@ def test_arguments_pass_through_and_success_is_kept(env: dict[str, str]) -> None
     assert done.stdout.strip() == "args ok --nnodes 2 --config /etc/qwenft/train.yaml"
 
 
-def test_invalid_input_gets_its_own_exit_code(env: dict[str, str]) -> None:
-    assert run(env, "invalid").returncode == INVALID_INPUT_EXIT_CODE
+@pytest.mark.parametrize("reason", ["InvalidConfig", "InvalidDataset"])
+def test_invalid_input_gets_its_own_exit_code(env: dict[str, str], reason: str) -> None:
+    """The trainer's own termination message (qwenft_trainer.summary) marks bad input."""
+    assert run(env, "invalid", reason).returncode == INVALID_INPUT_EXIT_CODE
+
+
+def test_a_failure_with_another_reason_is_retried(env: dict[str, str]) -> None:
+    assert run(env, "invalid", "OutOfMemory").returncode == 1
 
 
 def test_other_failures_keep_torchruns_exit_code(env: dict[str, str]) -> None:

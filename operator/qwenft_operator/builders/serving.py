@@ -106,7 +106,10 @@ def build_builtin_args(run: Run, target: ServeTarget) -> list[str]:
         args += ["--adapter", f"{run.served_model_name}={target.adapter}"]
     else:
         args += ["--served-model-name", run.served_model_name]
-    return [*args, "--host", "0.0.0.0", "--port", str(SERVE_PORT)]
+    args += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]
+    if run.spec.inference.max_model_len:
+        args += ["--max-model-len", str(run.spec.inference.max_model_len)]
+    return args
 
 
 def build_vllm_args(run: Run, target: ServeTarget) -> list[str]:
