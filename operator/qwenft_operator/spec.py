@@ -14,9 +14,11 @@ generated from this module (``python -m qwenft_operator.crd``); cross-field rule
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from qwenft_trainer.config import (
     CheckpointSettings,
     DeepSpeedSettings,
@@ -27,7 +29,7 @@ from qwenft_trainer.config import (
     TrainingSettings,
 )
 
-from qwenft_operator.rules import Rule, SpecObject, immutable
+from qwenft_operator.rules import Rule, SpecObject, format_errors, immutable
 from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec
 from qwenft_operator.status import QwenFineTuneStatus
 from qwenft_operator.workloads import (
@@ -251,6 +253,28 @@ class QwenFineTune(BaseModel):
     metadata: ObjectMeta
     spec: QwenFineTuneSpec
     status: QwenFineTuneStatus | None = None
+
+
+class ManifestError(ValueError):
+    """A manifest file can't be read or is not a valid ``QwenFineTune``."""
+
+
+def load_manifest(path: str | Path) -> QwenFineTune:
+    """Read and validate a ``QwenFineTune`` YAML file; errors list every bad field."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ManifestError(f"can't read {file}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{file} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{file} must hold one QwenFineTune object")
+    try:
+        return QwenFineTune.model_validate(raw)
+    except ValidationError as err:
+        lines = "\n".join(f"  {line}" for line in format_errors(err))
+        raise ManifestError(f"invalid QwenFineTune {file}:\n{lines}") from err
 
 
 def check_update(old: QwenFineTuneSpec, new: QwenFineTuneSpec) -> list[str]:

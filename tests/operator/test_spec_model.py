@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from qwenft_operator.builders.config import build_train_config
 from qwenft_operator.rules import format_errors
 from qwenft_operator.runs import Run
-from qwenft_operator.spec import QwenFineTune, QwenFineTuneSpec, check_update
+from qwenft_operator.spec import (
+    ManifestError,
+    QwenFineTune,
+    QwenFineTuneSpec,
+    check_update,
+    load_manifest,
+)
 
 EXAMPLES = sorted(
     path
@@ -123,3 +129,24 @@ def test_snake_case_keys_are_accepted_in_python() -> None:
     assert spec.run_policy.backoff_limit == 0
     dumped = spec.model_dump(by_alias=True, exclude_none=True)
     assert dumped["runPolicy"]["backoffLimit"] == 0
+
+
+def test_load_manifest_reports_every_bad_field(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    bad = build(CASES[[c.id for c in CASES].index("lora-rank-zero")])
+    bad["spec"]["training"] = {"epochs": 0}
+    path.write_text(yaml.safe_dump(bad), encoding="utf-8")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(info.value).splitlines() == [
+        f"invalid QwenFineTune {path}:",
+        "  spec.lora.r: Input should be greater than or equal to 1",
+        "  spec.training.epochs: Input should be greater than 0",
+    ]
+    path.write_text(yaml.safe_dump(BASE_MANIFEST), encoding="utf-8")
+    assert load_manifest(path).metadata.name == "invalid-case"
+    path.write_text("- a list\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="one QwenFineTune object"):
+        load_manifest(path)
+    with pytest.raises(ManifestError, match="can't read"):
+        load_manifest(tmp_path / "missing.yaml")
