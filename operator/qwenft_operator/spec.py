@@ -8,8 +8,8 @@ it. Around them sit the Kubernetes parts (:mod:`sources`, :mod:`workloads`). The
 generated from this module (``python -m qwenft_operator.crd``); cross-field rules live in
 :data:`QwenFineTuneSpec.rules`, enforced by the API server (CEL) and by pydantic alike.
 
-    from qwenft_operator.spec import QwenFineTune
-    run = QwenFineTune.model_validate(yaml.safe_load(open("examples/lora-single-gpu.yaml")))
+    from qwenft_operator.spec import load_manifest
+    manifest = load_manifest("examples/lora-single-gpu.yaml")  # a QwenFineTune
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from qwenft_trainer.config import (
     QuantizationSettings,
     TrainingSettings,
 )
+from qwenft_trainer.serving import VLLM_MAX_LORA_RANKS
 
 from qwenft_operator.rules import Rule, SpecObject, format_errors, immutable
 from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec
@@ -54,8 +55,8 @@ RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 RUN_NAME_MAX_LENGTH = 63
 # Fields the API server refuses to change once a run exists (CEL ``self == oldSelf``).
 IMMUTABLE_FIELDS = ("model", "dataset", "method")
-# The largest --max-lora-rank vLLM accepts (qwenft_trainer.serving.VLLM_MAX_LORA_RANKS).
-VLLM_LARGEST_LORA_RANK = 512
+# The largest --max-lora-rank vLLM accepts.
+VLLM_LARGEST_LORA_RANK = VLLM_MAX_LORA_RANKS[-1]
 
 
 def _section(description: str, factory: type[BaseModel]) -> Any:
@@ -148,10 +149,10 @@ class QwenFineTuneSpec(SpecObject):
         ),
         Rule(
             cel="!self.inference.enabled || self.inference.engine != 'vllm' || "
-            "self.merge.enabled || self.lora.r <= 512",
+            f"self.merge.enabled || self.lora.r <= {VLLM_LARGEST_LORA_RANK}",
             check=lambda s: not _vllm_unmerged(s) or s.lora.r <= VLLM_LARGEST_LORA_RANK,
-            message="vLLM serves unmerged adapters up to rank 512: set merge.enabled or lower "
-            "lora.r",
+            message=f"vLLM serves unmerged adapters up to rank {VLLM_LARGEST_LORA_RANK}: set "
+            "merge.enabled or lower lora.r",
             field=".merge.enabled",
         ),
         Rule(
