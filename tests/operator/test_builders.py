@@ -6,13 +6,15 @@ every object passes the Kubernetes 1.37 OpenAPI schema (kubernetes-validate, str
 owner references and labels on every child and pod template; the restricted security
 context; the rendered trainer config (valid TrainConfig, paths as the pods see them, no
 token anywhere); torchrun arguments; GPUs only where they belong; Kueue; the pod failure
-policy; URL datasets; the vLLM decision for unmerged adapters.
+policy; URL datasets; the vLLM decision for unmerged adapters; no torch imported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -410,3 +412,16 @@ def test_builders_are_deterministic_and_use_child_names(builder: Callable[[Run],
     first, second = builder(run), builder(run)
     assert first == second
     assert first["metadata"]["name"] in vars(run.names).values()
+
+
+def test_operator_modules_import_without_torch() -> None:
+    """The operator image has no torch: the spec, CRD and builders must not import it."""
+    code = (
+        "import sys\n"
+        "import qwenft_operator.crd, qwenft_operator.runs, qwenft_operator.conditions\n"
+        "from qwenft_operator.builders import config, merge, serving, training, validation\n"
+        "heavy = {'torch', 'transformers', 'peft', 'deepspeed', 'bitsandbytes'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
