@@ -209,7 +209,7 @@ def build_crd() -> dict[str, Any]:
             "apiVersion": {"description": "finetune.qwenft.io/v1alpha1", "type": "string"},
             "kind": {"description": "QwenFineTune", "type": "string"},
             "metadata": {
-                "description": "Standard object metadata.",
+                # The API server allows nothing here but restrictions on name/generateName.
                 "type": "object",
                 "properties": {
                     "name": {

@@ -60,9 +60,14 @@ VLLM_LARGEST_LORA_RANK = VLLM_MAX_LORA_RANKS[-1]
 
 
 def _section(description: str, factory: type[BaseModel]) -> Any:
-    """A trainer config section that defaults to its own defaults (CRD ``default: {}``)."""
+    """A section that defaults to its own defaults, spelled out in the CRD.
+
+    The API server checks a default against the section's CEL rules as it is, without
+    filling in nested defaults first, so the CRD's default is the whole object.
+    """
+    default = factory().model_dump(mode="json", by_alias=True, exclude_none=True)
     return Field(
-        default_factory=factory, description=description, json_schema_extra={"default": {}}
+        default_factory=factory, description=description, json_schema_extra={"default": default}
     )
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from qwenft_operator import crd, sources, spec, workloads
 from qwenft_operator.rules import SpecObject
+from qwenft_trainer.config import QWEN2_LINEAR_MODULES, LoraSettings
 
 ROOT = Path(__file__).parents[2]
 COMMITTED = ROOT / crd.CRD_PATH
@@ -80,7 +81,9 @@ def test_preserve_unknown_fields_only_on_free_form_pod_fields(schema: dict[str, 
 def test_every_property_has_a_description(schema: dict[str, Any]) -> None:
     missing = [path for path, node in walk(schema) if path and not node.get("description")]
     missing = [p for p in missing if not p.endswith(("[]", ".*"))]  # items describe via parent
-    assert missing == []
+    # The API server refuses anything on metadata but restrictions on name/generateName.
+    assert missing == ["metadata"]
+    assert set(schema["properties"]["metadata"]) == {"type", "properties"}
 
 
 def _rule_classes() -> list[type[SpecObject]]:
@@ -134,7 +137,11 @@ def test_bounds_enums_and_defaults_come_from_the_trainer_config(schema: dict[str
     assert (lr["minimum"], lr["exclusiveMinimum"]) == (0, True)
     assert props["resources"]["properties"]["nodes"]["minimum"] == 1
     assert props["resources"]["properties"]["sharedMemorySize"]["x-kubernetes-int-or-string"]
-    assert props["lora"]["default"] == {}
+    assert props["lora"]["default"] == LoraSettings().model_dump(mode="json", by_alias=True)
+    assert props["lora"]["default"]["targetModules"] == QWEN2_LINEAR_MODULES
+    assert props["inference"]["default"] == {
+        "enabled": True, "engine": "builtin", "replicas": 1, "gpus": 1,
+    }  # fmt: skip
     assert props["quantization"].get("default") is None
 
 
