@@ -17,7 +17,7 @@ from typing import Any
 
 from qwenft_operator import labels
 from qwenft_operator.builders import fetch, paths, pods
-from qwenft_operator.builders.config import TRAINER_METRICS_PORT
+from qwenft_operator.builders.config import TRAINER_METRICS_PORT, config_hash
 from qwenft_operator.runs import Run
 
 MASTER_PORT = 29500
@@ -126,7 +126,7 @@ def build_train_job(run: Run) -> dict[str, Any]:
     if policy.ttl_seconds_after_finished is not None:
         extra["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     queue = spec.scheduling.queue_name
-    return pods.job(
+    job = pods.job(
         run,
         name=run.names.train_job,
         component="train",
@@ -136,3 +136,5 @@ def build_train_job(run: Run) -> dict[str, Any]:
         extra_labels={labels.KUEUE_QUEUE_KEY: queue} if queue else None,
         extra_spec=extra,
     )
+    job["metadata"]["annotations"] = {labels.CONFIG_HASH_ANNOTATION: config_hash(run)}
+    return job
