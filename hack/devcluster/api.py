@@ -31,7 +31,7 @@ class Api:
         body: dict[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
-        """Send one request; return (HTTP status, decoded JSON body or text)."""
+        """Send one request; return (HTTP status or 0 if unreachable, JSON body or text)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
@@ -43,6 +43,8 @@ class Api:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as err:
             status, raw = err.code, err.read()
+        except (urllib.error.URLError, OSError) as err:
+            return 0, str(err)  # not listening (yet)
         text = raw.decode(errors="replace")
         try:
             return status, json.loads(text)

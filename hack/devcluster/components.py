@@ -56,6 +56,9 @@ def kube_apiserver(lay: Layout) -> list[str]:
         f"--etcd-servers=http://127.0.0.1:{lay.etcd_port}",
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
+        # the lease reconciler refuses a loopback address for the `kubernetes` Service
+        # endpoints; nothing runs in-cluster here, so that Service needs none
+        "--endpoint-reconciler-type=none",
         f"--secure-port={lay.apiserver_port}",
         f"--cert-dir={lay.workdir / 'apiserver'}",
         f"--tls-cert-file={p.server_cert}",

@@ -2,7 +2,7 @@
 
 Covers:
 - fake nodes: 4 GPU nodes (nvidia.com/gpu: 8, GPU product labels) and 1 CPU node are Ready
-  and each holds a Lease in kube-node-lease;
+  and each has a Lease in kube-node-lease that kwok renews;
 - an Indexed Job with 2 completions requesting nvidia.com/gpu is scheduled onto two GPU
   nodes, runs and succeeds;
 - a pod asking for more GPUs than any node has stays Pending with a FailedScheduling event;
@@ -111,18 +111,15 @@ def test_fake_nodes_are_ready_and_hold_leases(
     )
     assert GPU not in nodes["cpu-node-0"].status.allocatable
     leases = client.CoordinationV1Api(kube_client)
-    holders = wait_until(
-        "a lease per node",
-        lambda: (
-            {
-                lease.spec.holder_identity
-                for lease in leases.list_namespaced_lease("kube-node-lease").items
-            }
-            >= set(nodes)
-            or None
-        ),
-    )
-    assert holders
+
+    def renewed_leases() -> set[str]:
+        return {
+            lease.metadata.name
+            for lease in leases.list_namespaced_lease("kube-node-lease").items
+            if lease.spec.holder_identity and lease.spec.renew_time
+        }
+
+    wait_until("a renewed lease per node", lambda: renewed_leases() >= set(nodes) or None)
 
 
 def test_indexed_gpu_job_runs_on_gpu_nodes_and_succeeds(
