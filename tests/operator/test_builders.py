@@ -46,6 +46,18 @@ def load_run(example: str, **settings: Any) -> Run:
     return Run.from_body(manifest, OperatorSettings(**settings))
 
 
+class GoldenDumper(yaml.SafeDumper):
+    """Multi-line strings (the trainer config, the launcher script) as readable blocks."""
+
+
+def _block_strings(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+GoldenDumper.add_representer(str, _block_strings)
+
+
 def build_all(run: Run) -> dict[str, dict[str, Any]]:
     objects = {
         "configmap": config.build_config_map(run),
@@ -69,7 +81,7 @@ CASES = [(example, kind) for example in CLUSTER_EXAMPLES for kind in build_all(l
 def test_matches_golden(example: str, kind: str) -> None:
     built = build_all(load_run(example))[kind]
     golden = GOLDEN / example / f"{kind}.yaml"
-    text = yaml.safe_dump(built, sort_keys=False, width=100)
+    text = yaml.dump(built, Dumper=GoldenDumper, sort_keys=False, width=100)
     if UPDATE:
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text, encoding="utf-8")
