@@ -4,7 +4,8 @@ Covers: set_condition adds, replaces by type, keeps lastTransitionTime while the
 stays, moves it when the status changes, never mutates its input and keeps order;
 get_condition / is_true; reasons are unique CamelCase constants, each with a comment;
 Progress fills its display column; the status parses what the API returns, ignoring
-keys it does not know, and dumps camelCase.
+keys it does not know, and dumps camelCase; docs/qwenfinetune.md explains every
+condition type, reason and phase.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import inspect
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from qwenft_operator import conditions
 from qwenft_operator.phases import TERMINAL_PHASES, Phase
@@ -132,3 +134,11 @@ def test_status_round_trip_from_the_api() -> None:
     assert dumped["progress"] == {"step": 10, "totalSteps": 100, "loss": 1.25, "display": "10/100"}
     assert dumped["conditions"][0]["lastTransitionTime"] == "2026-11-29T12:00:00Z"
     assert "kopf" not in dumped
+
+
+def test_docs_list_every_condition_type_reason_and_phase() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "qwenfinetune.md").read_text(encoding="utf-8")
+    for name in (*conditions.CONDITION_TYPES, *conditions.REASONS):
+        assert f"| `{name}` |" in doc, f"docs/qwenfinetune.md does not explain {name}"
+    for phase in Phase:
+        assert phase.value in doc
