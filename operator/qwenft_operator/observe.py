@@ -1,0 +1,252 @@
+"""Typed facts about a run's children, parsed from the objects the API returns.
+
+The reconcile decision never reads raw Job, Pod or Deployment dicts: the operator's watches
+turn each object into a small frozen fact here (:func:`parse_job`, :func:`parse_pod`,
+:func:`parse_deployment`), which is all the decision needs and all the operator keeps in
+memory per child. Parsing follows the Kubernetes API: a Job has finished when its
+``Complete`` or ``Failed`` condition is True (``SuccessCriteriaMet`` / ``FailureTarget``
+say so a little earlier), its failure reason is the condition's reason
+(``BackoffLimitExceeded``, ``DeadlineExceeded``, ``PodFailurePolicy``); a failed
+container's exit code and termination message are in ``state.terminated`` (or
+``lastState.terminated`` after a restart).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from qwenft_operator import labels
+
+JobState = Literal["Suspended", "Active", "Succeeded", "Failed"]
+
+# Job condition reasons (batch/v1).
+JOB_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+JOB_DEADLINE_EXCEEDED = "DeadlineExceeded"
+JOB_POD_FAILURE_POLICY = "PodFailurePolicy"
+
+_MESSAGE_FIELD = re.compile(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp from the API (``2026-01-02T03:04:05Z``), or None."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(c.get("type")): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+
+
+def _true(conditions: Mapping[str, Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    found = conditions.get(type_)
+    return found if found is not None and found.get("status") == "True" else None
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the decision needs to know about one Job."""
+
+    name: str
+    state: JobState
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    completions: int = 1
+    reason: str = ""  # the Failed (or FailureTarget) condition's reason
+    message: str = ""  # and its message
+    start_time: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("Succeeded", "Failed")
+
+
+def parse_job(body: Mapping[str, Any]) -> JobFacts:
+    """Facts of a batch/v1 Job."""
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    conditions = _conditions(status)
+    failed = _true(conditions, "Failed") or _true(conditions, "FailureTarget")
+    done = _true(conditions, "Complete") or _true(conditions, "SuccessCriteriaMet")
+    state: JobState
+    if failed is not None:
+        state = "Failed"
+    elif done is not None:
+        state = "Succeeded"
+    elif spec.get("suspend"):
+        state = "Suspended"
+    else:
+        state = "Active"
+    ended = failed or done
+    return JobFacts(
+        name=str(body["metadata"]["name"]),
+        state=state,
+        active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        completions=int(spec.get("completions") or 1),
+        reason=str(failed.get("reason") or "") if failed else "",
+        message=str(failed.get("message") or "") if failed else "",
+        start_time=parse_time(status.get("startTime")),
+        finished_at=parse_time(ended.get("lastTransitionTime")) if ended else None,
+    )
+
+
+@dataclass(frozen=True)
+class Termination:
+    """How a container ended."""
+
+    container: str
+    exit_code: int
+    reason: str = ""
+    message: str = ""
+    finished_at: datetime | None = None
+
+    def describe(self) -> str:
+        """``exit code 3 (Error): <message>`` for a condition message."""
+        text = f"container {self.container} exited with code {self.exit_code}"
+        if self.reason:
+            text += f" ({self.reason})"
+        return f"{text}: {self.message.strip()}" if self.message.strip() else text
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    """What the decision needs to know about one pod of a run."""
+
+    name: str
+    component: str
+    phase: str
+    node_name: str | None = None
+    pod_ip: str | None = None
+    completion_index: int | None = None
+    ready: bool = False
+    failure: Termination | None = None  # the first container that exited non-zero
+
+
+def _terminated(statuses: Iterable[Mapping[str, Any]]) -> Termination | None:
+    for item in statuses:
+        for key in ("state", "lastState"):
+            done = (item.get(key) or {}).get("terminated")
+            if done and int(done.get("exitCode") or 0) != 0:
+                return Termination(
+                    container=str(item.get("name") or ""),
+                    exit_code=int(done["exitCode"]),
+                    reason=str(done.get("reason") or ""),
+                    message=str(done.get("message") or ""),
+                    finished_at=parse_time(done.get("finishedAt")),
+                )
+    return None
+
+
+def parse_pod(body: Mapping[str, Any]) -> PodFacts:
+    """Facts of a Pod (a Job's or a Deployment's)."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    index = (meta.get("annotations") or {}).get(labels.JOB_COMPLETION_INDEX_ANNOTATION)
+    statuses = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    return PodFacts(
+        name=str(meta["name"]),
+        component=str((meta.get("labels") or {}).get(labels.COMPONENT_KEY, "")),
+        phase=str(status.get("phase") or "Pending"),
+        node_name=(body.get("spec") or {}).get("nodeName"),
+        pod_ip=status.get("podIP"),
+        completion_index=int(index) if index is not None and str(index).isdigit() else None,
+        ready=_true(_conditions(status), "Ready") is not None,
+        failure=_terminated(statuses),
+    )
+
+
+@dataclass(frozen=True)
+class DeploymentFacts:
+    """What the decision needs to know about the server Deployment."""
+
+    name: str
+    replicas: int
+    ready_replicas: int = 0
+    available: bool = False
+    failed: bool = False  # rollout stuck: ProgressDeadlineExceeded or a ReplicaFailure
+    message: str = ""
+
+
+def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
+    """Facts of an apps/v1 Deployment."""
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    conditions = _conditions(status)
+    wanted = spec.get("replicas")
+    replicas = 1 if wanted is None else int(wanted)
+    available_replicas = int(status.get("availableReplicas") or 0)
+    progressing = conditions.get("Progressing") or {}
+    stuck = progressing.get("status") == "False" and (
+        progressing.get("reason") == "ProgressDeadlineExceeded"
+    )
+    replica_failure = _true(conditions, "ReplicaFailure")
+    failure = replica_failure or (progressing if stuck else None)
+    current = int(status.get("observedGeneration") or 0) >= int(
+        body["metadata"].get("generation") or 0
+    )
+    return DeploymentFacts(
+        name=str(body["metadata"]["name"]),
+        replicas=replicas,
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        available=current
+        and available_replicas >= replicas
+        and (_true(conditions, "Available") is not None or replicas == 0),
+        failed=failure is not None,
+        message=str(failure.get("message") or failure.get("reason") or "") if failure else "",
+    )
+
+
+def first_failure(pods: Iterable[PodFacts]) -> PodFacts | None:
+    """The pod whose container failed first (by finish time; unknown times last)."""
+    failed = [p for p in pods if p.failure is not None]
+    if not failed:
+        return None
+    far = datetime.max.replace(tzinfo=None)
+
+    def key(pod: PodFacts) -> tuple[int, datetime]:
+        at = pod.failure.finished_at if pod.failure else None
+        return (0, at.replace(tzinfo=None)) if at else (1, far)
+
+    return min(failed, key=key)
+
+
+def report_message(text: str) -> str:
+    """The one-line ``message`` of a JSON report in a termination message.
+
+    The validator prints its report as JSON; with ``FallbackToLogsOnError`` the
+    termination message may be only the tail of the log, so a whole-JSON parse is tried
+    first, then the ``"message"`` field alone, then the last non-empty line.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return ""
+    try:
+        parsed = json.loads(stripped)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return str(parsed["message"])
+    matches = _MESSAGE_FIELD.findall(stripped)
+    if matches:
+        try:
+            return str(json.loads(matches[-1]))
+        except ValueError:
+            pass
+    lines = [line.strip() for line in stripped.splitlines() if line.strip()]
+    return lines[-1] if lines else ""

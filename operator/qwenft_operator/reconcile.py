@@ -1,0 +1,384 @@
+"""The reconcile decision: (run, status, observed children, now) -> new status + actions.
+
+Pure and level-based: it looks at what exists now (:class:`Observed`, built from the
+operator's watches by :mod:`observe`) and says what should exist next, so running it twice,
+or after an operator restart, asks for nothing new. The run moves through
+
+    Pending -> Validating -> Training -> Merging -> Deploying -> Ready | Succeeded
+                                 |  Suspended (spec.suspend)
+                                 '-> Failed (a reason from :mod:`conditions`)
+
+Each step looks at its own child: no child yet -> create it (children are named by
+:class:`~qwenft_operator.names.ChildNames`, so a second create finds the first); child
+running -> report; child failed -> Failed with a reason the user can act on; child done ->
+the next step. Every phase change and failure becomes an Event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from qwenft_operator import conditions as cond
+from qwenft_operator.actions import (
+    Action,
+    ChildKind,
+    CreateChild,
+    Decision,
+    DeleteChild,
+    EmitEvent,
+    PatchStatus,
+    Requeue,
+    SetJobSuspended,
+    status_patch,
+)
+from qwenft_operator.builders import config, merge, paths, serving, training, validation
+from qwenft_operator.observe import (
+    JOB_BACKOFF_LIMIT_EXCEEDED,
+    JOB_DEADLINE_EXCEEDED,
+    DeploymentFacts,
+    JobFacts,
+    PodFacts,
+    first_failure,
+    report_message,
+)
+from qwenft_operator.phases import Phase
+from qwenft_operator.runs import Run
+from qwenft_operator.status import Children, Endpoint, Outputs, QwenFineTuneStatus
+
+# Seconds between checks while a referenced Secret, ConfigMap or claim is missing.
+MISSING_REFERENCE_RETRY = 30.0
+# A Job can report its failure a moment before the watch shows the failed pod; wait this
+# long for the pod (its exit code and message) before failing with the Job's message.
+POD_REPORT_GRACE = timedelta(seconds=10)
+POD_REPORT_RETRY = 2.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The run's children as the watches see them; None means absent."""
+
+    validate_job: JobFacts | None = None
+    train_job: JobFacts | None = None
+    merge_job: JobFacts | None = None
+    deployment: DeploymentFacts | None = None
+    pods: tuple[PodFacts, ...] = ()
+    # Missing Secrets/ConfigMaps/claims ("secret hf-token", ...); None: not checked.
+    missing_references: tuple[str, ...] | None = None
+
+    def pods_of(self, component: str) -> list[PodFacts]:
+        return [p for p in self.pods if p.component == component]
+
+
+def needs_reference_check(status: QwenFineTuneStatus, observed: Observed) -> bool:
+    """Whether the decision wants ``missing_references`` (only before validation starts)."""
+    not_started = observed.validate_job is None and observed.train_job is None
+    return not_started and status.phase not in (Phase.FAILED, Phase.SUCCEEDED)
+
+
+@dataclass
+class _Draft:
+    """The status being built and the actions collected so far."""
+
+    generation: int
+    old: QwenFineTuneStatus
+    now: datetime
+    status: QwenFineTuneStatus = field(init=False)
+    actions: list[Action] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.status = self.old.model_copy(deep=True)
+        self.status.observed_generation = self.generation
+        if self.status.children is None:
+            self.status.children = Children()
+
+    def set(self, type: str, status: cond.ConditionStatus, reason: str, message: str) -> None:
+        self.status.conditions = cond.set_condition(
+            self.status.conditions,
+            type=type,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=self.generation,
+            now=self.now,
+        )
+
+    def phase(self, phase: Phase) -> None:
+        self.status.phase = phase
+
+    def create(self, kind: ChildKind, body: dict[str, object], slot: str) -> None:
+        name = str(body["metadata"]["name"])  # type: ignore[index]
+        self.actions.append(CreateChild(kind=kind, name=name, body=dict(body)))
+        self.child(slot, name)
+
+    def child(self, slot: str, name: str) -> None:
+        assert self.status.children is not None
+        setattr(self.status.children, slot, name)
+
+    def fail(self, type: str, reason: str, message: str) -> None:
+        self.set(type, "False", reason, message)
+        self.set(cond.FAILED, "True", reason, message)
+        self.phase(Phase.FAILED)
+        self.status.completion_time = self.status.completion_time or self.now
+
+    def finish(self) -> Decision:
+        old_phase, new_phase = self.old.phase, self.status.phase
+        events: list[Action] = []
+        failed = cond.get_condition(self.status.conditions, cond.FAILED)
+        if new_phase != old_phase and new_phase == Phase.FAILED and failed is not None:
+            events.append(EmitEvent("Warning", failed.reason, failed.message))
+        elif new_phase != old_phase and new_phase is not None:
+            events.append(
+                EmitEvent("Normal", str(new_phase), f"{old_phase or 'New'} -> {new_phase}")
+            )
+        before = cond.get_condition(self.old.conditions, cond.VALIDATED)
+        after = cond.get_condition(self.status.conditions, cond.VALIDATED)
+        if (
+            after is not None
+            and after.reason == cond.MISSING_REFERENCE
+            and (before is None or (before.reason, before.message) != (after.reason, after.message))
+        ):
+            events.append(EmitEvent("Warning", after.reason, after.message))
+        patch = status_patch(self.old, self.status)
+        actions = list(self.actions)
+        if patch:
+            actions.append(PatchStatus(patch))
+        return Decision(status=self.status, actions=(*actions, *events))
+
+
+def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: datetime) -> Decision:
+    """The next status and actions of ``run``."""
+    draft = _Draft(generation=run.generation, old=status, now=now)
+    if status.phase in (Phase.FAILED, Phase.SUCCEEDED):
+        return Decision(status=status)
+    problems = run.spec.cluster_problems()
+    if problems:
+        draft.fail(cond.VALIDATED, cond.INVALID_SPEC, "; ".join(problems))
+        return draft.finish()
+    if (
+        _validate(draft, run, observed)
+        and _train(draft, run, observed)
+        and _merge(draft, run, observed)
+    ):
+        _serve(draft, run, observed)
+    return draft.finish()
+
+
+def decide_invalid_spec(
+    generation: int, status: QwenFineTuneStatus, message: str, now: datetime
+) -> Decision:
+    """A stored spec the operator can't read (e.g. written before a stricter CRD)."""
+    draft = _Draft(generation=generation, old=status, now=now)
+    if status.phase == Phase.FAILED:
+        return Decision(status=status)
+    draft.fail(cond.VALIDATED, cond.INVALID_SPEC, message)
+    return draft.finish()
+
+
+def _waiting_for_pod(job: JobFacts, pod: PodFacts | None, now: datetime) -> bool:
+    """A failed Job whose failed pod the watch hasn't shown yet (see POD_REPORT_GRACE)."""
+    if pod is not None or job.reason == JOB_DEADLINE_EXCEEDED or job.finished_at is None:
+        return False
+    return now - job.finished_at < POD_REPORT_GRACE
+
+
+def _validate(d: _Draft, run: Run, observed: Observed) -> bool:
+    """Validation: references, then the CPU-only validation Job. True once it passed."""
+    names = run.names
+    job = observed.validate_job
+    if observed.train_job is not None:
+        if not cond.is_true(d.status.conditions, cond.VALIDATED):
+            d.set(cond.VALIDATED, "True", cond.SPEC_VALID, "references and dataset checked")
+        return True
+    if job is None:
+        missing = observed.missing_references or ()
+        if missing:
+            message = "waiting for " + ", ".join(missing) + " in namespace " + run.namespace
+            d.set(cond.VALIDATED, "False", cond.MISSING_REFERENCE, message)
+            d.phase(Phase.PENDING)
+            d.actions.append(Requeue(MISSING_REFERENCE_RETRY))
+            return False
+        d.create("Job", validation.build_validation_job(run), "validate_job")
+        message = f"dataset validation Job {names.validate_job} started"
+        d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, message)
+        d.phase(Phase.VALIDATING)
+        return False
+    d.child("validate_job", job.name)
+    if job.state == "Succeeded":
+        d.set(cond.VALIDATED, "True", cond.SPEC_VALID, "references and dataset checked")
+        return True
+    if job.state != "Failed":
+        d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, f"Job {job.name} running")
+        d.phase(Phase.VALIDATING)
+        return False
+    pod = first_failure(observed.pods_of("validate"))
+    if _waiting_for_pod(job, pod, d.now):
+        d.actions.append(Requeue(POD_REPORT_RETRY))
+        d.phase(Phase.VALIDATING)
+        return False
+    failure = pod.failure if pod else None
+    report = report_message(failure.message) if failure else ""
+    if failure is not None and failure.exit_code == validation.INVALID_DATA_EXIT_CODE:
+        d.fail(cond.VALIDATED, cond.INVALID_DATASET, report or job.message)
+    else:
+        detail = failure.describe() if failure else f"{job.reason}: {job.message}"
+        d.fail(cond.VALIDATED, cond.INVALID_SPEC, f"dataset validation failed: {detail}")
+    return False
+
+
+def _train(d: _Draft, run: Run, observed: Observed) -> bool:
+    """Training: ConfigMap, headless Service and the Indexed Job. True once it completed."""
+    spec = run.spec
+    queued = spec.scheduling.queue_name is not None
+    job = observed.train_job
+    if job is None:
+        d.create("ConfigMap", config.build_config_map(run), "config_map")
+        d.create("Service", training.build_headless_service(run), "train_service")
+        d.create("Job", training.build_train_job(run), "train_job")
+        _report_stopped(d, run, suspended=spec.suspend, queued=queued)
+        return False
+    for slot in ("config_map", "train_service", "train_job"):
+        d.child(slot, getattr(run.names, slot))
+    if job.state == "Succeeded":
+        d.set(cond.TRAINING, "False", cond.TRAINING_SUCCEEDED, f"Job {job.name} completed")
+        d.set(cond.TRAINED, "True", cond.TRAINING_SUCCEEDED, "results in " + paths.adapter_dir(run))
+        d.status.outputs = (d.status.outputs or Outputs()).model_copy(
+            update={"adapter": paths.adapter_dir(run)}
+        )
+        _clear_suspended(d)
+        return True
+    if job.state == "Failed":
+        _train_failed(d, run, job, observed)
+        return False
+    if spec.suspend:
+        if job.state != "Suspended":
+            d.actions.append(SetJobSuspended(job.name, True))
+        _report_stopped(d, run, suspended=True, queued=queued)
+        return False
+    if job.state == "Suspended":
+        if not queued:
+            d.actions.append(SetJobSuspended(job.name, False))
+            _clear_suspended(d)
+            d.set(cond.TRAINING, "True", cond.PODS_PENDING, "resumed; training pods starting")
+            d.phase(Phase.TRAINING)
+        else:
+            _report_stopped(d, run, suspended=False, queued=True)
+        return False
+    _clear_suspended(d)
+    d.phase(Phase.TRAINING)
+    if job.ready >= job.completions:
+        d.set(cond.TRAINING, "True", cond.TRAINING_RUNNING, f"{job.ready} training pod(s) running")
+        d.status.start_time = d.status.start_time or job.start_time or d.now
+    else:
+        message = f"{job.ready}/{job.completions} training pods ready"
+        d.set(cond.TRAINING, "True", cond.PODS_PENDING, message)
+    return False
+
+
+def _report_stopped(d: _Draft, run: Run, *, suspended: bool, queued: bool) -> None:
+    if suspended:
+        message = "spec.suspend is true; training pods are stopped"
+        d.set(cond.SUSPENDED, "True", cond.SUSPENDED_BY_USER, message)
+        d.set(cond.TRAINING, "False", cond.SUSPENDED_BY_USER, message)
+        d.phase(Phase.SUSPENDED)
+    elif queued:
+        queue = run.spec.scheduling.queue_name
+        d.set(cond.TRAINING, "False", cond.QUEUED, f"waiting for Kueue to admit it (queue {queue})")
+        _clear_suspended(d)
+        d.phase(Phase.TRAINING)
+    else:
+        d.set(cond.TRAINING, "True", cond.PODS_PENDING, "training Job created")
+        d.phase(Phase.TRAINING)
+
+
+def _clear_suspended(d: _Draft) -> None:
+    if cond.is_true(d.status.conditions, cond.SUSPENDED):
+        message = "training continues from the newest checkpoint"
+        d.set(cond.SUSPENDED, "False", cond.RESUMED, message)
+        d.actions.append(EmitEvent("Normal", cond.RESUMED, message))
+
+
+def _train_failed(d: _Draft, run: Run, job: JobFacts, observed: Observed) -> None:
+    pod = first_failure(observed.pods_of("train"))
+    if _waiting_for_pod(job, pod, d.now):
+        d.actions.append(Requeue(POD_REPORT_RETRY))
+        return
+    last = f"pod {pod.name}: {pod.failure.describe()}" if pod and pod.failure else job.message
+    policy = run.spec.run_policy
+    if job.reason == JOB_DEADLINE_EXCEEDED:
+        reason = cond.DEADLINE_EXCEEDED
+        message = f"training ran longer than activeDeadlineSeconds={policy.active_deadline_seconds}"
+    elif job.reason == JOB_BACKOFF_LIMIT_EXCEEDED:
+        reason = cond.BACKOFF_LIMIT_EXCEEDED
+        message = f"{job.failed} pod failure(s), backoffLimit {policy.backoff_limit}; last {last}"
+    else:
+        reason, message = cond.TRAINING_FAILED, last
+    d.set(cond.TRAINED, "False", reason, message)
+    d.fail(cond.TRAINING, reason, message)
+
+
+def _merge(d: _Draft, run: Run, observed: Observed) -> bool:
+    """Merging, when the spec asks for it or vLLM needs it. True once merged or skipped."""
+    if not serving.needs_merge(run):
+        if cond.get_condition(d.status.conditions, cond.MERGED) is None:
+            d.set(cond.MERGED, "False", cond.MERGE_SKIPPED, "no merge: disabled or not needed")
+        return True
+    job = observed.merge_job
+    if job is None:
+        d.create("Job", merge.build_merge_job(run), "merge_job")
+        d.set(cond.MERGED, "Unknown", cond.MERGE_RUNNING, f"Job {run.names.merge_job} started")
+        d.phase(Phase.MERGING)
+        return False
+    d.child("merge_job", job.name)
+    if job.state == "Succeeded":
+        merged = paths.merged_dir(run)
+        d.set(cond.MERGED, "True", cond.MERGE_SUCCEEDED, "merged model in " + merged)
+        d.status.outputs = (d.status.outputs or Outputs()).model_copy(update={"merged": merged})
+        return True
+    if job.state == "Failed":
+        pod = first_failure(observed.pods_of("merge"))
+        if _waiting_for_pod(job, pod, d.now):
+            d.actions.append(Requeue(POD_REPORT_RETRY))
+            return False
+        detail = report_message(pod.failure.message) if pod and pod.failure else ""
+        code = f"exit code {pod.failure.exit_code}: " if pod and pod.failure else ""
+        d.fail(cond.MERGED, cond.MERGE_FAILED, code + (detail or job.message))
+        return False
+    d.set(cond.MERGED, "Unknown", cond.MERGE_RUNNING, f"Job {job.name} running")
+    d.phase(Phase.MERGING)
+    return False
+
+
+def _serve(d: _Draft, run: Run, observed: Observed) -> None:
+    """Deploying: the server Deployment and Service; Ready once available."""
+    names = run.names
+    deployment = observed.deployment
+    if not run.spec.inference.enabled:
+        if deployment is not None:
+            d.actions.append(DeleteChild("Deployment", names.serve_deployment))
+            d.actions.append(DeleteChild("Service", names.serve_service))
+        d.set(cond.READY, "False", cond.INFERENCE_DISABLED, "spec.inference.enabled is false")
+        d.status.endpoint = None
+        d.phase(Phase.SUCCEEDED)
+        d.status.completion_time = d.status.completion_time or d.now
+        return
+    d.status.endpoint = Endpoint(url=serving.endpoint_url(run), model_name=run.served_model_name)
+    if deployment is None:
+        target = serving.build_serve_target(run)
+        d.create("Service", serving.build_serve_service(run), "serve_service")
+        d.create("Deployment", serving.build_serve_deployment(run, target), "serve_deployment")
+        d.set(cond.READY, "False", cond.DEPLOYING, f"Deployment {names.serve_deployment} created")
+        d.phase(Phase.DEPLOYING)
+        return
+    d.child("serve_deployment", deployment.name)
+    d.child("serve_service", names.serve_service)
+    if deployment.failed:
+        d.fail(cond.READY, cond.DEPLOY_FAILED, deployment.message)
+    elif deployment.available:
+        d.set(cond.READY, "True", cond.ENDPOINT_READY, f"serving {run.served_model_name}")
+        d.phase(Phase.READY)
+        d.status.completion_time = d.status.completion_time or d.now
+    else:
+        message = f"{deployment.ready_replicas}/{deployment.replicas} server replicas ready"
+        d.set(cond.READY, "False", cond.DEPLOYING, message)
+        d.phase(Phase.DEPLOYING)

@@ -1,0 +1,536 @@
+"""The reconcile decision as a table: observed children -> actions and status.
+
+Covers: each phase of the flow (Pending/MissingReference, Validating, Training with pods
+pending and running, Merging, Deploying, Ready, Succeeded without inference) with the
+children it creates; every failure reason (InvalidSpec, InvalidDataset with the
+validator's message, MissingReference, TrainingFailed with the pod's exit code and
+termination message, DeadlineExceeded, BackoffLimitExceeded, MergeFailed, DeployFailed)
+with phase Failed and a Warning event; waiting briefly for a failed pod the watch has not
+shown yet; suspend and resume (the Job is suspended/unsuspended, conditions and events);
+Kueue-queued Jobs left for Kueue to admit; idempotence (children present -> nothing
+created, the same state twice -> no status patch, no event); terminal phases stay put;
+the merge skipped for a full fine-tune; observe.py parsing of Job, Pod and Deployment
+objects and of validator reports.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from qwenft_operator import conditions as cond
+from qwenft_operator.actions import (
+    CreateChild,
+    Decision,
+    DeleteChild,
+    EmitEvent,
+    PatchStatus,
+    Requeue,
+    SetJobSuspended,
+)
+from qwenft_operator.observe import (
+    DeploymentFacts,
+    JobFacts,
+    PodFacts,
+    Termination,
+    parse_deployment,
+    parse_job,
+    parse_pod,
+    report_message,
+)
+from qwenft_operator.phases import Phase
+from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec
+from qwenft_operator.runs import Run
+from qwenft_operator.status import Progress, QwenFineTuneStatus
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def make_run(example: str = "lora-single-gpu", **spec: Any) -> Run:
+    body = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
+    body["metadata"].update(namespace="team", uid="uid-1", generation=2)
+    body["spec"].update(copy.deepcopy(spec))
+    return Run.from_body(body)
+
+
+def summary(decision: Decision) -> list[str]:
+    """Actions as short strings (status patches left out)."""
+    out = []
+    for action in decision.actions:
+        match action:
+            case CreateChild(kind=kind, name=name):
+                out.append(f"create {kind} {name}")
+            case DeleteChild(kind=kind, name=name):
+                out.append(f"delete {kind} {name}")
+            case SetJobSuspended(name=name, suspend=suspend):
+                out.append(f"{'suspend' if suspend else 'resume'} {name}")
+            case EmitEvent(type=type_, reason=reason):
+                out.append(f"event {type_} {reason}")
+            case Requeue():
+                out.append("requeue")
+    return out
+
+
+def job(name: str, state: str = "Active", **kw: Any) -> JobFacts:
+    return JobFacts(name=name, state=state, **kw)  # type: ignore[arg-type]
+
+
+def failed_pod(name: str, component: str, code: int, message: str) -> PodFacts:
+    term = Termination("c", code, "Error", message, NOW - timedelta(seconds=30))
+    return PodFacts(name=name, component=component, phase="Failed", failure=term)
+
+
+def status_in(phase: Phase, *conds: tuple[str, str, str]) -> QwenFineTuneStatus:
+    status = QwenFineTuneStatus(phase=phase)
+    for type_, value, reason in conds:
+        status.conditions = cond.set_condition(
+            status.conditions,
+            type=type_,
+            status=value,  # type: ignore[arg-type]
+            reason=reason,
+            message="",
+            generation=2,
+            now=NOW,
+        )
+    return status
+
+
+RUN = "support-lora"
+VALIDATED = status_in(Phase.VALIDATING)
+DONE_VALIDATE = job(f"{RUN}-validate", "Succeeded")
+DONE_TRAIN = job(f"{RUN}-train", "Succeeded")
+DONE_MERGE = job(f"{RUN}-merge", "Succeeded")
+ENDED = NOW - timedelta(seconds=60)
+
+# id, observed, expected phase, expected actions (without status patches), failure reason
+FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
+    (
+        "new-run-starts-validation",
+        Observed(missing_references=()),
+        Phase.VALIDATING,
+        [f"create Job {RUN}-validate", "event Normal Validating"],
+        None,
+    ),
+    (
+        "missing-reference-waits",
+        Observed(missing_references=("secret hf-token", "persistentvolumeclaim qwenft-runs")),
+        Phase.PENDING,
+        ["requeue", "event Normal Pending", "event Warning MissingReference"],
+        None,
+    ),
+    (
+        "validation-running",
+        Observed(validate_job=job(f"{RUN}-validate")),
+        Phase.VALIDATING,
+        ["event Normal Validating"],
+        None,
+    ),
+    (
+        "validated-creates-training",
+        Observed(validate_job=DONE_VALIDATE),
+        Phase.TRAINING,
+        [
+            f"create ConfigMap {RUN}-config",
+            f"create Service {RUN}-train",
+            f"create Job {RUN}-train",
+            "event Normal Training",
+        ],
+        None,
+    ),
+    (
+        "training-pods-pending",
+        Observed(validate_job=DONE_VALIDATE, train_job=job(f"{RUN}-train", ready=0)),
+        Phase.TRAINING,
+        ["event Normal Training"],
+        None,
+    ),
+    (
+        "trained-starts-merge",
+        Observed(validate_job=DONE_VALIDATE, train_job=DONE_TRAIN),
+        Phase.MERGING,
+        [f"create Job {RUN}-merge", "event Normal Merging"],
+        None,
+    ),
+    (
+        "merged-deploys",
+        Observed(train_job=DONE_TRAIN, merge_job=DONE_MERGE),
+        Phase.DEPLOYING,
+        [f"create Service {RUN}-serve", f"create Deployment {RUN}-serve", "event Normal Deploying"],
+        None,
+    ),
+    (
+        "deployment-available-ready",
+        Observed(
+            train_job=DONE_TRAIN,
+            merge_job=DONE_MERGE,
+            deployment=DeploymentFacts(f"{RUN}-serve", 1, 1, available=True),
+        ),
+        Phase.READY,
+        ["event Normal Ready"],
+        None,
+    ),
+    (
+        "invalid-dataset",
+        Observed(
+            validate_job=job(
+                f"{RUN}-validate", "Failed", reason="PodFailurePolicy", finished_at=ENDED
+            ),
+            pods=(
+                failed_pod(
+                    "v-0",
+                    "validate",
+                    1,
+                    '{"ok": false, "message": "2 bad record(s); first: line 3"}',
+                ),
+            ),
+        ),
+        Phase.FAILED,
+        ["event Warning InvalidDataset"],
+        cond.INVALID_DATASET,
+    ),
+    (
+        "validator-cannot-load-tokenizer",
+        Observed(
+            validate_job=job(
+                f"{RUN}-validate", "Failed", reason="BackoffLimitExceeded", finished_at=ENDED
+            ),
+            pods=(failed_pod("v-0", "validate", 2, "can't load the tokenizer"),),
+        ),
+        Phase.FAILED,
+        ["event Warning InvalidSpec"],
+        cond.INVALID_SPEC,
+    ),
+    (
+        "training-failed-by-pod-failure-policy",
+        Observed(
+            validate_job=DONE_VALIDATE,
+            train_job=job(f"{RUN}-train", "Failed", reason="PodFailurePolicy", finished_at=ENDED),
+            pods=(failed_pod(f"{RUN}-train-0-x", "train", 3, "InvalidConfig: bad lr"),),
+        ),
+        Phase.FAILED,
+        ["event Warning TrainingFailed"],
+        cond.TRAINING_FAILED,
+    ),
+    (
+        "training-deadline-exceeded",
+        Observed(
+            train_job=job(f"{RUN}-train", "Failed", reason="DeadlineExceeded", finished_at=NOW),
+        ),
+        Phase.FAILED,
+        ["event Warning DeadlineExceeded"],
+        cond.DEADLINE_EXCEEDED,
+    ),
+    (
+        "training-backoff-limit-exceeded",
+        Observed(
+            train_job=job(
+                f"{RUN}-train", "Failed", reason="BackoffLimitExceeded", failed=4, finished_at=ENDED
+            ),
+            pods=(failed_pod(f"{RUN}-train-0-y", "train", 137, "OOMKilled"),),
+        ),
+        Phase.FAILED,
+        ["event Warning BackoffLimitExceeded"],
+        cond.BACKOFF_LIMIT_EXCEEDED,
+    ),
+    (
+        "merge-failed",
+        Observed(
+            train_job=DONE_TRAIN,
+            merge_job=job(f"{RUN}-merge", "Failed", reason="PodFailurePolicy", finished_at=ENDED),
+            pods=(failed_pod(f"{RUN}-merge-z", "merge", 1, "base model mismatch"),),
+        ),
+        Phase.FAILED,
+        ["event Warning MergeFailed"],
+        cond.MERGE_FAILED,
+    ),
+    (
+        "deploy-failed",
+        Observed(
+            train_job=DONE_TRAIN,
+            merge_job=DONE_MERGE,
+            deployment=DeploymentFacts(f"{RUN}-serve", 1, 0, failed=True, message="timed out"),
+        ),
+        Phase.FAILED,
+        ["event Warning DeployFailed"],
+        cond.DEPLOY_FAILED,
+    ),
+]
+
+
+@pytest.mark.parametrize(("observed", "phase", "actions", "reason"), [c[1:] for c in FLOW],
+                         ids=[c[0] for c in FLOW])  # fmt: skip
+def test_flow_table(
+    observed: Observed, phase: Phase, actions: list[str], reason: str | None
+) -> None:
+    decision = decide(make_run(), QwenFineTuneStatus(), observed, NOW)
+    assert decision.status.phase == phase
+    assert summary(decision) == actions
+    assert decision.status.observed_generation == 2
+    failed = cond.get_condition(decision.status.conditions, cond.FAILED)
+    if reason is None:
+        assert failed is None
+    else:
+        assert failed is not None and failed.reason == reason and failed.status == "True"
+        assert decision.status.completion_time == NOW
+
+
+def failure_message(decision: Decision) -> str:
+    failed = cond.get_condition(decision.status.conditions, cond.FAILED)
+    assert failed is not None
+    return failed.message
+
+
+def decide_case(case_id: str) -> Decision:
+    observed = next(c[1] for c in FLOW if c[0] == case_id)
+    return decide(make_run(), QwenFineTuneStatus(), observed, NOW)
+
+
+def test_failure_messages_carry_what_the_user_needs() -> None:
+    assert failure_message(decide_case("invalid-dataset")) == "2 bad record(s); first: line 3"
+    training = failure_message(decide_case("training-failed-by-pod-failure-policy"))
+    assert "exited with code 3" in training and "InvalidConfig: bad lr" in training
+    assert f"{RUN}-train-0-x" in training
+    backoff = failure_message(decide_case("training-backoff-limit-exceeded"))
+    assert "4 pod failure(s)" in backoff and "code 137" in backoff and "backoffLimit 3" in backoff
+    assert "activeDeadlineSeconds=86400" in failure_message(
+        decide_case("training-deadline-exceeded")
+    )
+    assert "base model mismatch" in failure_message(decide_case("merge-failed"))
+    assert failure_message(decide_case("deploy-failed")) == "timed out"
+    pending = decide_case("missing-reference-waits")
+    validated = cond.get_condition(pending.status.conditions, cond.VALIDATED)
+    assert validated is not None and validated.reason == cond.MISSING_REFERENCE
+    assert "secret hf-token" in validated.message and "team" in validated.message
+
+
+def test_invalid_spec_in_a_cluster() -> None:
+    run = make_run(output={"path": "/tmp/out"})
+    decision = decide(run, QwenFineTuneStatus(), Observed(missing_references=()), NOW)
+    assert decision.status.phase == Phase.FAILED
+    assert "spec.output.pvc" in failure_message(decision)
+    assert summary(decision) == ["event Warning InvalidSpec"]
+    unreadable = decide_invalid_spec(3, QwenFineTuneStatus(), "spec.lora.r: too big", NOW)
+    assert unreadable.status.phase == Phase.FAILED
+    assert failure_message(unreadable) == "spec.lora.r: too big"
+
+
+def test_failed_job_waits_for_its_pod_then_fails_anyway() -> None:
+    fresh = job(
+        f"{RUN}-train", "Failed", reason="PodFailurePolicy", message="exit 3", finished_at=NOW
+    )
+    waiting = decide(make_run(), VALIDATED, Observed(train_job=fresh), NOW)
+    assert waiting.status.phase != Phase.FAILED and summary(waiting) == ["requeue"]
+    assert waiting.requeue_after is not None
+    later = decide(make_run(), VALIDATED, Observed(train_job=fresh), NOW + timedelta(seconds=11))
+    assert later.status.phase == Phase.FAILED and failure_message(later) == "exit 3"
+
+
+def test_running_pods_set_start_time_and_condition() -> None:
+    running = job(f"{RUN}-train", ready=1, start_time=NOW - timedelta(seconds=5))
+    decision = decide(make_run(), VALIDATED, Observed(train_job=running), NOW)
+    training = cond.get_condition(decision.status.conditions, cond.TRAINING)
+    assert training is not None and training.reason == cond.TRAINING_RUNNING
+    assert decision.status.start_time == NOW - timedelta(seconds=5)
+
+
+def test_multi_node_job_is_running_only_when_every_pod_is_ready() -> None:
+    run = make_run("qlora-multinode-zero2")
+    partial = job("qlora-72b-train", ready=1, completions=2)
+    decision = decide(run, VALIDATED, Observed(train_job=partial), NOW)
+    training = cond.get_condition(decision.status.conditions, cond.TRAINING)
+    assert training is not None and training.reason == cond.PODS_PENDING
+    assert "1/2" in training.message
+
+
+def test_suspend_and_resume() -> None:
+    run = make_run(suspend=True)
+    active = job(f"{RUN}-train", ready=1)
+    suspending = decide(run, VALIDATED, Observed(train_job=active), NOW)
+    assert summary(suspending) == [f"suspend {RUN}-train", "event Normal Suspended"]
+    assert suspending.status.phase == Phase.SUSPENDED
+    assert cond.is_true(suspending.status.conditions, cond.SUSPENDED)
+    # The Job is suspended now; the same state again asks for nothing.
+    parked = decide(
+        run, suspending.status, Observed(train_job=job(f"{RUN}-train", "Suspended")), NOW
+    )
+    assert parked.actions == ()
+    resumed = decide(
+        make_run(), parked.status, Observed(train_job=job(f"{RUN}-train", "Suspended")), NOW
+    )
+    assert summary(resumed) == [
+        f"resume {RUN}-train",
+        "event Normal Resumed",
+        "event Normal Training",
+    ]
+    suspended = cond.get_condition(resumed.status.conditions, cond.SUSPENDED)
+    assert suspended is not None and (suspended.status, suspended.reason) == ("False", "Resumed")
+
+
+def test_suspended_before_training_creates_the_job_suspended() -> None:
+    decision = decide(make_run(suspend=True), VALIDATED, Observed(validate_job=DONE_VALIDATE), NOW)
+    assert decision.status.phase == Phase.SUSPENDED
+    train = next(a for a in decision.actions if isinstance(a, CreateChild) and a.kind == "Job")
+    assert train.body["spec"]["suspend"] is True
+
+
+def test_kueue_queued_job_is_left_to_kueue() -> None:
+    run = make_run("kueue-queued")
+    created = decide(
+        run, VALIDATED, Observed(validate_job=job("queued-lora-validate", "Succeeded")), NOW
+    )
+    train = next(a for a in created.actions if isinstance(a, CreateChild) and a.kind == "Job")
+    assert train.body["spec"]["suspend"] is True
+    assert train.body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    queued = decide(
+        run, created.status, Observed(train_job=job("queued-lora-train", "Suspended")), NOW
+    )
+    assert not queued.of_type(SetJobSuspended)
+    training = cond.get_condition(queued.status.conditions, cond.TRAINING)
+    assert training is not None and training.reason == cond.QUEUED
+    admitted = decide(
+        run, queued.status, Observed(train_job=job("queued-lora-train", ready=1)), NOW
+    )
+    assert admitted.status.phase == Phase.TRAINING and not admitted.of_type(SetJobSuspended)
+
+
+def test_idempotent_when_children_exist() -> None:
+    """Feeding a decision's status back with its children present asks for nothing."""
+    run = make_run()
+    steady = [
+        Observed(validate_job=job(f"{RUN}-validate")),
+        Observed(validate_job=DONE_VALIDATE, train_job=job(f"{RUN}-train", ready=1)),
+        Observed(train_job=DONE_TRAIN, merge_job=job(f"{RUN}-merge")),
+        Observed(
+            train_job=DONE_TRAIN,
+            merge_job=DONE_MERGE,
+            deployment=DeploymentFacts(f"{RUN}-serve", 1, 0),
+        ),
+        Observed(
+            train_job=DONE_TRAIN,
+            merge_job=DONE_MERGE,
+            deployment=DeploymentFacts(f"{RUN}-serve", 1, 1, available=True),
+        ),
+    ]
+    status = QwenFineTuneStatus()
+    for observed in steady:
+        status = decide(run, status, observed, NOW).status
+        assert not decide(run, status, observed, NOW).of_type(CreateChild), observed
+        again = decide(run, status, observed, NOW + timedelta(minutes=1))
+        assert again.actions == (), observed
+    assert status.phase == Phase.READY
+    assert status.endpoint is not None and status.endpoint.model_name == "support-assistant"
+    assert status.endpoint.url == f"http://{RUN}-serve.team.svc:8000/v1"
+    assert status.outputs is not None and status.outputs.merged == f"/output/{RUN}/merged"
+    assert status.children is not None and status.children.train_job == f"{RUN}-train"
+
+
+def test_terminal_phases_stay() -> None:
+    failed = decide_case("invalid-dataset").status
+    assert decide(make_run(), failed, Observed(), NOW).actions == ()
+
+
+def test_full_fine_tune_skips_merge_and_inference_off_succeeds() -> None:
+    run = make_run("full-finetune", inference={"enabled": False})
+    decision = decide(run, VALIDATED, Observed(train_job=job("full-1p5b-train", "Succeeded")), NOW)
+    assert decision.status.phase == Phase.SUCCEEDED
+    merged = cond.get_condition(decision.status.conditions, cond.MERGED)
+    assert merged is not None and merged.reason == cond.MERGE_SKIPPED
+    assert not decision.of_type(CreateChild)
+
+
+def test_status_patch_holds_only_changed_keys() -> None:
+    run = make_run()
+    first = decide(run, QwenFineTuneStatus(), Observed(validate_job=job(f"{RUN}-validate")), NOW)
+    patch = next(a for a in first.actions if isinstance(a, PatchStatus)).patch
+    assert patch["phase"] == "Validating" and patch["observedGeneration"] == 2
+    assert "progress" not in patch
+    with_progress = first.status.model_copy(update={"progress": Progress(step=5)})
+    second = decide(run, with_progress, Observed(validate_job=DONE_VALIDATE), NOW)
+    patch2 = next(a for a in second.actions if isinstance(a, PatchStatus)).patch
+    assert "progress" not in patch2 and patch2["phase"] == "Training"
+
+
+# observe.py: parsing API objects into facts.
+
+
+def test_parse_job_reasons() -> None:
+    body: dict[str, Any] = {
+        "metadata": {"name": "j"},
+        "spec": {"completions": 2, "suspend": False},
+        "status": {
+            "failed": 1,
+            "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy",
+                 "message": "Container trainer ... exit code 3", "lastTransitionTime": "2026-01-02T03:04:05Z"},
+            ],
+        },
+    }  # fmt: skip
+    facts = parse_job(body)
+    assert (facts.state, facts.reason, facts.completions) == ("Failed", "PodFailurePolicy", 2)
+    assert facts.finished_at == NOW
+    body["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 2}
+    assert parse_job(body).state == "Succeeded"
+    body["status"] = {}
+    body["spec"]["suspend"] = True
+    assert parse_job(body).state == "Suspended"
+
+
+def test_parse_pod_termination_from_state_and_last_state() -> None:
+    pod: dict[str, Any] = {
+        "metadata": {
+            "name": "p",
+            "labels": {"finetune.qwenft.io/component": "train"},
+            "annotations": {"batch.kubernetes.io/job-completion-index": "1"},
+        },
+        "spec": {"nodeName": "gpu-node-1"},
+        "status": {
+            "phase": "Failed",
+            "podIP": "10.0.0.5",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"waiting": {}},
+                 "lastState": {"terminated": {"exitCode": 3, "reason": "Error", "message": "bad"}}},
+            ],
+        },
+    }  # fmt: skip
+    facts = parse_pod(pod)
+    assert (facts.component, facts.completion_index, facts.node_name) == ("train", 1, "gpu-node-1")
+    assert facts.failure == Termination("trainer", 3, "Error", "bad")
+
+
+def test_parse_deployment() -> None:
+    dep: dict[str, Any] = {
+        "metadata": {"name": "d", "generation": 1},
+        "spec": {"replicas": 2},
+        "status": {
+            "observedGeneration": 1,
+            "availableReplicas": 2,
+            "readyReplicas": 2,
+            "conditions": [{"type": "Available", "status": "True"}],
+        },
+    }
+    assert parse_deployment(dep).available
+    dep["status"]["conditions"] = [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+         "message": "ReplicaSet has timed out progressing."},
+    ]  # fmt: skip
+    facts = parse_deployment(dep)
+    assert facts.failed and not facts.available and "timed out" in facts.message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"ok": false, "message": "no usable dialogue"}', "no usable dialogue"),
+        ('  "problems": [],\n  "message": "1 bad record(s); first: line 2: \\"x\\""\n}', '1 bad record(s); first: line 2: "x"'),
+        ("Traceback...\nValueError: boom\n", "ValueError: boom"),
+        ("", ""),
+    ],
+    ids=["whole-json", "log-tail", "plain-text", "empty"],
+)  # fmt: skip
+def test_report_message(text: str, expected: str) -> None:
+    assert report_message(text) == expected
