@@ -86,8 +86,12 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def stop(procs: Sequence[Process], timeout: float = 15.0) -> None:
-    """SIGTERM each process still alive (in the given order), then SIGKILL after timeout."""
+def stop(procs: Sequence[Process], timeout: float = 5.0) -> None:
+    """SIGTERM each process still alive (in the given order), then SIGKILL after timeout.
+
+    The grace is short on purpose: kube-apiserver drains for up to 60 s while clients hold
+    watches, and a throwaway cluster has nothing worth draining.
+    """
     for proc in procs:
         if alive(proc):
             os.kill(proc.pid, signal.SIGTERM)

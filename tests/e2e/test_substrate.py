@@ -46,6 +46,12 @@ def condition(obj: Any, type_: str) -> Any:
     return next((c for c in (obj.status.conditions or []) if c.type == type_), None)
 
 
+def is_true(obj: Any, type_: str) -> bool:
+    """Whether the object has the condition with status True (absent counts as False)."""
+    cond = condition(obj, type_)
+    return bool(cond and cond.status == "True")
+
+
 def container(name: str = "main", **resources: str) -> dict[str, Any]:
     res = {"requests": resources, "limits": resources} if resources else {}
     return {"name": name, "image": "registry.invalid/qwenft/fake:1", "resources": res}
@@ -102,7 +108,7 @@ def test_fake_nodes_are_ready_and_hold_leases(
     nodes = {n.metadata.name: n for n in core.list_node().items}
     assert sorted(nodes) == ["cpu-node-0", *(f"gpu-node-{i}" for i in range(4))]
     for node in nodes.values():
-        assert condition(node, "Ready").status == "True"
+        assert is_true(node, "Ready")
     gpu = nodes["gpu-node-0"]
     assert gpu.status.allocatable[GPU] == "8"
     assert gpu.metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
@@ -265,12 +271,7 @@ def widget_crd(kube_client: client.ApiClient) -> Iterator[str]:
     ext.create_custom_resource_definition(crd)
     wait_until(
         "the CRD to be Established",
-        lambda: (
-            condition(
-                ext.read_custom_resource_definition(f"{plural}.{group}"), "Established"
-            ).status
-            == "True"
-        ),
+        lambda: is_true(ext.read_custom_resource_definition(f"{plural}.{group}"), "Established"),
     )
     yield plural
     ext.delete_custom_resource_definition(f"{plural}.{group}")
