@@ -298,3 +298,51 @@ def test_503_until_the_model_is_loaded(tiny_model_dir: Path) -> None:
         wait_ready(url)
         reply = client(url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=3)
         assert reply.model == "tiny"
+
+
+def test_queued_requests_are_batched_with_the_same_answers(tiny_model_dir: Path) -> None:
+    config = EngineConfig(model=str(tiny_model_dir), served_model_name="tiny")
+    batch_sizes: list[int] = []
+
+    def loader() -> Engine:
+        engine = load_engine(config)
+        generate_batch = engine.generate_batch
+
+        def recording(name: str, prompts: list[list[int]], *args: object, **kw: object) -> object:
+            batch_sizes.append(len(prompts))
+            return generate_batch(name, prompts, *args, **kw)  # type: ignore[arg-type]
+
+        engine.generate_batch = recording  # type: ignore[method-assign]
+        return engine
+
+    questions = [HELLO, HISTORY, HISTORY[-1:], [{"role": "user", "content": "Hi"}]]
+    with running(loader, ServerLimits(max_concurrency=1, max_batch_size=4)) as url:
+        wait_ready(url)
+        api = client(url)
+
+        def ask(messages: list[dict[str, str]]) -> str:
+            reply = api.chat.completions.create(model="tiny", messages=messages, **GREEDY)
+            return str(reply.choices[0].message.content)
+
+        alone = [ask(q) for q in questions]
+        assert batch_sizes == [1, 1, 1, 1]
+        # Hold the only slot with a stream, queue four requests behind it, then let go.
+        hold = api.chat.completions.create(
+            model="tiny",
+            messages=HELLO,
+            temperature=0,
+            max_tokens=1500,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        next(iter(hold))
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(ask, q) for q in questions]
+            deadline = time.monotonic() + 60
+            while "qwenft_serve_in_flight_requests 5.0" not in httpx.get(f"{url}/metrics").text:
+                assert time.monotonic() < deadline, "requests never queued"
+                time.sleep(0.02)
+            hold.close()
+            together = [f.result() for f in futures]
+    assert batch_sizes[4:] == [1, 4], batch_sizes  # the stream, then one batch of four
+    assert together == alone

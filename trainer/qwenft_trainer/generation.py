@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenft_trainer.stops import trim_at_stop
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -103,38 +105,6 @@ class AdapterGate:
                 self._cond.notify_all()
 
 
-def trim_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """``text`` cut before the first stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-class StopFilter:
-    """Streams text while holding back what could be the start of a stop string."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self._stops = tuple(s for s in stops if s)
-        self._hold = max((len(s) for s in self._stops), default=1) - 1
-        self._buffer = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self._buffer += text
-        trimmed, self.stopped = trim_at_stop(self._buffer, self._stops)
-        if self.stopped:
-            self._buffer = ""
-            return trimmed
-        ready = len(self._buffer) - self._hold
-        out, self._buffer = self._buffer[: max(ready, 0)], self._buffer[max(ready, 0) :]
-        return out
-
-    def flush(self) -> str:
-        out, self._buffer = ("" if self.stopped else self._buffer), ""
-        return out
-
-
 class Engine:
     """A loaded model that generates chat completions for its served names."""
 
@@ -168,6 +138,20 @@ class Engine:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
+    def _generation_config(self, params: SamplingParams, max_new_tokens: int) -> Any:
+        gen = copy.deepcopy(self.model.generation_config)
+        gen.max_new_tokens = max_new_tokens
+        gen.do_sample = params.sampling
+        gen.temperature = params.temperature if params.sampling else None
+        gen.top_p = params.top_p if params.sampling else None
+        gen.top_k = None
+        gen.stop_strings = list(params.stop) or None
+        if params.ignore_eos:
+            gen.eos_token_id = None
+        if gen.pad_token_id is None:
+            gen.pad_token_id = self.tokenizer.pad_token_id
+        return gen
+
     def generate(
         self,
         name: str,
@@ -178,6 +162,29 @@ class Engine:
         cancelled: threading.Event | None = None,
     ) -> Completion:
         """Generate one completion; blocking, safe to call from several threads at once."""
+        try:
+            return self.generate_batch(
+                name, [prompt_ids], params, streamer=streamer, cancelled=cancelled
+            )[0]
+        except BaseException:
+            if streamer is not None:
+                streamer.end()
+            raise
+
+    def generate_batch(
+        self,
+        name: str,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        *,
+        streamer: Any = None,
+        cancelled: threading.Event | None = None,
+    ) -> list[Completion]:
+        """Completions for several prompts in one left-padded ``generate`` call.
+
+        All rows share the adapter and sampling settings of ``params`` (or of its first
+        element); each row keeps its own ``max_tokens``.
+        """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
@@ -186,45 +193,55 @@ class Engine:
                 stop = cancelled is not None and cancelled.is_set()
                 return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
 
-        gen = copy.deepcopy(self.model.generation_config)
-        gen.max_new_tokens = params.max_tokens
-        gen.do_sample = params.sampling
-        gen.temperature = params.temperature if params.sampling else None
-        gen.top_p = params.top_p if params.sampling else None
-        gen.top_k = None
-        gen.stop_strings = list(params.stop) or None
-        if params.ignore_eos:
-            gen.eos_token_id = None
-        if gen.pad_token_id is None:
-            gen.pad_token_id = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([prompt_ids], device=self.model.device)
-        exclusive = params.sampling and params.seed is not None
-        try:
-            with self.gate.use(name, exclusive=exclusive), torch.inference_mode():
-                if exclusive:
-                    set_seed(params.seed)
-                output = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=gen,
-                    tokenizer=self.tokenizer,
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                )
-        except BaseException:
-            if streamer is not None:
-                streamer.end()
-            raise
-        new_ids = output[0, len(prompt_ids) :].tolist()
-        text, stopped = trim_at_stop(
+        rows = params if isinstance(params, list) else [params] * len(prompts)
+        shared = rows[0]
+        width = max(len(p) for p in prompts)
+        pad = int(self.tokenizer.pad_token_id)
+        input_ids = torch.tensor(
+            [[pad] * (width - len(p)) + p for p in prompts], device=self.model.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
+        )
+        gen = self._generation_config(shared, max(r.max_tokens for r in rows))
+        exclusive = shared.sampling and shared.seed is not None
+        with self.gate.use(name, exclusive=exclusive), torch.inference_mode():
+            if exclusive:
+                set_seed(shared.seed)
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=gen,
+                tokenizer=self.tokenizer,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+            )
+        eos = set(_as_list(self.model.generation_config.eos_token_id))
+        return [
+            self._completion(output[i, width:].tolist(), len(prompts[i]), rows[i], eos)
+            for i in range(len(prompts))
+        ]
+
+    def _completion(
+        self, new_ids: list[int], prompt_len: int, params: SamplingParams, eos: set[int]
+    ) -> Completion:
+        new_ids = new_ids[: params.max_tokens]
+        text, ended = trim_at_stop(
             self.tokenizer.decode(new_ids, skip_special_tokens=True), params.stop
         )
-        eos = set(_as_list(self.model.generation_config.eos_token_id))
-        ended = stopped or (bool(new_ids) and new_ids[-1] in eos and not params.ignore_eos)
+        if ended:
+            # A row that stopped early is padded to the batch's length; drop the padding.
+            while new_ids and new_ids[-1] == self.tokenizer.pad_token_id:
+                new_ids.pop()
+        elif not params.ignore_eos:
+            end = next((i for i, t in enumerate(new_ids) if t in eos), None)
+            if end is not None:
+                new_ids, ended = new_ids[: end + 1], True
+        done = ended or len(new_ids) < params.max_tokens
         return Completion(
             text=text,
-            finish_reason="stop" if ended or len(new_ids) < params.max_tokens else "length",
-            prompt_tokens=len(prompt_ids),
+            finish_reason="stop" if done else "length",
+            prompt_tokens=prompt_len,
             completion_tokens=len(new_ids),
         )
 

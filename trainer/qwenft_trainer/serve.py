@@ -54,10 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     parser.add_argument(
-        "--max-concurrency", type=int, default=4, help="requests generating at the same time"
+        "--max-concurrency",
+        type=int,
+        default=2,
+        help="generate calls running at the same time (each a stream or a batch)",
     )
     parser.add_argument(
         "--max-queue", type=int, default=16, help="requests waiting beyond those; more get 429"
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="non-streaming requests generated together in one call",
     )
     parser.add_argument(
         "--default-max-tokens",
@@ -87,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: not a directory: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.max_concurrency < 1 or args.max_queue < 0:
-        print("error: --max-concurrency must be >= 1 and --max-queue >= 0", file=sys.stderr)
+    if args.max_concurrency < 1 or args.max_queue < 0 or args.max_batch_size < 1:
+        print(
+            "error: --max-concurrency and --max-batch-size must be >= 1, --max-queue >= 0",
+            file=sys.stderr,
+        )
         return 2
     config = EngineConfig(
         model=args.model,
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = ServerLimits(
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size,
         default_max_tokens=args.default_max_tokens,
     )
     app = create_app(lambda: load_engine(config), limits)

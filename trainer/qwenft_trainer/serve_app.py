@@ -27,16 +27,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from qwenft_trainer import serve_schemas as schemas
-from qwenft_trainer.generation import Completion, Engine, SamplingParams, StopFilter
+from qwenft_trainer.batching import Batcher
+from qwenft_trainer.generation import Engine, SamplingParams
 from qwenft_trainer.serve_metrics import ServeMetrics
+from qwenft_trainer.stops import StopFilter
 
 CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_concurrency: int = 4
+    max_concurrency: int = 2
     max_queue: int = 16
+    max_batch_size: int = 8
     default_max_tokens: int = 256
 
 
@@ -65,6 +68,7 @@ class ServerState:
         self.metrics = ServeMetrics()
         self.executor = ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="generate")
         self.semaphore = asyncio.Semaphore(limits.max_concurrency)
+        self.batcher = Batcher(self.executor, self.semaphore, limits.max_batch_size)
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -114,6 +118,7 @@ def create_app(loader: Callable[[], Engine], limits: ServerLimits | None = None)
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=load, name="model-loader", daemon=True).start()
         yield
+        state.batcher.close()
         state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="qwenft inference server", lifespan=lifespan)
@@ -184,11 +189,7 @@ def create_app(loader: Callable[[], Engine], limits: ServerLimits | None = None)
             stream = _stream(state, engine, body, prompt_ids, params, request, elapsed)
             return StreamingResponse(stream, media_type="text/event-stream")
         try:
-            async with state.semaphore:
-                job = partial(engine.generate, body.model, prompt_ids, params)
-                done: Completion = await asyncio.get_running_loop().run_in_executor(
-                    state.executor, job
-                )
+            done = await state.batcher.submit(engine, body.model, prompt_ids, params)
         finally:
             state.release()
         state.metrics.observe(
