@@ -9,5 +9,5 @@ what it made before. One module per child kind:
 - :mod:`.training`: the headless rendezvous Service and the Indexed training Job
 - :mod:`.merge`: the merge Job
 - :mod:`.serving`: the server Deployment and Service (builtin server or vLLM)
-- :mod:`.pods`, :mod:`.paths`, :mod:`.fetch`: pieces the pods share
+- :mod:`.jobs`, :mod:`.pods`, :mod:`.paths`, :mod:`.fetch`: pieces the steps share
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwenft_operator.builders import paths, pods
+from qwenft_operator.builders import jobs, paths, pods
 from qwenft_operator.runs import Run
 
 # `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage.
@@ -47,7 +47,7 @@ def build_merge_job(run: Run) -> dict[str, Any]:
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
     ]
-    return pods.job(
+    return jobs.build_job(
         run,
         name=run.names.merge_job,
         component="merge",

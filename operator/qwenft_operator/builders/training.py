@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from qwenft_operator import labels
-from qwenft_operator.builders import fetch, paths, pods
+from qwenft_operator.builders import fetch, jobs, paths, pods
 from qwenft_operator.builders.config import TRAINER_METRICS_PORT, config_hash
 from qwenft_operator.runs import Run
 
@@ -126,7 +126,7 @@ def build_train_job(run: Run) -> dict[str, Any]:
     if policy.ttl_seconds_after_finished is not None:
         extra["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     queue = spec.scheduling.queue_name
-    job = pods.job(
+    job = jobs.build_job(
         run,
         name=run.names.train_job,
         component="train",

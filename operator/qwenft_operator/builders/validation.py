@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwenft_operator.builders import fetch, paths, pods
+from qwenft_operator.builders import fetch, jobs, paths, pods
 from qwenft_operator.runs import Run
 
 # `qwenft data validate` exits 1 when the data is invalid: retrying can't help. (It exits 2
@@ -53,7 +53,7 @@ def build_validation_job(run: Run) -> dict[str, Any]:
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
     ]
-    return pods.job(
+    return jobs.build_job(
         run,
         name=run.names.validate_job,
         component="validate",

@@ -1,0 +1,61 @@
+"""The Job shape every step of a run shares: one pod template, and a pod failure policy.
+
+Validation, training and merge are Jobs; they differ in their pods and in which exit
+codes mean "retrying can't help".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwenft_operator import labels
+from qwenft_operator.builders import pods
+from qwenft_operator.runs import Run
+
+
+def build_job(
+    run: Run,
+    *,
+    name: str,
+    component: labels.Component,
+    pod_spec: dict[str, Any],
+    backoff_limit: int,
+    fail_on_exit_codes: list[int],
+    extra_labels: dict[str, str] | None = None,
+    extra_spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A batch/v1 Job around ``pod_spec``.
+
+    Its ``podFailurePolicy`` ignores disruptions (preemption, eviction, node drain: the pod
+    is recreated without counting against ``backoff_limit``) and fails the Job at once
+    when the first container exits with one of ``fail_on_exit_codes``, the codes that mean
+    a retry can't help.
+    """
+    container = pod_spec["containers"][0]["name"]
+    pod_labels = labels.build_labels(run.name, component)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": pods.object_meta(run, name, component, extra_labels=extra_labels),
+        "spec": {
+            "backoffLimit": backoff_limit,
+            **(extra_spec or {}),
+            "podFailurePolicy": {
+                "rules": [
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": container,
+                            "operator": "In",
+                            "values": fail_on_exit_codes,
+                        },
+                    },
+                ]
+            },
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {"restartPolicy": "Never", **pod_spec},
+            },
+        },
+    }
