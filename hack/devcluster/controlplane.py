@@ -157,14 +157,17 @@ class ControlPlane:
             for proc in self.processes:
                 if not processes.alive(proc):
                     raise ClusterError(
-                        f"{proc.name} exited during start-up; its log:\n" + self.log_tail(proc.name)
+                        f"{proc.name} exited during start-up; end of {proc.log}:\n"
+                        + self.log_tail(proc.name)
                     )
             return check()
 
         try:
             wait_for(name, ready, deadline)
         except TimeoutError as err:
-            raise ClusterError(f"{err}; log of {name}:\n{self.log_tail(name)}") from None
+            raise ClusterError(
+                f"{err}; end of {self.log_path(name)}:\n{self.log_tail(name)}"
+            ) from None
 
     def stop(self, *, remove_workdir: bool = True) -> None:
         """Stop exactly the processes this control plane started (newest first)."""

@@ -53,12 +53,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     if reuse:
         cp = _reused_cluster()
     else:
+        error = ""
         try:
             cp = ControlPlane.start(tmp_path_factory.mktemp("cluster"))
         except BinariesMissingError as err:
-            pytest.fail(str(err), pytrace=False)
+            error = str(err)
         except ClusterError as err:
-            pytest.fail(f"the local control plane did not come up: {err}", pytrace=False)
+            error = f"the local control plane did not come up: {err}"
+        if error:  # failed outside the except block, so pytest shows one message
+            pytest.fail(error, pytrace=False)
     saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "PATH")}
     os.environ["KUBECONFIG"] = str(cp.kubeconfig)
     os.environ["PATH"] = f"{cp.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
