@@ -61,3 +61,44 @@ def make_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         return path
 
     return build
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """``trained_adapter("lora" | "qlora", r=8, modules_to_save=None)``: a real trainer run.
+
+    Returns the run's output directory, which holds what ``qwenft train`` leaves: the
+    adapter, the tokenizer and ``summary.json``. Each variant trains once per session
+    (4 steps on the tiny model, a few seconds).
+    """
+    cache: dict[tuple[object, ...], Path] = {}
+
+    def train(
+        method: str = "lora", *, r: int = 8, modules_to_save: list[str] | None = None
+    ) -> Path:
+        key = (method, r, tuple(modules_to_save or ()))
+        if key in cache:
+            return cache[key]
+        from qwenft_trainer.train import main
+        from trainrun import write_config, write_dialogues
+
+        root = tmp_path_factory.mktemp(f"trained-{method}-r{r}")
+        data = write_dialogues(root / "train.jsonl", count=24)
+        training: dict[str, Any] = {"max_steps": 4, "learning_rate": 0.02}
+        extra: dict[str, Any] = {
+            "lora": {"r": r, "alpha": 2 * r, "modules_to_save": modules_to_save or []}
+        }
+        if method == "qlora":
+            training["precision"] = "bf16"
+            extra["method"] = "qlora"
+            extra["quantization"] = {"quant_type": "nf4", "compute_dtype": "bf16"}
+        config = write_config(
+            root / "train.yaml", tiny_model_dir, data, root / "out", training=training, **extra
+        )
+        assert main(["--config", str(config)]) == 0, f"training {key} failed"
+        cache[key] = root / "out"
+        return cache[key]
+
+    return train

@@ -1,17 +1,20 @@
 """Merging adapters into the tiny model (qwenft_trainer.merge).
 
-Covers: LoRA merge equivalence (the merged checkpoint, loaded without peft, gives the
-logits of base + adapter) with sharded safetensors, index, tokenizer, chat template and
-generation config carried over; a Q-LoRA adapter merged into the un-quantized base in bf16,
-said so in merge_report.json; an adapter with a fully trained lm_head on a model with tied
-embeddings; failures with a clear message, exit code 1 and no output or partial directory
-left behind: missing base, vocabulary and architecture mismatch, unreadable adapter, not
-enough disk space, an existing output, and a merge whose logits disagree.
+Covers, on adapters from a short real trainer run: LoRA merge equivalence (the merged
+checkpoint, loaded without peft, gives the logits of base + adapter) with sharded
+safetensors, index, tokenizer, chat template and generation config carried over; a Q-LoRA
+adapter (detected from the trainer's summary.json) merged into the un-quantized base in
+bf16, said so in merge_report.json. On PEFT-built adapters: a fully trained lm_head on a
+model with tied embeddings; failures with a clear message, exit code 1 and no output or
+partial directory left behind: missing base, vocabulary and architecture mismatch,
+unreadable adapter, not enough disk space, an existing output, and a merge whose logits
+disagree.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,10 +46,11 @@ def _leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir())
 
 
+@pytest.mark.slow
 def test_lora_merge_matches_base_plus_adapter(
-    make_adapter, tiny_model_dir: Path, tmp_path: Path
+    trained_adapter: Callable[..., Path], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    adapter = make_adapter("merge-lora", r=8)
+    adapter = trained_adapter("lora")
     output = tmp_path / "merged"
     report = merge(MergeOptions(adapter=adapter, output=output, max_shard_size="150KB"))
 
@@ -80,8 +84,11 @@ def test_lora_merge_matches_base_plus_adapter(
     assert not torch.allclose(merged_logits, base_logits, atol=1e-2)
 
 
-def test_qlora_adapter_merges_into_unquantized_bf16_base(make_adapter, tmp_path: Path) -> None:
-    adapter = make_adapter("merge-qlora", r=16, summary={"method": "qlora"})
+@pytest.mark.slow
+def test_qlora_adapter_merges_into_unquantized_bf16_base(
+    trained_adapter: Callable[..., Path], tmp_path: Path
+) -> None:
+    adapter = trained_adapter("qlora")  # the trainer's summary.json says method: qlora
     output = tmp_path / "merged"
     assert main(["--adapter", str(adapter), "--output", str(output), "--dtype", "bf16"]) == 0
 

@@ -1,6 +1,7 @@
 """The vLLM serving decision (qwenft_trainer.serving) on real PEFT adapters.
 
-Covers: rank rounding to vLLM's allowed --max-lora-rank values for adapters of several
+Covers: adapters from real trainer runs (LoRA and Q-LoRA of ranks 8 and 40, and one with
+modules_to_save); rank rounding to vLLM's allowed --max-lora-rank values for adapters of several
 ranks; the rendered vllm arguments; adapters that must be merged first (modules_to_save,
 DoRA, rank above 512, LoRA on the output head); per-module rank_pattern; unreadable
 adapter configs; the module imports without torch.
@@ -62,6 +63,30 @@ def test_plain_lora_adapters_are_served_with_enable_lora(
         "--lora-modules",
         "demo=/adapters/demo",
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "rank", "max_rank"), [("lora", 8, 8), ("qlora", 40, 64)])
+def test_trained_adapters_are_served_as_lora(
+    trained_adapter, tiny_model_dir: Path, method: str, rank: int, max_rank: int
+) -> None:
+    decision = build_vllm_decision(trained_adapter(method, r=rank), served_model_name="run")
+    assert decision.mode == "lora", decision.reasons
+    assert decision.adapter_rank == rank
+    assert decision.max_lora_rank == max_rank
+    assert decision.base_model == str(tiny_model_dir)
+
+
+@pytest.mark.slow
+def test_trained_adapter_with_modules_to_save_must_be_merged(trained_adapter) -> None:
+    decision = build_vllm_decision(
+        trained_adapter("lora", modules_to_save=["lm_head"]), served_model_name="run"
+    )
+    assert decision.requires_merge
+    assert decision.reasons == (
+        "modules_to_save ['lm_head'] are trained in full; vLLM loads only the low-rank "
+        "matrices of an adapter",
+    )
 
 
 def test_base_model_defaults_to_the_adapters_own(make_adapter, tiny_model_dir: Path) -> None:
