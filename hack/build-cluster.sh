@@ -13,7 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/hack/versions.env"
 CACHE="${QWENFT_K8S_CACHE:-$HOME/.cache/qwenft/k8s}"
 BIN="$CACHE/$K8S_VERSION/bin"
-export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN=local
+export GOFLAGS="-trimpath ${GOFLAGS:-}" CGO_ENABLED=0 GOTOOLCHAIN=local
 START=$SECONDS
 
 log() { printf '[%s] build-cluster: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -58,13 +58,13 @@ build_kubernetes() {
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local dir="$ROOT/hack/k8s/kubernetes"
   wrapper_module "$dir" k8s.io/kubernetes "$K8S_VERSION" "v0.${K8S_VERSION#v1.}"
-  local commit date ldflags="-s -w" pkg
-  commit=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin).get("Origin", {}).get("Hash", ""))')
-  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  # What `kubectl version` and /version report. The module proxy knows no commit hash, so
+  # gitCommit stays empty; buildDate is the release's publication time (reproducible).
+  local date ldflags="-s -w" pkg
+  date=$(cd "$dir" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitCommit=$commit -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
   log "building ${stale[*]} $K8S_VERSION (first build on 2 cores: ~30 min)"
   local out; out=$(mktemp -d)
