@@ -8,7 +8,8 @@ pydantic emits is turned into a Kubernetes *structural* schema: ``$ref`` inlined
 ``x-kubernetes-preserve-unknown-fields`` on that field only, and the models' cross-field
 rules emitted as CEL ``x-kubernetes-validations``.
 
-    python -m qwenft_operator.crd > crds/finetune.qwenft.io_qwenfinetunes.yaml
+    python -m qwenft_operator.crd -o crds/finetune.qwenft.io_qwenfinetunes.yaml
+    python -m qwenft_operator.crd --check crds/finetune.qwenft.io_qwenfinetunes.yaml
 """
 
 from __future__ import annotations
@@ -273,8 +274,17 @@ class _Dumper(yaml.SafeDumper):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print the QwenFineTune CRD as YAML.")
     parser.add_argument("--output", "-o", help="write to this file instead of stdout")
+    parser.add_argument(
+        "--check", metavar="FILE", help="exit 1 if FILE differs from the generated CRD"
+    )
     args = parser.parse_args(argv)
     text = render_crd()
+    if args.check:
+        with open(args.check, encoding="utf-8") as current:
+            if current.read() != text:
+                print(f"{args.check} is stale: run python -m qwenft_operator.crd -o {args.check}")
+                return 1
+        return 0
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)

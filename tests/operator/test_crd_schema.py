@@ -47,6 +47,13 @@ def test_committed_crd_matches_the_generator() -> None:
     )
 
 
+def test_check_flag_reports_a_stale_file(tmp_path: Path) -> None:
+    assert crd.main(["--check", str(COMMITTED)]) == 0
+    stale = tmp_path / "crd.yaml"
+    stale.write_text(crd.render_crd().replace("LoRA rank.", "Rank."), encoding="utf-8")
+    assert crd.main(["--check", str(stale)]) == 1
+
+
 def test_names_and_scope() -> None:
     body = yaml.safe_load(COMMITTED.read_text(encoding="utf-8"))
     assert body["metadata"]["name"] == "qwenfinetunes.finetune.qwenft.io"
