@@ -22,8 +22,8 @@ from typing import Any
 
 from devcluster import components, processes
 from devcluster.api import Api, http_ok, insecure_context, wait_for
+from devcluster.binaries import HACK_DIR, require_binaries
 from devcluster.binaries import bin_dir as default_bin_dir
-from devcluster.binaries import require_binaries
 from devcluster.nodes import build_nodes
 from devcluster.pki import write_kubeconfig, write_pki
 from devcluster.processes import Process
@@ -75,9 +75,13 @@ class ControlPlane:
         bin_dir: Path | None = None,
         gpu_nodes: int = 4,
         timeout: float = 180.0,
+        owner_pid: int | None = None,
         say: Callable[[str], None] = _say,
     ) -> ControlPlane:
-        """Start everything and wait until it is usable; on failure stop it and raise."""
+        """Start everything and wait until it is usable; on failure stop it and raise.
+
+        With owner_pid, a watchdog stops the cluster if that process dies without stopping it.
+        """
         began = time.monotonic()
         bins = bin_dir or default_bin_dir()
         require_binaries(bins)
@@ -109,6 +113,9 @@ class ControlPlane:
             ports=ports,
         )
         try:
+            if owner_pid is not None:
+                watchdog = [sys.executable, "-m", "devcluster.watchdog", str(owner_pid)]
+                cp._spawn("watchdog", [*watchdog, str(workdir)], cwd=HACK_DIR)
             cp._boot(lay, gpu_nodes, began + timeout, say)
         except BaseException:
             cp.stop(remove_workdir=False)
@@ -146,8 +153,9 @@ class ControlPlane:
             deadline,
         )
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        self.processes.append(processes.spawn(name, argv, self.workdir / "logs" / f"{name}.log"))
+    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
+        log = self.workdir / "logs" / f"{name}.log"
+        self.processes.append(processes.spawn(name, argv, log, cwd=cwd))
         self.save()  # so that `down` can stop a half-started cluster too
 
     def _wait(self, name: str, check: Callable[[], bool], deadline: float) -> None:

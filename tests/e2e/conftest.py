@@ -55,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     else:
         error = ""
         try:
-            cp = ControlPlane.start(tmp_path_factory.mktemp("cluster"))
+            cp = ControlPlane.start(tmp_path_factory.mktemp("cluster"), owner_pid=os.getpid())
         except BinariesMissingError as err:
             error = str(err)
         except ClusterError as err:
