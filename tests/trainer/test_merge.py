@@ -134,6 +134,10 @@ def test_missing_base_fails_clearly(
     assert rc == 1
     assert "base model" in capsys.readouterr().err
     assert _leftovers(tmp_path) == []
+    # A hub id that isn't cached, with the hub unreachable (HF_HUB_OFFLINE=1 in tests).
+    with pytest.raises(MergeError, match="can't be fetched from the hub"):
+        merge(MergeOptions(adapter=adapter, output=output, base="qwenft-tests/no-such-model"))
+    assert _leftovers(tmp_path) == []
 
 
 @pytest.fixture(scope="module")

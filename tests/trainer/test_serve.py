@@ -346,3 +346,18 @@ def test_queued_requests_are_batched_with_the_same_answers(tiny_model_dir: Path)
             together = [f.result() for f in futures]
     assert batch_sizes[4:] == [1, 4], batch_sizes  # the stream, then one batch of four
     assert together == alone
+
+
+def test_command_line_rejects_bad_adapters(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qwenft_trainer.serve import main
+
+    model = str(tiny_model_dir)
+    assert main(["--model", model, "--adapter", f"x={tmp_path / 'nope'}"]) == 2
+    assert "adapter directory not found" in capsys.readouterr().err
+    clash = ["--model", model, "--served-model-name", "x", "--adapter", f"x={tmp_path}"]
+    assert main(clash) == 2
+    assert "must be unique" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", model, "--adapter", "no-equals-sign"])

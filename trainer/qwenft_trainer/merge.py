@@ -69,6 +69,7 @@ class MergeOptions:
     adapter: Path
     output: Path
     base: str | None = None
+    revision: str | None = None
     dtype: DtypeName = "auto"
     method: Literal["lora", "qlora"] | None = None
     max_shard_size: str = "5GB"
@@ -151,7 +152,7 @@ def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> Merge
     base_name = options.base or adapter.config.get("base_model_name_or_path")
     if not base_name:
         raise MergeError("the adapter's config names no base model: pass --base")
-    base = read_base(str(base_name))
+    base = read_base(str(base_name), revision=options.revision)
     check_compatible(adapter, base)
     method = detect_method(options, adapter)
     dtype = resolve_dtype(options.dtype, base)
@@ -241,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapter", type=Path, required=True, help="PEFT adapter directory")
     parser.add_argument("--output", type=Path, required=True, help="merged model directory")
     parser.add_argument(
-        "--base", help="un-quantized base model directory (default: the adapter config's)"
+        "--base",
+        help="un-quantized base model: a directory or a hub id (default: the adapter config's)",
     )
+    parser.add_argument("--revision", help="hub revision of the base, when --base is a hub id")
     parser.add_argument(
         "--dtype",
         choices=["auto", *_DTYPES],
@@ -277,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter=args.adapter,
         output=args.output,
         base=args.base,
+        revision=args.revision,
         dtype=args.dtype,
         method=args.method,
         max_shard_size=args.max_shard_size,

@@ -10,6 +10,7 @@ failure is a :class:`MergeError` whose message names the file and the fix.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 METADATA_BYTES = 64 * 1024**2
 
 FreeSpaceProbe = Callable[[Path], int]
+# "Qwen/Qwen2.5-7B-Instruct": what a hub repo id looks like (a path never does).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# What a merge needs from a hub snapshot: configs, weights, tokenizer, chat template.
+BASE_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 
 class MergeError(RuntimeError):
@@ -110,14 +115,32 @@ def read_adapter(adapter_dir: Path) -> AdapterInfo:
     return AdapterInfo(path=adapter_dir, config=config, shapes=shapes, summary=summary)
 
 
-def read_base(base: str) -> BaseInfo:
-    """Config and tensor shapes of a local base checkpoint directory."""
+def locate_base(base: str, *, revision: str | None = None) -> Path:
+    """A local directory for ``base``: itself, or the hub snapshot of a repo id (downloaded
+    into the Hugging Face cache unless it is there already; ``HF_TOKEN`` is used if set)."""
     path = Path(base)
-    if not path.is_dir():
+    if path.is_dir():
+        return path
+    hint = (
+        "pass --base with the local directory (or hub id) of the un-quantized base checkpoint "
+        "the adapter was trained on"
+    )
+    if not HUB_ID.fullmatch(base):
+        raise MergeError(f"base model {base} not found: {hint}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=base, revision=revision, allow_patterns=BASE_FILES))
+    except Exception as err:  # offline, unknown repo, no access: all end here
         raise MergeError(
-            f"base model {base} not found: pass --base with the local directory of the "
-            "un-quantized base checkpoint the adapter was trained on"
-        )
+            f"base model {base} is not a local directory and can't be fetched from the hub "
+            f"({type(err).__name__}: {err}); {hint}"
+        ) from err
+
+
+def read_base(base: str, *, revision: str | None = None) -> BaseInfo:
+    """Config and tensor shapes of the base checkpoint (a directory or a hub id)."""
+    path = locate_base(base, revision=revision)
     config_file = path / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -31,9 +31,12 @@ def _adapter(value: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwenft serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="merged or base model directory")
     parser.add_argument(
-        "--served-model-name", help="name clients put in 'model' (default: the directory name)"
+        "--model", required=True, help="merged or base model: a directory or a hub id"
+    )
+    parser.add_argument(
+        "--served-model-name",
+        help="name clients put in 'model' (default: the directory name or hub id)",
     )
     parser.add_argument(
         "--adapter",
@@ -84,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from qwenft_trainer.serve_app import ServerLimits, create_app
 
-    served = args.served_model_name or Path(args.model).resolve().name
+    # Like vLLM: the model is a directory or a hub id; a directory is served by its name.
+    local = Path(args.model).is_dir()
+    served = args.served_model_name or (Path(args.model).resolve().name if local else args.model)
     adapters = dict(args.adapter)
     if served in adapters or len(adapters) != len(args.adapter):
         print(
@@ -92,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    missing = [path for path in [args.model, *adapters.values()] if not Path(path).is_dir()]
+    missing = [path for path in adapters.values() if not Path(path).is_dir()]
     if missing:
-        print(f"error: not a directory: {', '.join(missing)}", file=sys.stderr)
+        print(f"error: adapter directory not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     if args.max_concurrency < 1 or args.max_queue < 0 or args.max_batch_size < 1:
         print(
