@@ -2,10 +2,10 @@
 
 Blocking calls of the official ``kubernetes`` client; the runner calls them from a thread
 pool so the kopf event loop never waits on the network. Objects travel as plain dicts
-(``_preload_content=False`` skips the client's model classes, which are slow and drop
-unknown fields). ``ensure_*`` creates an object unless it exists (a 409 reads the existing
-one back), so a restarted operator never makes a second copy; Secrets are only ever
-looked up for existence, their data is neither parsed nor logged.
+(sent through the client's REST layer; its typed model classes are slow, drop unknown
+fields and refuse integer quantities). ``ensure_*`` creates an object unless it exists
+(a 409 reads the existing one back), so a restarted operator never makes a second copy;
+Secrets are only ever looked up for existence, their data is neither parsed nor logged.
 """
 
 from __future__ import annotations
@@ -25,15 +25,35 @@ from qwenft_operator.spec import GROUP, PLURAL, VERSION
 POOL_SIZE = 32
 
 
+# kind -> (API prefix, plural) of the namespaced objects the operator reads or writes.
+PATHS: dict[str, tuple[str, str]] = {
+    "Job": ("/apis/batch/v1", "jobs"),
+    "Pod": ("/api/v1", "pods"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "Secret": ("/api/v1", "secrets"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "QwenFineTune": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+}
+MERGE_PATCH = "application/merge-patch+json"
+REF_KINDS = {
+    "secret": "Secret",
+    "configmap": "ConfigMap",
+    "persistentvolumeclaim": "PersistentVolumeClaim",
+}
+
+
 @dataclass(frozen=True)
 class Clients:
-    """Typed API groups over one connection pool."""
+    """One authenticated connection pool to the API server.
+
+    Requests go through the client's REST layer with plain JSON bodies: the generated
+    typed methods validate bodies against their models, which rejects valid Kubernetes
+    JSON such as integer quantities (``cpu: 8``).
+    """
 
     api: client.ApiClient
-    core: client.CoreV1Api
-    batch: client.BatchV1Api
-    apps: client.AppsV1Api
-    custom: client.CustomObjectsApi
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> Clients:
@@ -44,35 +64,55 @@ class Clients:
         except config.ConfigException:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         configuration.connection_pool_maxsize = POOL_SIZE
-        return cls.of(client.ApiClient(configuration))
-
-    @classmethod
-    def of(cls, api: client.ApiClient) -> Clients:
-        return cls(
-            api=api,
-            core=client.CoreV1Api(api),
-            batch=client.BatchV1Api(api),
-            apps=client.AppsV1Api(api),
-            custom=client.CustomObjectsApi(api),
-        )
+        return cls(client.ApiClient(configuration))
 
     def close(self) -> None:
         self.api.close()
 
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        read: bool = True,
+    ) -> dict[str, Any]:
+        """One API call; the JSON answer, or :class:`ApiException` for a 4xx/5xx."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        params = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*params)
+        if response.status >= 400:
+            response.read()
+            raise ApiException(http_resp=response)
+        if not read:
+            response.response.release_conn()
+            return {}
+        data = response.read()
+        parsed: dict[str, Any] = json.loads(data) if data else {}
+        return parsed
 
-def _json(response: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(response.data)
-    return data
+
+def object_path(kind: str, namespace: str, name: str | None = None) -> str:
+    prefix, plural = PATHS[kind]
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
 
 
 def get_run(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
     """The ``QwenFineTune`` as stored, or None when it is gone."""
     try:
-        return _json(
-            clients.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
-            )
-        )
+        return clients.request("GET", object_path("QwenFineTune", namespace, name))
     except ApiException as err:
         if err.status == 404:
             return None
@@ -83,44 +123,8 @@ def patch_status(
     clients: Clients, namespace: str, name: str, patch: dict[str, Any]
 ) -> dict[str, Any]:
     """Merge-patch ``status`` (the status subresource) with ``patch``."""
-    return _json(
-        clients.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False
-        )
-    )
-
-
-def _create(clients: Clients, kind: ChildKind, namespace: str, body: dict[str, Any]) -> Any:
-    match kind:
-        case "Job":
-            return clients.batch.create_namespaced_job(namespace, body, _preload_content=False)
-        case "ConfigMap":
-            return clients.core.create_namespaced_config_map(
-                namespace, body, _preload_content=False
-            )
-        case "Service":
-            return clients.core.create_namespaced_service(namespace, body, _preload_content=False)
-        case "Deployment":
-            return clients.apps.create_namespaced_deployment(
-                namespace, body, _preload_content=False
-            )
-
-
-def read_child(clients: Clients, kind: ChildKind, namespace: str, name: str) -> dict[str, Any]:
-    match kind:
-        case "Job":
-            response = clients.batch.read_namespaced_job(name, namespace, _preload_content=False)
-        case "ConfigMap":
-            response = clients.core.read_namespaced_config_map(
-                name, namespace, _preload_content=False
-            )
-        case "Service":
-            response = clients.core.read_namespaced_service(name, namespace, _preload_content=False)
-        case "Deployment":
-            response = clients.apps.read_namespaced_deployment(
-                name, namespace, _preload_content=False
-            )
-    return _json(response)
+    path = object_path("QwenFineTune", namespace, name) + "/status"
+    return clients.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
 
 
 def ensure_child(
@@ -128,26 +132,19 @@ def ensure_child(
 ) -> tuple[dict[str, Any], bool]:
     """Create ``body`` unless it exists; returns (the object, whether it was created)."""
     try:
-        return _json(_create(clients, kind, namespace, body)), True
+        return clients.request("POST", object_path(kind, namespace), body=body), True
     except ApiException as err:
         if err.status != 409:
             raise
-    return read_child(clients, kind, namespace, str(body["metadata"]["name"])), False
+    name = str(body["metadata"]["name"])
+    return clients.request("GET", object_path(kind, namespace, name)), False
 
 
 def delete_child(clients: Clients, kind: ChildKind, namespace: str, name: str) -> None:
     """Delete a child (its pods first); an absent child is fine."""
-    options = client.V1DeleteOptions(propagation_policy="Foreground")
+    options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Foreground"}
     try:
-        match kind:
-            case "Job":
-                clients.batch.delete_namespaced_job(name, namespace, body=options)
-            case "ConfigMap":
-                clients.core.delete_namespaced_config_map(name, namespace, body=options)
-            case "Service":
-                clients.core.delete_namespaced_service(name, namespace, body=options)
-            case "Deployment":
-                clients.apps.delete_namespaced_deployment(name, namespace, body=options)
+        clients.request("DELETE", object_path(kind, namespace, name), body=options)
     except ApiException as err:
         if err.status != 404:
             raise
@@ -155,45 +152,30 @@ def delete_child(clients: Clients, kind: ChildKind, namespace: str, name: str) -
 
 def set_job_suspended(clients: Clients, namespace: str, name: str, suspend: bool) -> None:
     """Suspend a Job (its pods are stopped) or let it run again."""
-    clients.batch.patch_namespaced_job(
-        name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False
+    body = {"spec": {"suspend": suspend}}
+    clients.request(
+        "PATCH", object_path("Job", namespace, name), body=body, content_type=MERGE_PATCH
     )
 
 
 def list_children(
-    clients: Clients, kind: ChildKind | str, namespace: str, selector: str
+    clients: Clients, kind: str, namespace: str, selector: str
 ) -> list[dict[str, Any]]:
     """Objects of ``kind`` (Job, Pod, Deployment, Service, ConfigMap) matching ``selector``."""
-    lister = {
-        "Job": clients.batch.list_namespaced_job,
-        "Pod": clients.core.list_namespaced_pod,
-        "Deployment": clients.apps.list_namespaced_deployment,
-        "Service": clients.core.list_namespaced_service,
-        "ConfigMap": clients.core.list_namespaced_config_map,
-    }[kind]
-    items: list[dict[str, Any]] = _json(
-        lister(namespace, label_selector=selector, _preload_content=False)
-    )["items"]
+    found = clients.request("GET", object_path(kind, namespace), query={"labelSelector": selector})
+    items: list[dict[str, Any]] = found.get("items") or []
     return items
 
 
 def _exists(clients: Clients, ref: Reference, namespace: str) -> bool | None:
     """True/False, or None when the operator may not look (RBAC) so it can't tell."""
+    kind = REF_KINDS[ref.kind]
     try:
-        if ref.kind == "secret":
-            response = clients.core.read_namespaced_secret(
-                ref.name, namespace, _preload_content=False
-            )
-            response.release_conn()  # never read: the data stays unparsed
+        if ref.kind != "configmap":
+            # Existence only: the body (a Secret's data) is never read or parsed.
+            clients.request("GET", object_path(kind, namespace, ref.name), read=False)
             return True
-        if ref.kind == "persistentvolumeclaim":
-            clients.core.read_namespaced_persistent_volume_claim(
-                ref.name, namespace, _preload_content=False
-            ).release_conn()
-            return True
-        found = _json(
-            clients.core.read_namespaced_config_map(ref.name, namespace, _preload_content=False)
-        )
+        found = clients.request("GET", object_path(kind, namespace, ref.name))
         keys = {*(found.get("data") or {}), *(found.get("binaryData") or {})}
         return ref.key is None or ref.key in keys
     except ApiException as err:

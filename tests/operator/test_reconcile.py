@@ -466,7 +466,8 @@ def test_parse_job_reasons() -> None:
             "failed": 1,
             "conditions": [
                 {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy",
-                 "message": "Container trainer ... exit code 3", "lastTransitionTime": "2026-01-02T03:04:05Z"},
+                 "message": "Container trainer ... exit code 3",
+                 "lastTransitionTime": "2026-01-02T03:04:05Z"},
             ],
         },
     }  # fmt: skip
@@ -526,7 +527,8 @@ def test_parse_deployment() -> None:
     ("text", "expected"),
     [
         ('{"ok": false, "message": "no usable dialogue"}', "no usable dialogue"),
-        ('  "problems": [],\n  "message": "1 bad record(s); first: line 2: \\"x\\""\n}', '1 bad record(s); first: line 2: "x"'),
+        ('  "problems": [],\n  "message": "1 bad record(s); first: line 2: \\"x\\""\n}',
+         '1 bad record(s); first: line 2: "x"'),
         ("Traceback...\nValueError: boom\n", "ValueError: boom"),
         ("", ""),
     ],

@@ -1,0 +1,165 @@
+"""kopf registrations: which events wake which run, and nothing else.
+
+Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two.
+A run is reconciled when it is created, changed or found at start-up, and when one of its
+Jobs or Deployments changes (watched server-side by the managed-by label); its pods are
+only indexed (the failed pod's exit code and message, rank 0's address). A timer scrapes
+training progress. Handlers are registered on a registry passed in, with the operator
+settings, so nothing is registered at import time and the timer interval is a setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import kopf
+from kubernetes.client.rest import ApiException
+
+from qwenft_operator import conditions as cond
+from qwenft_operator import kube, labels
+from qwenft_operator.metrics import OperatorMetrics, RunKey
+from qwenft_operator.observe import parse_deployment, parse_job, parse_pod
+from qwenft_operator.phases import Phase
+from qwenft_operator.runner import Indexes, Runner
+from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.spec import GROUP, PLURAL, VERSION
+
+ANNOTATION_PREFIX = GROUP  # kopf's own bookkeeping lives in annotations under this prefix
+MANAGED = {labels.MANAGED_BY_KEY: labels.MANAGED_BY}
+# The children watched, as kopf selectors: (group, plural), "v1" being the core group.
+CHILD_RESOURCES = (("batch", "jobs"), ("v1", "pods"), ("apps", "deployments"))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def typed(decorator: Any) -> Callable[[F], F]:
+    """A kopf decorator as mypy should see it (kopf is imported untyped here)."""
+    return cast(Callable[[F], F], decorator)
+
+
+def _owner(namespace: str | None, meta_labels: kopf.Labels) -> RunKey:
+    return (namespace or "", meta_labels.get(labels.NAME_KEY, ""))
+
+
+def _runner(memo: kopf.Memo) -> Runner:
+    runner: Runner = memo["runner"]
+    return runner
+
+
+def _use_indexes(runner: Runner, kwargs: dict[str, Any]) -> None:
+    runner.indexes = Indexes(
+        jobs=kwargs["qwenft_jobs"],
+        pods=kwargs["qwenft_pods"],
+        deployments=kwargs["qwenft_deployments"],
+    )
+
+
+async def _reconcile(memo: kopf.Memo, key: RunKey, kwargs: dict[str, Any]) -> None:
+    """A reconcile for a run's own handlers: API trouble retries, a bad spec stops."""
+    runner = _runner(memo)
+    _use_indexes(runner, kwargs)
+    try:
+        decision = await runner.trigger(key)
+    except ApiException as err:
+        message = f"Kubernetes API error {err.status}: {err.reason}"
+        raise kopf.TemporaryError(message, delay=5) from err
+    failed = (
+        None if decision is None else cond.get_condition(decision.status.conditions, cond.FAILED)
+    )
+    if failed is not None and failed.status == "True" and failed.reason == cond.INVALID_SPEC:
+        raise kopf.PermanentError(failed.message)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """Register every handler of the operator on ``registry``."""
+    run = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
+
+    @typed(kopf.on.login(registry=registry))
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @typed(kopf.on.startup(registry=registry))
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=ANNOTATION_PREFIX
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.INFO  # only the operator's explicit Events are posted
+        for resource in CHILD_RESOURCES:
+            settings.watching.label_selectors[resource] = labels.MANAGED_SELECTOR
+        operator_settings: OperatorSettings = memo["settings"]
+        metrics = OperatorMetrics()
+        memo["metrics_server"] = metrics.serve(operator_settings.metrics_port)
+        memo["runner"] = Runner(kube.Clients.connect(), operator_settings, metrics)
+
+    @typed(kopf.on.cleanup(registry=registry))
+    async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+        if "runner" in memo:
+            await _runner(memo).close()
+        if "metrics_server" in memo:
+            server, _thread = memo["metrics_server"]
+            server.shutdown()
+
+    @typed(kopf.on.probe(id="runs", registry=registry))
+    def tracked_runs(memo: kopf.Memo, **_: Any) -> int:
+        return _runner(memo).metrics.tracked_runs if "runner" in memo else 0
+
+    @typed(kopf.index("batch", "v1", "jobs", id="qwenft_jobs", labels=MANAGED, registry=registry))
+    def qwenft_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+        return {_owner(namespace, labels): parse_job(body)}
+
+    @typed(kopf.index("v1", "pods", id="qwenft_pods", labels=MANAGED, registry=registry))
+    def qwenft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+        return {_owner(namespace, labels): parse_pod(body)}
+
+    @typed(
+        kopf.index(
+            "apps", "v1", "deployments", id="qwenft_deployments", labels=MANAGED, registry=registry
+        )
+    )
+    def qwenft_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+        return {_owner(namespace, labels): parse_deployment(body)}
+
+    @typed(kopf.on.resume(**run))
+    @typed(kopf.on.create(**run))
+    @typed(kopf.on.update(**run))
+    async def reconcile_run(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+        await _reconcile(memo, (namespace, name), kwargs)
+
+    @typed(kopf.on.field(**run, field="spec.suspend"))
+    def suspend_changed(old: Any, new: Any, logger: kopf.Logger, **_: Any) -> None:
+        if old is not None:
+            logger.info("spec.suspend changed from %s to %s", bool(old), bool(new))
+
+    @typed(kopf.on.delete(**run, optional=True))
+    def forget_run(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        if "runner" in memo:
+            _runner(memo).metrics.forget((namespace, name))
+
+    @typed(kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry))
+    @typed(kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry))
+    async def child_changed(
+        namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        runner = _runner(memo)
+        _use_indexes(runner, kwargs)
+        await runner.trigger(_owner(namespace, labels))
+
+    @typed(
+        kopf.timer(
+            **run,
+            interval=settings.progress_interval,
+            when=lambda status, **_: status.get("phase") == Phase.TRAINING,
+        )
+    )
+    async def read_progress(
+        namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        runner = _runner(memo)
+        _use_indexes(runner, kwargs)
+        await runner.read_progress((namespace, name), status)

@@ -1,0 +1,114 @@
+"""Training progress read from the rank-0 trainer's metrics endpoint.
+
+The trainer serves its progress as Prometheus gauges (docs/metrics.md, trainer section) on
+``TrainConfig.metrics_port`` of the rank-0 pod. The operator scrapes that endpoint on a
+timer, turns it into ``status.progress`` (and ``status.resumedFromStep``) and mirrors it
+into its own per-run gauges. :func:`parse_progress` is pure; :func:`fetch_progress` is
+the one HTTP call (aiohttp: hundreds of runs are scraped without tying up threads).
+
+    progress = await fetch_progress(session, metrics_url(pod))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from qwenft_operator.builders.config import TRAINER_METRICS_PORT
+from qwenft_operator.observe import PodFacts
+from qwenft_operator.status import Progress
+
+FETCH_TIMEOUT_SECONDS = 3.0
+# Trainer series -> Progress field.
+FIELDS = {
+    "qwenft_train_step": "step",
+    "qwenft_train_total_steps": "total_steps",
+    "qwenft_train_epoch": "epoch",
+    "qwenft_train_loss": "loss",
+    "qwenft_train_eval_loss": "eval_loss",
+    "qwenft_train_learning_rate": "learning_rate",
+    "qwenft_train_tokens_per_second": "tokens_per_second",
+    "qwenft_train_eta_seconds": "eta_seconds",
+}
+RESUMED = "qwenft_train_resumed_from_step"
+INTEGER_FIELDS = {"step", "total_steps"}
+SIGNED_FIELDS = {"loss", "eval_loss"}  # the rest are counts and rates, never below 0
+# Gauges start at 0: a loss of exactly 0 means "not logged yet", not a perfect model.
+UNSET_AT_ZERO = {"loss", "eval_loss", "total_steps"}
+
+
+@dataclass(frozen=True)
+class TrainerProgress:
+    """What one scrape says: progress, and the step the run resumed from."""
+
+    progress: Progress
+    resumed_from_step: int | None = None
+
+
+def parse_progress(text: str, run: str | None = None) -> TrainerProgress:
+    """Progress from a ``/metrics`` page; only series labelled ``run`` when it is given."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if run is not None and sample.labels.get("run") not in (None, run):
+                continue
+            if sample.name in FIELDS or sample.name == RESUMED:
+                values[sample.name] = float(sample.value)
+    fields: dict[str, float | int] = {}
+    for series, field in FIELDS.items():
+        value = values.get(series)
+        if value is None or not math.isfinite(value):
+            continue
+        if field in UNSET_AT_ZERO and value == 0:
+            continue
+        if field in INTEGER_FIELDS:
+            fields[field] = int(value)
+        elif field in SIGNED_FIELDS:
+            fields[field] = value
+        else:
+            fields[field] = max(value, 0.0)
+    resumed = values.get(RESUMED)
+    return TrainerProgress(
+        progress=Progress.model_validate(fields),
+        resumed_from_step=int(resumed) if resumed is not None and math.isfinite(resumed) else None,
+    )
+
+
+def rank_zero(pods: Iterable[PodFacts]) -> PodFacts | None:
+    """The running training pod of node rank 0 (completion index 0) with an IP."""
+    for pod in pods:
+        if (
+            pod.component == "train"
+            and pod.completion_index == 0
+            and pod.phase == "Running"
+            and pod.pod_ip
+        ):
+            return pod
+    return None
+
+
+def metrics_url(pod: PodFacts, port: int = TRAINER_METRICS_PORT) -> str:
+    host = f"[{pod.pod_ip}]" if pod.pod_ip and ":" in pod.pod_ip else pod.pod_ip
+    return f"http://{host}:{port}/metrics"
+
+
+async def fetch_progress(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    run: str | None = None,
+    timeout: float = FETCH_TIMEOUT_SECONDS,
+) -> TrainerProgress | None:
+    """Scrape ``url``; None when the trainer does not answer (not started, restarting)."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                return None
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    return parse_progress(text, run=run)

@@ -1,0 +1,226 @@
+"""Carries out reconciles: read the run, decide, act, record.
+
+Handlers only say *which* run to look at (:meth:`Runner.trigger`); the runner reads the
+run, builds :class:`~qwenft_operator.reconcile.Observed` from the operator's in-memory
+indexes of Jobs, pods and Deployments (kept by kopf's watches, so a reconcile lists
+nothing), asks :func:`~qwenft_operator.reconcile.decide`, and executes the actions through
+:mod:`qwenft_operator.kube` in a thread pool. Triggers for a run that is being reconciled
+are coalesced into one more pass, so a burst of child events costs one or two reconciles,
+and two passes never race on the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import aiohttp
+import kopf
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from qwenft_operator import kube, progress
+from qwenft_operator.actions import (
+    CreateChild,
+    Decision,
+    DeleteChild,
+    EmitEvent,
+    PatchStatus,
+    SetJobSuspended,
+    dump_status,
+)
+from qwenft_operator.metrics import OperatorMetrics, RunKey
+from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
+from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_reference_check
+from qwenft_operator.references import build_references
+from qwenft_operator.rules import format_errors
+from qwenft_operator.runs import Run
+from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.status import QwenFineTuneStatus
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+API_RETRY_SECONDS = 5.0
+WORKERS = 16
+
+
+def _store_values(store: Iterable[Any]) -> list[Any]:
+    return list(store)
+
+
+@dataclass
+class Indexes:
+    """kopf's indexes of the run's children, keyed by (namespace, run name)."""
+
+    jobs: Mapping[RunKey, Iterable[JobFacts]] = field(default_factory=dict)
+    pods: Mapping[RunKey, Iterable[PodFacts]] = field(default_factory=dict)
+    deployments: Mapping[RunKey, Iterable[DeploymentFacts]] = field(default_factory=dict)
+
+    def observe(self, run: Run) -> Observed:
+        key = (run.namespace, run.name)
+        names = run.names
+        jobs = {j.name: j for j in _store_values(self.jobs.get(key, ()))}
+        deployments = {d.name: d for d in _store_values(self.deployments.get(key, ()))}
+        return Observed(
+            validate_job=jobs.get(names.validate_job),
+            train_job=jobs.get(names.train_job),
+            merge_job=jobs.get(names.merge_job),
+            deployment=deployments.get(names.serve_deployment),
+            pods=tuple(_store_values(self.pods.get(key, ()))),
+        )
+
+
+class Runner:
+    """Reconciles runs on request; one per operator process."""
+
+    def __init__(
+        self,
+        clients: kube.Clients,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics,
+        *,
+        workers: int = WORKERS,
+    ) -> None:
+        self.clients = clients
+        self.settings = settings
+        self.metrics = metrics
+        self.indexes = Indexes()
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwenft-api")
+        self._busy: set[RunKey] = set()
+        self._again: set[RunKey] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.clients.close()
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def trigger(self, key: RunKey) -> Decision | None:
+        """Reconcile ``key`` now, or once more after the pass that is running."""
+        if key in self._busy:
+            self._again.add(key)
+            return None
+        self._busy.add(key)
+        try:
+            decision = None
+            while True:
+                self._again.discard(key)
+                decision = await self._reconcile(key)
+                if key not in self._again:
+                    return decision
+        finally:
+            self._busy.discard(key)
+
+    def _later(self, key: RunKey, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(seconds, lambda: loop.create_task(self._quiet_trigger(key)))
+
+    async def _quiet_trigger(self, key: RunKey) -> None:
+        try:
+            await self.trigger(key)
+        except (ApiException, OSError) as err:
+            log.warning("reconcile of %s/%s failed: %s", key[0], key[1], err)
+
+    async def _reconcile(self, key: RunKey) -> Decision | None:
+        started = time.monotonic()
+        try:
+            return await self._reconcile_once(key)
+        except (ApiException, OSError) as err:
+            reason = f"api{err.status}" if isinstance(err, ApiException) else "connection"
+            self.metrics.reconcile_errors.labels(reason=reason).inc()
+            self._later(key, API_RETRY_SECONDS)
+            raise
+        finally:
+            self.metrics.reconcile_duration.observe(time.monotonic() - started)
+
+    async def _reconcile_once(self, key: RunKey) -> Decision | None:
+        namespace, name = key
+        body = await self._call(kube.get_run, self.clients, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.metrics.forget(key)
+            return None
+        now = datetime.now(UTC).replace(microsecond=0)
+        try:
+            status = QwenFineTuneStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            status = QwenFineTuneStatus()
+        try:
+            run = Run.from_body(body, self.settings)
+        except ValidationError as err:
+            message = "; ".join(format_errors(err, prefix="spec"))
+            generation = int(body["metadata"].get("generation") or 1)
+            decision = decide_invalid_spec(generation, status, message, now)
+        else:
+            observed = self.indexes.observe(run)
+            if needs_reference_check(status, observed):
+                refs = build_references(run.spec)
+                missing = await self._call(kube.missing_references, self.clients, namespace, refs)
+                observed = replace(observed, missing_references=missing)
+            decision = decide(run, status, observed, now)
+        await self._call(self._execute, namespace, name, decision)
+        for action in decision.of_type(EmitEvent):
+            assert isinstance(action, EmitEvent)
+            kopf.event(body, type=action.type, reason=action.reason, message=action.message)
+        created = parse_time(body["metadata"].get("creationTimestamp"))
+        self.metrics.observe_phase(
+            key, status.phase, decision.status.phase, created=created, now=now
+        )
+        if decision.requeue_after is not None:
+            self._later(key, decision.requeue_after)
+        return decision
+
+    def _execute(self, namespace: str, name: str, decision: Decision) -> None:
+        """The API side of a decision, in order (runs in the thread pool)."""
+        for action in decision.actions:
+            match action:
+                case CreateChild(kind=kind, body=child):
+                    _, made = kube.ensure_child(self.clients, kind, namespace, child)
+                    log.info("%s %s %s/%s", "created" if made else "found", kind, namespace,
+                             action.name)  # fmt: skip
+                case DeleteChild(kind=kind, name=child_name):
+                    kube.delete_child(self.clients, kind, namespace, child_name)
+                case SetJobSuspended(name=job, suspend=suspend):
+                    kube.set_job_suspended(self.clients, namespace, job, suspend)
+                case PatchStatus(patch=patch):
+                    kube.patch_status(self.clients, namespace, name, patch)
+
+    async def read_progress(self, key: RunKey, status: Mapping[str, Any]) -> None:
+        """Scrape the rank-0 trainer of a training run into ``status.progress``."""
+        pod = progress.rank_zero(_store_values(self.indexes.pods.get(key, ())))
+        if pod is None:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        found = await progress.fetch_progress(self._session, progress.metrics_url(pod), run=key[1])
+        if found is None:
+            return
+        current = QwenFineTuneStatus.model_validate(dict(status))
+        wanted = current.model_copy(
+            update={
+                "progress": found.progress,
+                "resumed_from_step": found.resumed_from_step
+                if found.resumed_from_step is not None
+                else current.resumed_from_step,
+            }
+        )
+        before, after = dump_status(current), dump_status(wanted)
+        patch = {
+            k: after.get(k)
+            for k in ("progress", "resumedFromStep")
+            if before.get(k) != after.get(k)
+        }
+        if patch:
+            await self._call(kube.patch_status, self.clients, key[0], key[1], patch)
+        self.metrics.mirror_progress(key, found.progress)
