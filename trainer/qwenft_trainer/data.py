@@ -196,12 +196,16 @@ def tokenize_all(
     """
     samples: list[TokenizedSample] = []
     dropped: list[str] = []
+    truncated = 0
     for conv in convs:
         sample = tokenize_conversation(conv, tokenizer, max_seq_length)
+        truncated += sample.truncated
         if sample.trained_tokens:
             samples.append(sample)
         else:
             dropped.append(conv.source)
+    if truncated:
+        log.info("%d dialogue(s) were cut to max_seq_length=%d", truncated, max_seq_length)
     if dropped:
         log.warning(
             "%d conversation(s) have no assistant token within max_seq_length=%d and are "
