@@ -58,6 +58,22 @@ def container(name: str = "main", **resources: str) -> dict[str, Any]:
 
 
 def job(name: str, annotations: dict[str, str], **spec: Any) -> dict[str, Any]:
+    """A Job of one-GPU pods, one pod per node (as torchrun wants one rank group per node)."""
+    one_per_node = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"batch.kubernetes.io/job-name": name}},
+                }
+            ]
+        }
+    }
+    pod_spec = {
+        "restartPolicy": "Never",
+        "affinity": one_per_node,
+        "containers": [container(**{GPU: "1"})],
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -65,10 +81,7 @@ def job(name: str, annotations: dict[str, str], **spec: Any) -> dict[str, Any]:
         "spec": {
             "backoffLimit": 0,
             **spec,
-            "template": {
-                "metadata": {"annotations": annotations},
-                "spec": {"restartPolicy": "Never", "containers": [container(**{GPU: "8"})]},
-            },
+            "template": {"metadata": {"annotations": annotations}, "spec": pod_spec},
         },
     }
 
@@ -149,7 +162,7 @@ def test_indexed_gpu_job_runs_on_gpu_nodes_and_succeeds(
     assert sorted(indexes) == ["0", "1"]
     succeeded = [p for p in pods if p.status.phase == "Succeeded"]
     assert len(succeeded) == 2
-    # each pod takes all 8 GPUs of a node, so the two land on two different GPU nodes
+    # anti-affinity puts the two pods on two nodes; only GPU nodes offer nvidia.com/gpu
     assert len({p.spec.node_name for p in succeeded}) == 2
     assert all(p.spec.node_name.startswith("gpu-node-") for p in succeeded)
 
