@@ -59,6 +59,17 @@ THINKING_OFF_TEMPLATE = (
     "{%- endif %}"
 )
 
+# Like Qwen3's history turns: replies stripped of surrounding newlines, and a generation
+# prompt the history never shows.
+STRIPPING_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content.strip('\\n') + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+)
+
 # No ChatML at all: plain-text headers and the tokenizer's eos token closing each reply.
 PLAIN_TEMPLATE = (
     "{%- for message in messages %}"
@@ -156,6 +167,15 @@ def test_real_qwen_style_templates(template: str, tokenizer: Any) -> None:
     assert trained_segments(sample, tokenizer) == ["Hi!" + IM_END, "再见" + IM_END]
     if template is QWEN25_TEMPLATE:
         assert "You are Qwen" in tokenizer.decode(sample.input_ids)
+
+
+def test_template_that_strips_replies(tokenizer: Any) -> None:
+    tokenizer.chat_template = STRIPPING_TEMPLATE
+    dialogue = conv(
+        ("user", "Hi"), ("assistant", "\nHello.\n"), ("user", "Bye"), ("assistant", "Bye.")
+    )
+    sample = tokenize_conversation(dialogue, tokenizer, max_seq_length=1024)
+    assert trained_segments(sample, tokenizer) == ["Hello." + IM_END, "Bye." + IM_END]
 
 
 def test_template_without_chatml_uses_its_own_end_token(tokenizer: Any) -> None:

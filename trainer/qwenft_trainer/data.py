@@ -140,6 +140,9 @@ def _search_span(
 ) -> tuple[int, int]:
     """Fallback for templates whose prefixes don't line up: find the reply text itself."""
     start = full.find(content, cursor)
+    if start < 0:  # some templates strip the whitespace around a reply
+        content = content.strip()
+        start = full.find(content, cursor)
     if start < 0:
         raise TemplateError("the chat template dropped an assistant reply from the rendered text")
     end = start + len(content)
