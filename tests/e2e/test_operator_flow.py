@@ -1,0 +1,275 @@
+"""The operator on the real control plane: runs from apply to Ready, failures, suspend, GC.
+
+The operator runs as a subprocess (``python -m qwenft_operator.main``, cluster-wide) against
+the local API server; kwok runs the pods (Job pods succeed after a second, Deployment pods
+become Ready). Covers:
+- the shipped examples (multi-node Q-LoRA with ZeRO-2, single-GPU LoRA, full fine-tune)
+  go Validating -> Training -> (Merging) -> Deploying -> Ready, with exactly the expected
+  children, training pods bound to fake GPU nodes (the Q-LoRA run's two pods on the two
+  H100 nodes, 8 GPUs each, node ranks 0 and 1 with the same torchrun arguments and rank 0's
+  address), status endpoint/outputs, and an Event per phase change;
+- the Kueue-queued example: its Job is created suspended with the queue label and the run
+  waits (Training, reason Queued); unsuspending the Job as Kueue would lets it finish;
+- a training pod exiting 3 with a message (kwok failure annotation) ends in Failed,
+  reason TrainingFailed, with the exit code and message in the condition and a Warning
+  Event;
+- suspend and resume: the running Job is suspended (its pods go), phase Suspended, then
+  resumed and the run finishes;
+- deleting a run removes every child (ownerReferences and the garbage collector);
+- ``kubectl get qft`` shows the printer columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from operatorkit import (
+    OperatorProcess,
+    children,
+    condition,
+    create_run,
+    ensure_priority_classes,
+    example,
+    get_run,
+    install_crd,
+    patch_run,
+    prepare_namespace,
+    running_operator,
+    wait_phase,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+KWOK_FAIL_CODE = "qwenft.io/kwok-fail-exit-code"
+KWOK_FAIL_MESSAGE = "qwenft.io/kwok-fail-message"
+KWOK_AFTER = "qwenft.io/kwok-complete-after"
+
+
+@pytest.fixture(scope="module")
+def operator(
+    kube_client: client.ApiClient, kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    install_crd(kube_client)
+    ensure_priority_classes(kube_client)
+    with running_operator(kubeconfig_path, tmp_path_factory.mktemp("operator")) as proc:
+        yield proc
+
+
+@pytest.fixture
+def namespace(kube_client: client.ApiClient, e2e_namespace: str, operator: OperatorProcess) -> str:
+    prepare_namespace(kube_client, e2e_namespace)
+    return e2e_namespace
+
+
+def train_pods(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
+    selector = f"finetune.qwenft.io/name={run},finetune.qwenft.io/component=train"
+    pods: list[Any] = (
+        client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
+    )
+    return pods
+
+
+def events_of(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
+    events: list[Any] = (
+        client.CoreV1Api(api)
+        .list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={run},involvedObject.kind=QwenFineTune"
+        )
+        .items
+    )
+    return events
+
+
+def train_job(api: client.ApiClient, namespace: str, run: str) -> Any:
+    return client.BatchV1Api(api).read_namespaced_job(f"{run}-train", namespace)
+
+
+def expected_children(run: str, *, merge: bool) -> dict[str, list[str]]:
+    jobs = [f"{run}-validate", f"{run}-train", *([f"{run}-merge"] if merge else [])]
+    return {
+        "Job": sorted(jobs),
+        "ConfigMap": [f"{run}-config"],
+        "Service": sorted([f"{run}-train", f"{run}-serve"]),
+        "Deployment": [f"{run}-serve"],
+    }
+
+
+# (example, run name, merge job expected, GPUs per node, nodes)
+EXAMPLES = [
+    ("qlora-multinode-zero2", "qlora-72b", True, 8, 2),
+    ("lora-single-gpu", "support-lora", True, 1, 1),
+    ("full-finetune", "full-1p5b", False, 4, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "run", "merge", "gpus", "nodes"), EXAMPLES, ids=[e[0] for e in EXAMPLES]
+)
+def test_example_reaches_ready(
+    kube_client: client.ApiClient, namespace: str, name: str, run: str, merge: bool,
+    gpus: int, nodes: int,
+) -> None:  # fmt: skip
+    create_run(kube_client, namespace, example(name))
+    ready = wait_phase(kube_client, namespace, run, "Ready", timeout=90)
+    status = ready["status"]
+    assert status["endpoint"]["url"] == f"http://{run}-serve.{namespace}.svc:8000/v1"
+    assert status["outputs"]["adapter"].startswith("/output/")
+    assert ("merged" in status["outputs"]) is merge
+    for type_ in ("Validated", "Trained", "Ready"):
+        found = condition(ready, type_)
+        assert found is not None and found["status"] == "True", (type_, status["conditions"])
+    assert children(kube_client, namespace, run) == expected_children(run, merge=merge)
+
+    pods = train_pods(kube_client, namespace, run)
+    assert len(pods) == nodes
+    master = f"{run}-train-0.{run}-train.{namespace}.svc"
+    ranks = set()
+    for pod in pods:
+        assert pod.spec.node_name and pod.spec.node_name.startswith("gpu-node-")
+        trainer = pod.spec.containers[0]
+        assert trainer.resources.limits["nvidia.com/gpu"] == str(gpus)
+        args = trainer.args
+        assert args[args.index("--nnodes") + 1] == str(nodes)
+        assert args[args.index("--nproc-per-node") + 1] == str(gpus)
+        assert args[args.index("--node-rank") + 1] == "$(JOB_COMPLETION_INDEX)"
+        assert args[args.index("--master-addr") + 1] == master
+        rank = pod.metadata.annotations["batch.kubernetes.io/job-completion-index"]
+        ranks.add(rank)
+        assert pod.spec.hostname == f"{run}-train-{rank}"
+        assert pod.spec.subdomain == f"{run}-train"
+    assert ranks == {str(i) for i in range(nodes)}
+    if name == "qlora-multinode-zero2":
+        # nodeSelector picks the H100 nodes; each pod takes all 8 GPUs of one.
+        assert {p.spec.node_name for p in pods} == {"gpu-node-0", "gpu-node-1"}
+    reasons = [e.reason for e in events_of(kube_client, namespace, run)]
+    for phase in ("Validating", "Training", "Deploying", "Ready"):
+        assert phase in reasons, reasons
+    assert ("Merging" in reasons) is merge
+
+
+def test_kueue_queued_run_waits_for_admission(
+    kube_client: client.ApiClient, namespace: str
+) -> None:
+    run = "queued-lora"
+    create_run(kube_client, namespace, example("kueue-queued"))
+
+    def queued() -> dict[str, Any] | None:
+        found = get_run(kube_client, namespace, run)
+        training = condition(found, "Training")
+        return found if training and training["reason"] == "Queued" else None
+
+    wait_until("the run to wait for Kueue", queued, timeout=30)
+    job = train_job(kube_client, namespace, run)
+    assert job.spec.suspend is True
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert train_pods(kube_client, namespace, run) == []
+    # Kueue admits the workload by unsuspending the Job.
+    client.BatchV1Api(kube_client).patch_namespaced_job(
+        f"{run}-train", namespace, {"spec": {"suspend": False}}
+    )
+    wait_phase(kube_client, namespace, run, "Ready", timeout=60)
+
+
+def suspended_run(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> str:
+    """Create ``body`` suspended and wait for its (suspended, never started) training Job."""
+    run: str = body["metadata"]["name"]
+    body["spec"]["suspend"] = True
+    create_run(api, namespace, body)
+    wait_phase(api, namespace, run, "Suspended", timeout=30)
+    assert train_job(api, namespace, run).spec.suspend is True
+    return run
+
+
+def annotate_train_pods(
+    api: client.ApiClient, namespace: str, run: str, annotations: dict[str, str]
+) -> None:
+    """Set annotations on the pod template of a suspended Job that never started."""
+    client.BatchV1Api(api).patch_namespaced_job(
+        f"{run}-train",
+        namespace,
+        {"spec": {"template": {"metadata": {"annotations": annotations}}}},
+    )
+
+
+def test_failing_training_pod_fails_the_run_with_its_exit_code_and_message(
+    kube_client: client.ApiClient, namespace: str
+) -> None:
+    run = suspended_run(kube_client, namespace, example("lora-single-gpu"))
+    message = "CUDA out of memory while allocating 2.00 GiB"
+    annotate_train_pods(
+        kube_client, namespace, run, {KWOK_FAIL_CODE: "3", KWOK_FAIL_MESSAGE: message}
+    )
+    patch_run(kube_client, namespace, run, {"spec": {"suspend": False}})
+    failed = wait_phase(kube_client, namespace, run, "Failed", timeout=60)
+    reason = condition(failed, "Failed")
+    assert reason is not None and reason["reason"] == "TrainingFailed"
+    assert "code 3" in reason["message"] and message in reason["message"]
+    warnings = [e for e in events_of(kube_client, namespace, run) if e.type == "Warning"]
+    assert any(e.reason == "TrainingFailed" and message in e.message for e in warnings)
+    # Failed is final: nothing is merged or served.
+    assert children(kube_client, namespace, run)["Deployment"] == []
+
+
+def test_suspend_and_resume(kube_client: client.ApiClient, namespace: str) -> None:
+    run = suspended_run(kube_client, namespace, example("lora-single-gpu"))
+    annotate_train_pods(kube_client, namespace, run, {KWOK_AFTER: "6s"})
+    patch_run(kube_client, namespace, run, {"spec": {"suspend": False}})
+
+    def running() -> bool:
+        found = condition(get_run(kube_client, namespace, run), "Training")
+        return found is not None and found["reason"] == "TrainingRunning"
+
+    wait_until("training pods to run", running, timeout=30)
+    patch_run(kube_client, namespace, run, {"spec": {"suspend": True}})
+    parked = wait_phase(kube_client, namespace, run, "Suspended", timeout=30)
+    suspended = condition(parked, "Suspended")
+    assert suspended is not None and suspended["status"] == "True"
+    assert train_job(kube_client, namespace, run).spec.suspend is True
+    wait_until(
+        "the suspended Job's pods to go",
+        lambda: all(p.status.phase != "Running" for p in train_pods(kube_client, namespace, run)),
+        timeout=30,
+    )
+    patch_run(kube_client, namespace, run, {"spec": {"suspend": False}})
+    ready = wait_phase(kube_client, namespace, run, "Ready", timeout=60)
+    resumed = condition(ready, "Suspended")
+    assert resumed is not None and (resumed["status"], resumed["reason"]) == ("False", "Resumed")
+
+
+def test_deleting_a_run_removes_its_children(kube_client: client.ApiClient, namespace: str) -> None:
+    run = "support-lora"
+    create_run(kube_client, namespace, example("lora-single-gpu"))
+    wait_phase(kube_client, namespace, run, "Ready", timeout=60)
+    client.CustomObjectsApi(kube_client).delete_namespaced_custom_object(
+        "finetune.qwenft.io", "v1alpha1", namespace, "qwenfinetunes", run
+    )
+
+    def gone() -> bool:
+        left = children(kube_client, namespace, run)
+        pods = (
+            client.CoreV1Api(kube_client)
+            .list_namespaced_pod(namespace, label_selector=f"finetune.qwenft.io/name={run}")
+            .items
+        )
+        return not any(left.values()) and not pods
+
+    wait_until("the garbage collector to delete every child", gone, timeout=60)
+
+
+def test_kubectl_get_shows_printer_columns(kube_client: client.ApiClient, namespace: str) -> None:
+    import subprocess
+
+    run = "support-lora"
+    create_run(kube_client, namespace, example("lora-single-gpu"))
+    wait_phase(kube_client, namespace, run, "Ready", timeout=60)
+    out = subprocess.run(
+        ["kubectl", "get", "qft", "-n", namespace], capture_output=True, text=True, check=True
+    ).stdout
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "READY", "ENDPOINT", "AGE"]
+    assert row.split()[:2] == [run, "Ready"]
+    assert f"http://{run}-serve.{namespace}.svc:8000/v1" in row
