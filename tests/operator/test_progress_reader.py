@@ -1,0 +1,128 @@
+"""The progress reader: trainer metrics -> status.progress.
+
+Covers: parsing a /metrics page (the run label filter, gauges still at 0 read as "not
+logged yet", integers for steps, the Progress column text, resumedFromStep); picking the
+rank-0 training pod; an unreachable trainer reads as None; and, marked slow, a REAL local
+training run (tiny model, ``qwenft_trainer.train`` in a subprocess serving its metrics
+endpoint) scraped with :func:`fetch_progress` until it reports steps, with the totals,
+learning rate and loss the trainer publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from qwenft_operator.observe import PodFacts
+from qwenft_operator.progress import (
+    TrainerProgress,
+    fetch_progress,
+    metrics_url,
+    parse_progress,
+    rank_zero,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
+from trainrun import free_port, train_env, write_config, write_dialogues
+
+PAGE = """\
+# HELP qwenft_train_step Optimizer steps done.
+# TYPE qwenft_train_step gauge
+qwenft_train_step{run="demo"} 42.0
+qwenft_train_step{run="other"} 7.0
+# TYPE qwenft_train_total_steps gauge
+qwenft_train_total_steps{run="demo"} 300.0
+# TYPE qwenft_train_epoch gauge
+qwenft_train_epoch{run="demo"} 0.5
+# TYPE qwenft_train_loss gauge
+qwenft_train_loss{run="demo"} 1.25
+# TYPE qwenft_train_eval_loss gauge
+qwenft_train_eval_loss{run="demo"} 0.0
+# TYPE qwenft_train_learning_rate gauge
+qwenft_train_learning_rate{run="demo"} 0.0002
+# TYPE qwenft_train_tokens_per_second gauge
+qwenft_train_tokens_per_second{run="demo"} 1234.5
+# TYPE qwenft_train_eta_seconds gauge
+qwenft_train_eta_seconds{run="demo"} 600.0
+# TYPE qwenft_train_resumed_from_step gauge
+qwenft_train_resumed_from_step{run="demo"} 40.0
+"""
+
+
+def test_parse_progress() -> None:
+    found = parse_progress(PAGE, run="demo")
+    progress = found.progress
+    assert (progress.step, progress.total_steps, progress.epoch) == (42, 300, 0.5)
+    assert (progress.loss, progress.learning_rate) == (1.25, 0.0002)
+    assert progress.eval_loss is None  # still 0: no evaluation yet
+    assert (progress.tokens_per_second, progress.eta_seconds) == (1234.5, 600.0)
+    assert progress.display == "42/300"
+    assert found.resumed_from_step == 40
+    assert parse_progress(PAGE, run="other").progress.step == 7
+
+
+def test_rank_zero_pod() -> None:
+    pods = [
+        PodFacts("r-train-1", "train", "Running", pod_ip="10.0.0.2", completion_index=1),
+        PodFacts("r-train-0", "train", "Pending", completion_index=0),
+        PodFacts("r-train-0b", "train", "Running", pod_ip="10.0.0.3", completion_index=0),
+    ]
+    pod = rank_zero(pods)
+    assert pod is not None and pod.name == "r-train-0b"
+    assert metrics_url(pod) == "http://10.0.0.3:9400/metrics"
+    assert rank_zero(pods[:2]) is None
+
+
+def scrape(url: str, run: str | None = None) -> TrainerProgress | None:
+    async def once() -> TrainerProgress | None:
+        async with aiohttp.ClientSession() as session:
+            return await fetch_progress(session, url, run=run, timeout=2)
+
+    return asyncio.run(once())
+
+
+def test_unreachable_trainer_reads_as_none() -> None:
+    assert scrape(f"http://127.0.0.1:{free_port()}/metrics") is None
+
+
+@pytest.mark.slow
+def test_reads_progress_of_a_real_training_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "train.yaml",
+        tiny_model_dir,
+        write_dialogues(tmp_path / "data.jsonl", count=64),
+        tmp_path / "out",
+        metrics_port=port,
+        run_name="progress-demo",
+        training={"max_steps": 400},
+    )
+    cmd = [sys.executable, "-m", "qwenft_trainer.train", "--config", str(config)]
+    proc = subprocess.Popen(
+        cmd, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 240
+        found = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = scrape(url, run="progress-demo")
+            if found is not None and (found.progress.step or 0) > 1:
+                break
+            time.sleep(0.5)
+        out = "" if proc.poll() is None else (proc.stdout.read() if proc.stdout else "")
+        assert found is not None and (found.progress.step or 0) > 1, out[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    progress = found.progress
+    assert progress.total_steps == 400
+    assert progress.display == f"{progress.step}/400"
+    assert progress.learning_rate is not None and progress.learning_rate > 0
+    assert progress.loss is not None and progress.loss > 0
+    assert found.resumed_from_step == 0
