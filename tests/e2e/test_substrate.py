@@ -1,6 +1,7 @@
 """The local control plane itself: real API server, controllers and scheduler, kwok nodes.
 
 Covers:
+- the API server reports the Kubernetes version pinned in hack/versions.env;
 - fake nodes: 4 GPU nodes (nvidia.com/gpu: 8, GPU product labels) and 1 CPU node are Ready
   and each has a Lease in kube-node-lease that kwok renews;
 - an Indexed Job with 2 completions requesting nvidia.com/gpu is scheduled onto two GPU
@@ -113,6 +114,13 @@ def batch(kube_client: client.ApiClient) -> client.BatchV1Api:
 @pytest.fixture
 def apps(kube_client: client.ApiClient) -> client.AppsV1Api:
     return client.AppsV1Api(kube_client)
+
+
+def test_api_server_reports_pinned_version(kube_client: client.ApiClient) -> None:
+    from devcluster.binaries import read_versions
+
+    info = client.VersionApi(kube_client).get_code()
+    assert info.git_version == read_versions()["K8S_VERSION"]
 
 
 def test_fake_nodes_are_ready_and_hold_leases(
