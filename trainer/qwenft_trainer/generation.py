@@ -11,6 +11,7 @@ while they agree on both; switching adapters waits until the running requests fi
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -265,6 +266,7 @@ def load_engine(config: EngineConfig) -> Engine:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[config.dtype]
     elif device.startswith("cuda"):
         dtype = torch.bfloat16
+    print(f"[serve] loading {config.model} on {device}", file=sys.stderr, flush=True)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype, device_map=device)
     if config.adapters:

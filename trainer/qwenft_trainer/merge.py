@@ -208,7 +208,10 @@ def _merge_into(
     batch = _probe_batch(tokenizer)
     report.probe_tokens = int(batch["attention_mask"].sum())
 
-    _log(f"loading base {base.path} ({report.parameters / 1e9:.2f}B parameters, {report.dtype})")
+    count = (
+        f"{report.parameters / 1e9:.2f}B" if report.parameters >= 1e8 else f"{report.parameters:,}"
+    )
+    _log(f"loading base {base.path} ({count} parameters, {report.dtype})")
     model = PeftModel.from_pretrained(_load_model(base.path, report.dtype), str(adapter.path))
     model.eval()
     reference = _logits(model, batch)

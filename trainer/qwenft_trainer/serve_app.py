@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -108,11 +109,20 @@ def create_app(loader: Callable[[], Engine], limits: ServerLimits | None = None)
     state = ServerState(limits or ServerLimits())
 
     def load() -> None:
+        started = time.monotonic()
         try:
-            state.engine = loader()
+            engine = loader()
         except Exception as err:  # surfaced by /readyz and /healthz, and in the log
             state.load_error = f"{type(err).__name__}: {err}"
+            print(f"[serve] loading the model failed: {state.load_error}", file=sys.stderr)
             raise
+        state.engine = engine
+        print(
+            f"[serve] ready in {time.monotonic() - started:.1f}s: serving "
+            f"{', '.join(engine.model_names)} (context {engine.context_length} tokens)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,0 +1,190 @@
+"""``qwenft run MANIFEST --local``: a whole QwenFineTune on this machine, no cluster.
+
+The same manifest a user would ``kubectl apply`` goes through the same phases as in the
+cluster, as local processes built from the same builders: the validator's, trainer's,
+merge's and server's command lines come from ``qwenft_operator.builders`` and the trainer
+config from ``build_train_config``, so a local run tests what the cluster will run.
+
+    Validating  qwenft data validate (the dataset and its token counts)
+    Training    qwenft_trainer.train, under torchrun when more than one process is asked for
+    Merging     qwenft merge (when spec.merge.enabled)
+    Deploying   qwenft serve on a free loopback port, until /readyz answers
+    Ready       the spec's evaluationPrompts (or a greeting) sent to the endpoint
+
+A ``model.path`` named ``tiny-qwen`` that does not exist yet is built first (the tiny
+Qwen2 model of ``qwenft tiny-model``), which is what makes the quickstart self-contained:
+
+    qwenft run examples/quickstart-local.yaml --local
+    qwenft run examples/quickstart-local.yaml --local --keep-serving   # then chat with it
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from qwenft_operator import local_procs as procs
+from qwenft_operator.builders.config import build_train_config
+from qwenft_operator.builders.merge import build_merge_args
+from qwenft_operator.builders.serving import build_builtin_args, build_serve_target, needs_merge
+from qwenft_operator.builders.validation import build_validation_args
+from qwenft_operator.phases import Phase
+from qwenft_operator.runs import Run
+from qwenft_operator.spec import ManifestError, load_manifest
+
+TINY_MODEL_NAME = "tiny-qwen"
+DEFAULT_PROMPT = "Hello! What can you help me with?"
+
+
+class LocalRunError(RuntimeError):
+    """A phase failed; the message says which and why."""
+
+
+def phase(name: Phase, detail: str = "") -> None:
+    print(f"\n==> {name.value}{': ' + detail if detail else ''}", flush=True)
+
+
+def local_problems(run: Run) -> list[str]:
+    """Spec settings that only make sense in a cluster."""
+    spec, problems = run.spec, []
+    if spec.model.pvc is not None:
+        problems.append("spec.model.pvc: a claim exists only in a cluster; use model.path")
+    data = spec.dataset
+    if data.path is None:
+        problems.append(
+            "spec.dataset: only dataset.path works locally (not a claim, ConfigMap or URL)"
+        )
+    if spec.output.path is None:
+        problems.append("spec.output: set output.path to a local directory")
+    if spec.resources.nodes != 1:
+        problems.append(f"spec.resources.nodes is {spec.resources.nodes}; a local run has 1 node")
+    return problems
+
+
+def ensure_model(run: Run) -> None:
+    path = run.spec.model.path
+    if path is None or Path(path).exists():
+        return
+    if Path(path).name != TINY_MODEL_NAME:
+        raise LocalRunError(f"spec.model.path {path} does not exist")
+    print(f"building the tiny Qwen2 model in {path} (first use)", flush=True)
+    procs.run_step(procs.qwenft_command(["qwenft", "tiny-model", path]), "building the tiny model")
+
+
+def train(run: Run, output: Path) -> None:
+    config = build_train_config(run).model_copy(
+        update={"metrics_port": 0, "termination_log": str(output / "termination-log")}
+    )
+    from qwenft_trainer.config import dump_config
+
+    config_file = output / "train.yaml"
+    config_file.write_text(dump_config(config), encoding="utf-8")
+    nproc = max(run.spec.resources.gpus_per_node, 1)
+    trainer = ["-m", "qwenft_trainer.train", "--config", str(config_file)]
+    if nproc > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+        command = [sys.executable, *launcher, *trainer]
+    else:
+        command = [sys.executable, *trainer]
+    print(f"{nproc} process(es); config {config_file}; log {output / 'logs' / 'train.log'}")
+    procs.run_training(command, log=output / "logs" / "train.log")
+
+
+def serve_and_ask(run: Run, output: Path, *, port: int | None, keep_serving: bool) -> None:
+    args = build_builtin_args(run, build_serve_target(run))
+    server = procs.start_server(
+        procs.qwenft_command(args), log=output / "logs" / "serve.log", port=port
+    )
+    try:
+        print(f"endpoint {server.url}/v1 (model '{run.served_model_name}')", flush=True)
+        phase(Phase.READY, f"{server.url}/v1")
+        prompts = run.spec.evaluation_prompts or []
+        asks = [(p.prompt, p.max_tokens, p.expect_contains) for p in prompts] or [
+            (DEFAULT_PROMPT, 32, None)
+        ]
+        for prompt, max_tokens, expect in asks:
+            answer = procs.chat(server.url, run.served_model_name, prompt, max_tokens)
+            print(f"  user:      {prompt}\n  assistant: {answer!r}", flush=True)
+            if expect is not None and expect not in answer:
+                print(f"  (expected the answer to contain {expect!r})")
+        if keep_serving:
+            print(
+                f"\nserving until Ctrl-C; try:\n  curl {server.url}/v1/chat/completions "
+                f"-H 'content-type: application/json' -d '{{\"model\": "
+                f'"{run.served_model_name}", "messages": [{{"role": "user", '
+                f'"content": "Hello"}}]}}\'',
+                flush=True,
+            )
+            server.wait()
+    finally:
+        server.stop()
+
+
+def run_local(manifest: Path, *, port: int | None = None, keep_serving: bool = False) -> Run:
+    """Run every phase of ``manifest``; raises :class:`LocalRunError` when one fails."""
+    resource = load_manifest(manifest)
+    run = Run(name=resource.metadata.name, namespace="local", uid="local", spec=resource.spec)
+    problems = local_problems(run)
+    if problems:
+        raise LocalRunError("this manifest can't run locally:\n  " + "\n  ".join(problems))
+    spec = run.spec
+    assert spec.output.path is not None
+    output = Path(spec.output.path)
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+
+    phase(Phase.VALIDATING, f"{spec.dataset.path} with the tokenizer of {spec.model.path}")
+    ensure_model(run)
+    procs.run_step(procs.qwenft_command(build_validation_args(run)), "dataset validation")
+
+    phase(Phase.TRAINING, f"{spec.method}, {spec.training.max_steps} steps -> {output}")
+    train(run, output)
+
+    if needs_merge(run):
+        phase(Phase.MERGING, f"{output} -> {output / 'merged'}")
+        procs.run_step(procs.qwenft_command(build_merge_args(run)), "merge")
+
+    if not spec.inference.enabled:
+        phase(Phase.SUCCEEDED, f"outputs in {output}")
+        return run
+    if spec.inference.engine != "builtin":
+        print(
+            f"inference.engine {spec.inference.engine} runs in the cluster; serving locally "
+            "with the built-in server instead"
+        )
+    phase(Phase.DEPLOYING, "qwenft serve")
+    serve_and_ask(run, output, port=port, keep_serving=keep_serving)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qwenft run", description=__doc__.splitlines()[0])
+    parser.add_argument("manifest", type=Path, help="QwenFineTune YAML file")
+    parser.add_argument("--local", action="store_true", help="run here, without a cluster")
+    parser.add_argument("--port", type=int, help="server port (default: a free one)")
+    parser.add_argument(
+        "--keep-serving", action="store_true", help="keep the server up after the sample chat"
+    )
+    args = parser.parse_args(argv)
+    if not args.local:
+        print(
+            "qwenft run needs --local; to run in a cluster, kubectl apply -f the manifest",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.monotonic()
+    try:
+        run = run_local(args.manifest, port=args.port, keep_serving=args.keep_serving)
+    except (ManifestError, LocalRunError, procs.StepError) as err:
+        print(f"\n==> {Phase.FAILED.value}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(f"\nrun '{run.name}' done in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

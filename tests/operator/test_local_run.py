@@ -1,0 +1,93 @@
+"""``qwenft run MANIFEST --local`` (qwenft_operator.local).
+
+Covers: the shipped examples/quickstart-local.yaml end to end on the CPU (tiny model built
+on first use, validation, training with checkpoints, merge with a passing verification,
+the server answering the evaluation prompt), with the phases printed in order; manifests
+that can't run locally (a claim, several nodes) refused with the field named; ``qwenft run``
+without ``--local`` refused; builder command lines turned into local commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from qwenft_operator import local_procs
+from qwenft_operator.local import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "examples" / "quickstart-local.yaml"
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
+    # The manifest's relative paths resolve from the working directory, as from the repo root.
+    (tmp_path / "trainer").symlink_to(REPO / "trainer")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "qwenft_operator.cli", "run", str(QUICKSTART), "--local"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = result.stdout
+    phases = [line.split(":")[0] for line in out.splitlines() if line.startswith("==> ")]
+    assert phases == ["==> Validating", "==> Training", "==> Merging", "==> Deploying", "==> Ready"]
+    assert "54 dialogues" in out
+    assert "building the tiny Qwen2 model" in out
+    assert "user:      Hello! What can you help me with?" in out
+    assert "assistant: " in out
+
+    manifest = yaml.safe_load(QUICKSTART.read_text())
+    output = tmp_path / manifest["spec"]["output"]["path"]
+    assert (output / "adapter_config.json").is_file()
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["steps"] == manifest["spec"]["training"]["maxSteps"]
+    report = json.loads((output / "merged" / "merge_report.json").read_text())
+    assert report["passed"] is True
+    assert (output / "logs" / "train.log").stat().st_size > 0
+    assert "ready in" in (output / "logs" / "serve.log").read_text()
+
+
+def _manifest(tmp_path: Path, **spec_changes: object) -> Path:
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["spec"].update(spec_changes)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cluster_only_settings_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _manifest(
+        tmp_path,
+        model={"pvc": {"claimName": "models", "path": "qwen"}},
+        resources={"nodes": 2, "gpusPerNode": 1},
+    )
+    assert main([str(manifest), "--local"]) == 1
+    err = capsys.readouterr().err
+    assert "==> Failed" in err
+    assert "spec.model.pvc" in err
+    assert "spec.resources.nodes is 2" in err
+
+
+def test_invalid_manifest_and_missing_local_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(QUICKSTART)]) == 2
+    assert "needs --local" in capsys.readouterr().err
+    bad = _manifest(tmp_path, method="dpo")
+    assert main([str(bad), "--local"]) == 1
+    assert "method" in capsys.readouterr().err
+
+
+def test_builder_command_lines_run_with_this_python() -> None:
+    command = local_procs.qwenft_command(["qwenft", "merge", "--adapter", "a"])
+    assert command == [sys.executable, "-m", "qwenft_operator.cli", "merge", "--adapter", "a"]
+    with pytest.raises(ValueError):
+        local_procs.qwenft_command(["vllm", "serve"])
