@@ -4,7 +4,8 @@ Covers: checkpoints listed by step (not by name order); a half-written checkpoin
 marker) never chosen for resuming even when it is the newest; the marker written
 atomically; the prune plan keeping the newest K complete ones, dropping stale partials
 and leaving a partial newer than every complete one alone; the Trainer callback marking
-and pruning on save; ``remove_incomplete`` at start.
+and pruning on save; ``remove_incomplete`` at start; a checkpoint at the last planned
+step recognised as final and its model files exported without the training state.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from qwenft_trainer.checkpoints import (
     Checkpoint,
     CheckpointCallback,
     build_prune_plan,
+    export_final,
+    is_final,
     list_checkpoints,
     mark_complete,
     newest_complete,
@@ -102,3 +105,20 @@ def test_callback_on_other_ranks_writes_nothing(tmp_path: Path) -> None:
     state = SimpleNamespace(global_step=5, is_world_process_zero=False)
     callback.on_save(SimpleNamespace(output_dir=str(tmp_path)), state, SimpleNamespace())  # type: ignore[arg-type]
     assert not (tmp_path / "checkpoint-5" / MARKER).exists()
+
+
+def test_final_checkpoint_detected_and_exported_without_training_state(tmp_path: Path) -> None:
+    path = make(tmp_path, 10, complete=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 10, "max_steps": 10}))
+    (path / "optimizer.pt").write_bytes(b"o")
+    (path / "rng_state_1.pth").write_bytes(b"r")
+    (path / "global_step10").mkdir()
+    middle = make(tmp_path, 5, complete=True)
+    (middle / "trainer_state.json").write_text(json.dumps({"global_step": 5, "max_steps": 10}))
+    final, earlier = newest_complete(tmp_path), list_checkpoints(tmp_path)[0]
+    assert final is not None and is_final(final, -1) and not is_final(earlier, -1)
+    assert is_final(final, 10) and not is_final(final, 12)  # max_steps raised: train on
+    out = tmp_path / "out"
+    out.mkdir()
+    copied = export_final(final, out)
+    assert sorted(p.name for p in copied) == ["adapter_model.safetensors"]

@@ -154,3 +154,40 @@ def poll(condition: Callable[[], Any], *, timeout: float, what: str, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class InProcessRun:
+    """``qwenft_trainer.train.main`` run in this process, keeping the trained model object.
+
+    ``initial`` holds every parameter as it was right after the model was prepared for its
+    method (adapters added, nothing trained yet), so a test can tell what training moved.
+    """
+
+    def __init__(self, config: Path, *argv: str) -> None:
+        import contextlib
+        import io
+
+        import pytest
+        from qwenft_trainer import session
+
+        self.model: Any = None
+        self.initial: dict[str, Any] = {}
+        prepare = session.prepare_model
+
+        def recording_prepare(model: Any, cfg: Any) -> Any:
+            prepared = prepare(model, cfg)
+            self.model = prepared
+            self.initial = {name: p.detach().clone() for name, p in prepared.named_parameters()}
+            return prepared
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(session, "prepare_model", recording_prepare)
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                from qwenft_trainer.train import main
+
+                self.code = main(["--config", str(config), *argv])
+        self.stdout, self.stderr = stdout.getvalue(), stderr.getvalue()
+
+    def losses(self) -> list[float]:
+        return [float(e["loss"]) for e in events(self.stdout, "train_log")]

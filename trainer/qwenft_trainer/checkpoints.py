@@ -128,6 +128,49 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
     return removed
 
 
+# Files of a checkpoint that only matter for continuing training, not for the result.
+TRAINING_STATE_FILES = (
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "trainer_state.json",
+    "latest",
+    "zero_to_fp32.py",
+    MARKER,
+)
+TRAINER_STATE = "trainer_state.json"
+
+
+def is_final(checkpoint: Checkpoint, max_steps: int) -> bool:
+    """True when the checkpoint already holds the last step the run plans.
+
+    ``max_steps`` is the configured step count (-1: the epochs decide, as planned when
+    the checkpoint was written). Resuming the Trainer from a final checkpoint would run
+    one step past the end, so a restarted run exports it instead of training again.
+    """
+    try:
+        state = json.loads((checkpoint.path / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    planned = max_steps if max_steps > 0 else int(state.get("max_steps") or 0)
+    return planned > 0 and int(state.get("global_step") or 0) >= planned
+
+
+def export_final(checkpoint: Checkpoint, output_dir: str | Path) -> list[Path]:
+    """Copy the model files (adapter or weights, tokenizer) of a checkpoint to ``output_dir``."""
+    copied: list[Path] = []
+    for item in checkpoint.path.iterdir():
+        skip = item.name in TRAINING_STATE_FILES or item.name.startswith(
+            ("rng_state", "global_step")
+        )
+        if skip or not item.is_file():
+            continue
+        target = Path(output_dir) / item.name
+        shutil.copy2(item, target)
+        copied.append(target)
+    return copied
+
+
 def _barrier() -> None:
     import torch.distributed as dist
 

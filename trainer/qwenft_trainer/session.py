@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenft_trainer import checkpoints, distributed
@@ -95,7 +96,7 @@ def _build_trainer(
     cuda: bool,
     telemetry: TelemetryCallback,
 ) -> Trainer:
-    from transformers import PrinterCallback, ProgressCallback, Trainer
+    from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
     from qwenft_trainer.packing import configure_model_for_packing
     from qwenft_trainer.train import build_collator
@@ -109,6 +110,9 @@ def _build_trainer(
         world_size=env.world_size,
     )
     _ = args.device  # sets up the accelerator state before the model is built
+    # Seed before the adapters are created: their initialisation must not depend on
+    # whatever ran first, or a rerun (and every rank under ZeRO-3) starts elsewhere.
+    set_seed(config.training.seed)
     model = load_model(config, device=distributed.device_of(env, cuda=cuda))
     if config.training.packing:
         configure_model_for_packing(model)
@@ -160,15 +164,24 @@ def run_training(
         trainer = _build_trainer(
             config, env, tokenizer, train_items, eval_items, cuda=cuda, telemetry=telemetry
         )
-        resume = os.path.join(config.output_dir, f"{checkpoints.PREFIX}{resumed_from}")
+        resume = checkpoints.Checkpoint(
+            Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
+        )
         train_start = time.time()
-        trainer.train(resume_from_checkpoint=resume if resumed_from else None)
-        wall = time.time() - train_start
         eval_loss = telemetry.last_eval_loss
-        if eval_items is not None:
-            eval_loss = float(trainer.evaluate()["eval_loss"])
-        trainer.save_model(config.output_dir)
+        if resumed_from and checkpoints.is_final(resume, config.training.max_steps):
+            _export_finished(trainer, resume, config, env)
+        else:
+            trainer.train(resume_from_checkpoint=str(resume.path) if resumed_from else None)
+            if eval_items is not None:
+                eval_loss = float(trainer.evaluate()["eval_loss"])
+            trainer.save_model(config.output_dir)
+        wall = time.time() - train_start
         summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss)
+        # Every rank says where it stopped: ranks that disagree show up in the logs.
+        emit(
+            build_log_record("rank_end", rank=env.rank, step=summary.steps, loss=summary.train_loss)
+        )
         if env.is_main:
             tokenizer.save_pretrained(config.output_dir)
             write_summary(config.output_dir, summary)
@@ -185,6 +198,19 @@ def run_training(
     return 0
 
 
+def _export_finished(
+    trainer: Trainer, final: checkpoints.Checkpoint, config: TrainConfig, env: DistributedEnv
+) -> None:
+    """The run already reached its last step before a restart: publish that checkpoint."""
+    from transformers import TrainerState
+
+    log.info("training already finished at step %d; exporting %s", final.step, final.path)
+    trainer.state = TrainerState.load_from_json(str(final.path / checkpoints.TRAINER_STATE))
+    if env.is_main:
+        checkpoints.export_final(final, config.output_dir)
+    distributed.barrier()
+
+
 def _summarise(
     config: TrainConfig,
     env: DistributedEnv,
@@ -195,7 +221,8 @@ def _summarise(
 ) -> TrainSummary:
     state = trainer.state
     tokens = int(state.num_input_tokens_seen or 0)
-    session_tokens = tokens - int(getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0)
+    # tokens of this session only (none when a finished run was just exported)
+    session_tokens = tokens - int(getattr(trainer, "_initial_num_input_tokens_seen", tokens) or 0)
     history: list[dict[str, Any]] = state.log_history
     return TrainSummary(
         run_name=config.run_name,
