@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 HACK = Path(__file__).resolve().parents[2] / "hack"
 sys.path.insert(0, str(HACK))
@@ -84,21 +86,16 @@ def kubeconfig_path(cluster: ControlPlane) -> Path:
 
 
 @pytest.fixture(scope="session")
-def kube_client(cluster: ControlPlane) -> Iterator[object]:
+def kube_client(cluster: ControlPlane) -> Iterator[client.ApiClient]:
     """A `kubernetes.client.ApiClient` logged in as cluster admin."""
-    from kubernetes import config
-
-    client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    yield client
-    client.close()
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api
+    api.close()
 
 
 @pytest.fixture
-def e2e_namespace(kube_client: object) -> Iterator[str]:
+def e2e_namespace(kube_client: client.ApiClient) -> Iterator[str]:
     """A new namespace, usable at once (its `default` service account exists)."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
     core = client.CoreV1Api(kube_client)
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
