@@ -19,7 +19,8 @@ import re
 import subprocess
 from pathlib import Path
 
-REPLACE_LOCAL = re.compile(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+(\.\.?/\S*)\s*$", re.M)
+# `[replace] module [version] => ./local/path`, alone or inside a replace ( ... ) block
+REPLACE_LOCAL = re.compile(r"^\s*(?:replace\s+)?(\S+)(?:\s+v\S+)?\s+=>\s+(\.\.?/\S*)\s*$", re.M)
 GO_LINE = re.compile(r"^(go|godebug)\s+.*$", re.M)
 
 
