@@ -66,7 +66,7 @@ build_kubernetes() {
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  log "building ${stale[*]} $K8S_VERSION (first build on 2 cores: ~30 min)"
+  log "building ${stale[*]} $K8S_VERSION (the first time: about 20 min on 2 cores)"
   local out; out=$(mktemp -d)
   (cd "$dir" && run nice -n 10 go build -ldflags "$ldflags" -o "$out/" \
     "${stale[@]/#/k8s.io/kubernetes/cmd/}")
