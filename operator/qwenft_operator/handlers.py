@@ -93,6 +93,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         for resource in CHILD_RESOURCES:
             settings.watching.label_selectors[resource] = labels.MANAGED_SELECTOR
         operator_settings: OperatorSettings = memo["settings"]
+        if operator_settings.namespaces:
+            # Exact namespaces need no namespace list/watch (which the chart's namespaced
+            # RBAC does not grant); resources are then discovered once at start.
+            settings.scanning.disabled = True
         metrics = OperatorMetrics()
         memo["metrics_server"] = metrics.serve(operator_settings.metrics_port)
         memo["runner"] = Runner(kube.Clients.connect(), operator_settings, metrics)
