@@ -44,23 +44,23 @@ from qwenft_trainer.merge_checks import (
 
 DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-# Max |merged - (base + adapter)| allowed, relative to the largest reference logit.
-# Merging rounds W + BA once to the output dtype; the unmerged path rounds twice.
-RELATIVE_TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 4e-2}
+# Max |merged - (base + adapter)| allowed, relative to the largest reference logit. Both
+# sides round differently (W + BA rounded once to the output dtype; base and adapter
+# outputs rounded separately), so half precision needs room: bf16 keeps 8 mantissa bits,
+# fp16 11. A merge that drops or mis-scales the adapter differs by the adapter's whole
+# effect on the logits (reported as adapter_effect), which is far larger on a trained one.
+RELATIVE_TOLERANCE = {"float32": 1e-4, "float16": 3e-2, "bfloat16": 8e-2}
 RESERVE_ENV = "QWENFT_MERGE_RESERVE_BYTES"
 REPORT_NAME = "merge_report.json"
 
+# Short on purpose: on CPUs without native bf16 matmuls (AVX2) a 72B forward pass runs at a
+# few GFLOP/s, and verification makes three passes over these tokens.
 PROBE_DIALOGUES = [
-    [{"role": "user", "content": "What is the capital of France?"}],
     [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "请用一句话解释什么是微调。"},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
     ],
-    [
-        {"role": "user", "content": "Write a Python function that adds two numbers."},
-        {"role": "assistant", "content": "def add(a, b):\n    return a + b"},
-        {"role": "user", "content": "Thank you very much."},
-    ],
+    [{"role": "user", "content": "请用一句话解释什么是微调。def add(a, b): return a + b"}],
 ]
 
 
