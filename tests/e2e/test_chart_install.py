@@ -18,28 +18,30 @@ Covers:
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
+from chartkit import (
+    CHART,
+    CRD_NAME,
+    RESTRICTED,
+    fullname,
+    helm_install,
+    helm_uninstall,
+    ok,
+    release_name,
+    run,
+)
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
-CHART = Path(__file__).resolve().parents[2] / "charts" / "qwenft-operator"
-CRD_NAME = "qwenfinetunes.finetune.qwenft.io"
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-    "pod-security.kubernetes.io/warn": "restricted",
-}
 
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
@@ -52,17 +54,6 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.25)
-
-
-def run(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run helm/kubectl (on PATH via the `cluster` fixture) without raising."""
-    return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=180)
-
-
-def ok(*argv: str, stdin: str | None = None) -> str:
-    done = run(*argv, stdin=stdin)
-    assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 @pytest.fixture
@@ -80,16 +71,10 @@ def release(
     cluster: Any, restricted_namespace: str, e2e_namespace: str
 ) -> Iterator[tuple[str, str, str]]:
     """(release, operator namespace, watched namespace) of an installed chart."""
-    name = f"qwenft-{uuid.uuid4().hex[:6]}"
-    # --take-ownership: other e2e tests may have applied the same CRD already.
-    ok(
-        "helm", "install", name, str(CHART),
-        "--namespace", restricted_namespace,
-        "--set", f"operator.watchNamespaces={{{e2e_namespace}}}",
-        "--take-ownership",
-    )  # fmt: skip
+    name = release_name()
+    helm_install(name, restricted_namespace, [e2e_namespace])
     yield name, restricted_namespace, e2e_namespace
-    run("helm", "uninstall", name, "--namespace", restricted_namespace, "--wait")
+    helm_uninstall(name, restricted_namespace)
 
 
 def test_restricted_namespace_rejects_a_privileged_pod(restricted_namespace: str) -> None:
@@ -124,21 +109,21 @@ def test_install_creates_the_operator_objects(
         )
 
     wait_until("the QwenFineTune CRD to be Established", established)
-    fullname = f"{name}-qwenft-operator"
+    objects = fullname(name)
     apps = client.AppsV1Api(kube_client)
     core = client.CoreV1Api(kube_client)
     rbac = client.RbacAuthorizationV1Api(kube_client)
-    deployment = apps.read_namespaced_deployment(fullname, namespace)
+    deployment = apps.read_namespaced_deployment(objects, namespace)
     assert deployment.spec.replicas == 1
     assert deployment.spec.strategy.type == "Recreate"
-    assert core.read_namespaced_service(fullname, namespace).spec.ports[0].name == "metrics"
-    core.read_namespaced_service_account(fullname, namespace)
-    role = rbac.read_namespaced_role(fullname, watched)
+    assert core.read_namespaced_service(objects, namespace).spec.ports[0].name == "metrics"
+    core.read_namespaced_service_account(objects, namespace)
+    role = rbac.read_namespaced_role(objects, watched)
     assert {r.resources[0] for r in role.rules} >= {"qwenfinetunes", "jobs", "secrets"}
-    rbac.read_namespaced_role_binding(fullname, watched)
-    rbac.read_cluster_role(f"{fullname}-crd-reader")
+    rbac.read_namespaced_role_binding(objects, watched)
+    rbac.read_cluster_role(f"{objects}-crd-reader")
     with pytest.raises(ApiException) as err:
-        rbac.read_cluster_role(fullname)  # namespaced mode: no broad ClusterRole
+        rbac.read_cluster_role(objects)  # namespaced mode: no broad ClusterRole
     assert err.value.status == 404
 
     selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=operator"
@@ -195,7 +180,7 @@ def _can_i(sa: str, verb: str, resource: str, namespace: str | None) -> bool:
 
 def test_service_account_has_least_privilege(release: tuple[str, str, str]) -> None:
     name, namespace, watched = release
-    sa = f"system:serviceaccount:{namespace}:{name}-qwenft-operator"
+    sa = f"system:serviceaccount:{namespace}:{fullname(name)}"
     for verb, resource in ALLOWED_IN_WATCHED:
         assert _can_i(sa, verb, resource, watched), f"cannot {verb} {resource} in {watched}"
     for verb, resource in DENIED_IN_WATCHED:
@@ -208,13 +193,10 @@ def test_service_account_has_least_privilege(release: tuple[str, str, str]) -> N
 
 
 def test_cluster_wide_mode_grants_no_secret_access(restricted_namespace: str) -> None:
-    name = f"qwenft-{uuid.uuid4().hex[:6]}"
-    ok(
-        "helm", "install", name, str(CHART), "--namespace", restricted_namespace,
-        "--take-ownership",
-    )  # fmt: skip
+    name = release_name()
+    helm_install(name, restricted_namespace, [])
     try:
-        sa = f"system:serviceaccount:{restricted_namespace}:{name}-qwenft-operator"
+        sa = f"system:serviceaccount:{restricted_namespace}:{fullname(name)}"
         for verb, resource in [a for a in ALLOWED_IN_WATCHED if a[1] != "secrets"]:
             assert _can_i(sa, verb, resource, None), f"cannot {verb} {resource} cluster-wide"
         assert _can_i(sa, "watch", "namespaces", None)
@@ -223,20 +205,17 @@ def test_cluster_wide_mode_grants_no_secret_access(restricted_namespace: str) ->
         for verb, resource in DENIED_IN_WATCHED:
             assert not _can_i(sa, verb, resource, None), f"may {verb} {resource} cluster-wide"
     finally:
-        run("helm", "uninstall", name, "--namespace", restricted_namespace, "--wait")
+        helm_uninstall(name, restricted_namespace)
 
 
 def test_uninstall_keeps_the_crd(
     kube_client: Any, restricted_namespace: str, e2e_namespace: str
 ) -> None:
-    name = f"qwenft-{uuid.uuid4().hex[:6]}"
-    ok(
-        "helm", "install", name, str(CHART), "--namespace", restricted_namespace,
-        "--set", f"operator.watchNamespaces={{{e2e_namespace}}}", "--take-ownership",
-    )  # fmt: skip
-    ok("helm", "uninstall", name, "--namespace", restricted_namespace, "--wait")
+    name = release_name()
+    helm_install(name, restricted_namespace, [e2e_namespace])
+    helm_uninstall(name, restricted_namespace)
     apps = client.AppsV1Api(kube_client)
     with pytest.raises(ApiException) as err:
-        apps.read_namespaced_deployment(f"{name}-qwenft-operator", restricted_namespace)
+        apps.read_namespaced_deployment(fullname(name), restricted_namespace)
     assert err.value.status == 404
     client.ApiextensionsV1Api(kube_client).read_custom_resource_definition(CRD_NAME)

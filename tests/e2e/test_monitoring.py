@@ -1,20 +1,32 @@
-"""Every Grafana panel query and every alert of the chart returns data from real exporters.
+"""The chart's operator, RBAC, dashboard and alerts, proven on real processes.
 
-A real Prometheus (the Debian package) scrapes, every second, a real `qwenft train` run of
-the tiny model and a real `qwenft serve` answering chat requests. Then, at one instant while
-both are up, for every query over trainer and server series:
+One stack per module, all real: the chart installed by `helm` into a namespace that
+enforces the "restricted" Pod Security Standard, watching two namespaces; the operator
+(`python -m qwenft_operator.main`) authenticated only as the chart's ServiceAccount (a
+TokenRequest token); a real `qwenft train` of the tiny model standing in for the rank-0
+training pod (its kwok pod IP is added to the loopback interface, so the operator's progress
+reader scrapes the real trainer as it would in a cluster); a real `qwenft serve` answering
+chat requests; and a real Prometheus (the Debian package) scraping the operator, the trainer
+and the server every second.
 
+Covers:
+- with only the chart's permissions the operator drives a run to Ready, and mirrors the
+  real trainer's progress into the run's status.progress;
+- a permission missing from the Role (no Deployment create in the second namespace) stops
+  that run before serving and shows as qwenft_operator_reconcile_errors_total{reason="api403"}:
+  the RBAC check has teeth, and the alert's input signal is real;
 - every panel query of dashboards/qwenft.json, with `$run`, `$model` and
   `$__rate_interval` filled in, parses and returns at least one series (the GPU memory panel
   needs CUDA: without it the query must parse, and the test prints which ones it could not
-  prove; with a GPU it must return data);
-- every `label_values` variable finds its label;
+  prove); every `label_values` variable finds its label;
 - every alert expression of files/alerts.yaml parses, and every series it reads (each vector
   selector, with its matchers) returns at least one series: an alert's condition is false on
   a healthy run, so "returns data" is asked of its inputs, which is what breaks when a name
   or label drifts;
-- a PNG of the loss panel's data (query_range from Prometheus, matplotlib) is rendered;
-  set QWENFT_PANEL_PNG=path to keep it (the test then waits for the whole run).
+- a PNG of the loss panel's data (query_range, matplotlib) is rendered; with
+  QWENFT_PANEL_PNG=path the test lets the run reach 100 steps and keeps the picture there.
+
+Needs CAP_NET_ADMIN (root in the test container) for the loopback alias.
 """
 
 from __future__ import annotations
@@ -33,6 +45,25 @@ from typing import TypeVar
 
 import pytest
 import yaml
+from chartkit import (
+    RESTRICTED,
+    fullname,
+    helm_install,
+    helm_uninstall,
+    release_name,
+    service_account_kubeconfig,
+)
+from kubernetes import client
+from operatorkit import (
+    OperatorProcess,
+    create_run,
+    ensure_priority_classes,
+    example,
+    get_run,
+    patch_run,
+    prepare_namespace,
+    wait_phase,
+)
 from promserver import (
     ROOT,
     Prometheus,
@@ -46,11 +77,19 @@ from promserver import (
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 T = TypeVar("T")
-RUN = "monitoring-e2e"
+TRAINED = "mon-train"  # held in Training; the real trainer plays its rank-0 pod
+READY = "mon-ready"  # the happy path, start to Ready
+DENIED = "mon-denied"  # in the namespace whose Role cannot create Deployments
 MODEL = "tiny-chat"
+TRAINER_PORT = 9400  # the port the operator's progress reader scrapes on a training pod
 DATASET = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
 GPU_ONLY = re.compile(r"qwenft_train_gpu_memory_")
-EXPORTER = re.compile(r"\b(qwenft_train_|qwenft_serve_)")
+KWOK_AFTER = "qwenft.io/kwok-complete-after"
+# An API server 403 message, possibly with JSON-escaped quotes.
+FORBIDDEN = re.compile(
+    r'cannot (\w+) resource \\?"([^"\\]+)\\?"(?: in API group \\?"[^"\\]*\\?")?'
+    r'(?: in the namespace \\?"([^"\\]+)\\?")?'
+)
 
 
 def wait_until(
@@ -69,24 +108,16 @@ def wait_until(
 
 @dataclass
 class Process:
-    """A background `qwenft` command with its log file."""
+    """A background command with its log file."""
 
     popen: subprocess.Popen[bytes]
     log: Path
 
     @classmethod
-    def start(cls, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
-        return cls(
-            subprocess.Popen(
-                argv,
-                stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            ),
-            log,
-        )
+    def start(cls, argv: list[str], log: Path) -> Process:
+        return cls(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT), log)
 
-    def tail(self, lines: int = 30) -> str:
+    def tail(self, lines: int = 25) -> str:
         text = self.log.read_text(errors="replace").replace("\r", "\n")
         return f"--- {self.log.name}:\n" + "\n".join(text.splitlines()[-lines:])
 
@@ -121,27 +152,29 @@ def _chat(port: int, text: str) -> None:
         assert response.status == 200
 
 
-@dataclass
-class Exporters:
-    prometheus: Prometheus
-    trainer: Process
-    server: Process
+def _namespace(api: client.ApiClient, prefix: str, labels: dict[str, str] | None = None) -> str:
+    name = f"{prefix}-{os.urandom(3).hex()}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": name, "labels": labels or {}}})
+    return name
 
 
-@pytest.fixture(scope="module")
-def exporters(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Exporters]:
-    """Prometheus scraping a running tiny training run and a serving tiny model."""
-    work = tmp_path_factory.mktemp("monitoring")
-    train_port, serve_port = free_port(), free_port()
+def _forbid_creating_deployments(api: client.ApiClient, namespace: str, role: str) -> None:
+    """Take `create` off the Role's Deployment rule (watching them stays allowed)."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    rules = api.sanitize_for_serialization(rbac.read_namespaced_role(role, namespace).rules)
+    (rule,) = [r for r in rules if r["resources"] == ["deployments"]]
+    rule["verbs"].remove("create")
+    rbac.patch_namespaced_role(role, namespace, {"rules": rules})
+
+
+def _train_config(work: Path, model: Path) -> Path:
     config = {
-        "model": {"name_or_path": str(tiny_model_dir)},
+        "model": {"name_or_path": str(model)},
         "data": {"path": str(DATASET)},
         "method": "lora",
         "lora": {"r": 8, "alpha": 16},
         "training": {
-            "max_steps": 60,
+            "max_steps": 400,
             "per_device_batch_size": 2,
             "gradient_accumulation_steps": 1,
             "learning_rate": 0.001,
@@ -151,44 +184,177 @@ def exporters(
             "logging_steps": 1,
         },
         "evaluation": {"fraction": 0.2, "steps": 5},
-        "checkpoint": {"save_steps": 1000},
+        "checkpoint": {"save_steps": 10000},
         "output_dir": str(work / "out"),
-        "run_name": RUN,
-        "metrics_port": train_port,
+        "run_name": TRAINED,
+        "metrics_port": TRAINER_PORT,
     }
-    (work / "train.yaml").write_text(yaml.safe_dump(config))
+    path = work / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _rank_zero_ip(api: client.ApiClient, namespace: str) -> str | None:
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        namespace,
+        label_selector=f"finetune.qwenft.io/name={TRAINED},finetune.qwenft.io/component=train",
+    )
+    for pod in pods.items:
+        if pod.status.phase == "Running" and pod.status.pod_ip:
+            return str(pod.status.pod_ip)
+    return None
+
+
+@dataclass
+class Stack:
+    api: client.ApiClient
+    prometheus: Prometheus
+    operator: OperatorProcess
+    trainer: Process
+    server: Process
+    watched: str
+    broken: str
+
+    def why(self) -> str:
+        return "\n".join(
+            [
+                f"--- operator:\n{self.operator.logs()[-4000:]}",
+                self.trainer.tail(),
+                self.server.tail(),
+                f"--- prometheus:\n{self.prometheus.log_tail()}",
+            ]
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(
+    kube_client: client.ApiClient,
+    kubeconfig_path: Path,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("monitoring")
+    api = kube_client
+    system = _namespace(api, "qwenft-system", RESTRICTED)
+    watched, broken = _namespace(api, "mon-ok"), _namespace(api, "mon-broken")
+    release = release_name()
+    helm_install(release, system, [watched, broken])
+    ensure_priority_classes(api)
+    for namespace in (watched, broken):
+        prepare_namespace(api, namespace)
+    _forbid_creating_deployments(api, broken, fullname(release))
+    kubeconfig = service_account_kubeconfig(
+        kubeconfig_path, system, fullname(release), work / "sa.kubeconfig"
+    )
+    operator = OperatorProcess(kubeconfig, work, QWENFT_NAMESPACES=f"{watched},{broken}")
     qwenft = str(Path(sys.executable).parent / "qwenft")
+    serve_port = free_port()
     server = Process.start(
         [qwenft, "serve", "--model", str(tiny_model_dir), "--served-model-name", MODEL,
          "--host", "127.0.0.1", "--port", str(serve_port), "--device", "cpu"],
         work / "serve.log",
     )  # fmt: skip
-    trainer = Process.start(
-        [qwenft, "train", "--config", str(work / "train.yaml")], work / "train.log"
-    )
-    prometheus = Prometheus.start(
-        work, {"train": f"127.0.0.1:{train_port}", "serve": f"127.0.0.1:{serve_port}"}
-    )
+    trainer: Process | None = None
+    alias: str | None = None
+    prometheus: Prometheus | None = None
     try:
+        operator.start()
+        # The run the real trainer stands in for: its training pod stays Running for an hour.
+        body = example("lora-single-gpu")
+        body["metadata"]["name"] = TRAINED
+        body["spec"]["suspend"] = True
+        create_run(api, watched, body)
+        wait_phase(api, watched, TRAINED, "Suspended", timeout=60)
+        client.BatchV1Api(api).patch_namespaced_job(
+            f"{TRAINED}-train",
+            watched,
+            {"spec": {"template": {"metadata": {"annotations": {KWOK_AFTER: "1h"}}}}},
+        )
+        patch_run(api, watched, TRAINED, {"spec": {"suspend": False}})
+        pod_ip = wait_until(
+            "the rank-0 training pod to run", lambda: _rank_zero_ip(api, watched), 60, operator.logs
+        )
+        added = subprocess.run(
+            ["ip", "addr", "add", f"{pod_ip}/32", "dev", "lo"], capture_output=True, text=True
+        )
+        if added.returncode != 0:
+            pytest.fail(
+                f"cannot alias the training pod IP on lo (needs CAP_NET_ADMIN): {added.stderr}"
+            )
+        alias = pod_ip
+        trainer = Process.start(
+            [qwenft, "train", "--config", str(_train_config(work, tiny_model_dir))],
+            work / "train.log",
+        )
+        prometheus = Prometheus.start(
+            work,
+            {
+                "qwenft-operator": f"127.0.0.1:{operator.metrics_port}",
+                "train": f"{pod_ip}:{TRAINER_PORT}",
+                "serve": f"127.0.0.1:{serve_port}",
+            },
+        )
+        for namespace, name in ((watched, READY), (broken, DENIED)):
+            body = example("lora-single-gpu")
+            body["metadata"]["name"] = name
+            create_run(api, namespace, body)
         wait_until(
             "the inference server to load the model",
             lambda: _http_ok(f"http://127.0.0.1:{serve_port}/readyz"),
-            timeout=180,
-            why=server.tail,
+            180,
+            server.tail,
         )
         for text in ("Hello!", "What is LoRA?", "Say something short."):
             _chat(serve_port, text)
-        yield Exporters(prometheus, trainer, server)
+        yield Stack(api, prometheus, operator, trainer, server, watched, broken)
+    except GeneratorExit:
+        raise
+    except BaseException:  # pytest.fail included: show what the processes said
+        print(f"--- operator:\n{operator.logs()}\n{server.tail()}")
+        if trainer is not None:
+            print(trainer.tail())
+        raise
     finally:
         for process in (trainer, server):
-            process.stop()
-        prometheus.stop()
+            if process is not None:
+                process.stop()
+        operator.stop()
+        if prometheus is not None:
+            prometheus.stop()
+        if alias is not None:
+            subprocess.run(["ip", "addr", "del", f"{alias}/32", "dev", "lo"], check=False)
+        helm_uninstall(release, system)
+        core = client.CoreV1Api(api)
+        for namespace in (watched, broken, system):
+            core.delete_namespace(namespace)
 
 
-def _why(exp: Exporters) -> Callable[[], str]:
-    return lambda: "\n".join(
-        [exp.trainer.tail(), exp.server.tail(), f"--- prometheus:\n{exp.prometheus.log_tail()}"]
-    )
+def test_operator_with_chart_permissions_reaches_ready(stack: Stack) -> None:
+    ready = wait_phase(stack.api, stack.watched, READY, "Ready", timeout=180)
+    assert ready["status"]["endpoint"]["url"].startswith(f"http://{READY}-serve.")
+    # The API server names every denial: `cannot VERB resource "R" ... in the namespace "NS"`.
+    # The only one allowed is the permission the test took away.
+    denied = {(v, r, ns) for v, r, ns in FORBIDDEN.findall(stack.operator.logs())}
+    assert denied <= {("create", "deployments", stack.broken)}, denied
+
+
+def test_real_trainer_progress_reaches_the_status(stack: Stack) -> None:
+    def progressed() -> dict[str, object] | None:
+        progress = (get_run(stack.api, stack.watched, TRAINED).get("status") or {}).get("progress")
+        return progress if progress and progress.get("step", 0) >= 2 else None
+
+    progress = wait_until("status.progress from the real trainer", progressed, 240, stack.why)
+    assert progress["totalSteps"] == 400
+    assert 0 < float(str(progress["loss"])) < 20
+
+
+def test_missing_permission_is_a_reconcile_error(stack: Stack) -> None:
+    prom = stack.prometheus
+    errors = 'qwenft_operator_reconcile_errors_total{job="qwenft-operator", reason="api403"}'
+    wait_until("a 403 reconcile error in Prometheus", lambda: prom.series(errors), 240, stack.why)
+    phase = (get_run(stack.api, stack.broken, DENIED).get("status") or {}).get("phase")
+    assert phase not in {"Ready", "Succeeded"}
+    assert client.AppsV1Api(stack.api).list_namespaced_deployment(stack.broken).items == []
 
 
 def _assert_data(prom: Prometheus, exprs: list[str], at: float) -> list[str]:
@@ -211,36 +377,27 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _exporter_side(expr: str) -> bool:
-    return bool(EXPORTER.search(expr))
-
-
-def test_exporter_queries_return_data(exporters: Exporters, tmp_path: Path) -> None:
-    prom = exporters.prometheus
-    why = _why(exporters)
-    # Ready when an evaluation has run and both counters have two samples in the window.
+def test_every_dashboard_and_alert_query_returns_data(stack: Stack, tmp_path: Path) -> None:
+    prom = stack.prometheus
     ready = [
-        f'qwenft_train_eval_loss{{run="{RUN}"}} > 0',
-        f'count_over_time(qwenft_train_step{{run="{RUN}"}}[30s]) > 3',
+        f'qwenft_train_eval_loss{{run="{TRAINED}"}} > 0',
+        f'qwenft_operator_run_step{{run="{TRAINED}"}} > 0',
+        'qwenft_operator_reconcile_errors_total{reason="api403"}',
         f'count_over_time(qwenft_serve_requests_total{{model="{MODEL}"}}[30s]) > 3',
+        "count_over_time(qwenft_operator_reconcile_duration_seconds_count[30s]) > 3",
     ]
     wait_until(
-        "Prometheus to hold training (with an evaluation) and serving data",
+        "Prometheus to hold operator, training (with an evaluation) and serving data",
         lambda: all(prom.series(q) for q in ready),
         timeout=300,
-        why=why,
+        why=stack.why,
     )
-    assert exporters.trainer.popen.poll() is None, "training ended before the checks:\n" + why()
+    assert stack.trainer.popen.poll() is None, "training ended before the checks\n" + stack.why()
     at = time.time()
-    dashboard = [q for q in dashboard_queries(RUN, MODEL) if _exporter_side(q)]
-    assert len(dashboard) >= 10
-    unproven = _assert_data(prom, dashboard, at)
+    unproven = _assert_data(prom, dashboard_queries(TRAINED, MODEL), at)
     for query in variable_metrics():
-        if _exporter_side(query):
-            assert prom.series(query, at), f"dashboard variable source {query!r} has no data"
+        assert prom.series(query, at), f"dashboard variable source {query!r} has no data"
     for name, expr in alert_rules().items():
-        if not _exporter_side(expr):
-            continue
         prom.series(expr, at)  # the whole condition parses and evaluates
         inputs = selectors(expr)
         assert inputs, f"{name}: no series found in {expr!r}"
@@ -249,8 +406,9 @@ def test_exporter_queries_return_data(exporters: Exporters, tmp_path: Path) -> N
     if unproven:
         print(f"needs CUDA to return data (parsed only): {sorted(set(unproven))}")
     keep = os.environ.get("QWENFT_PANEL_PNG")
-    if keep:  # the whole run, for the README's picture
-        wait_until("training to finish", lambda: exporters.trainer.popen.poll() == 0, 900, why)
+    if keep:  # the README's picture: let the curve grow for a while first
+        step = f'qwenft_train_step{{run="{TRAINED}"}} >= 100'
+        wait_until("100 training steps", lambda: prom.series(step), 900, stack.why)
         _plot_loss(prom, time.time(), Path(keep))
     else:
         _plot_loss(prom, at, tmp_path / "loss.png")
@@ -263,15 +421,15 @@ def _plot_loss(prom: Prometheus, at: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    loss, eval_loss = [q for q in dashboard_queries(RUN, MODEL) if "_loss{" in q]
+    loss, eval_loss = [q for q in dashboard_queries(TRAINED, MODEL) if "_loss{" in q]
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
     for expr, label in ((loss, "train"), (eval_loss, "eval")):
-        for series in prom.query_range(expr, at - 600, at, step=1):
+        for series in prom.query_range(expr, at - 900, at, step=1):
             start = float(series["values"][0][0])
-            xs = [float(t) - start for t, _ in series["values"]]
-            ys = [float(v) for _, v in series["values"]]
-            ax.plot(xs, ys, label=f"{RUN} {label}", drawstyle="steps-post")
-    ax.set_title(f"Loss (qwenft dashboard), run {RUN}: tiny Qwen2 LoRA on CPU")
+            # A loss gauge reads 0 until its first logging step ("not logged yet").
+            points = [(float(t) - start, float(v)) for t, v in series["values"] if float(v) > 0]
+            ax.plot(*zip(*points, strict=True), label=f"{TRAINED} {label}", drawstyle="steps-post")
+    ax.set_title(f"Loss panel, run {TRAINED}: tiny Qwen2 LoRA on CPU, scraped by Prometheus")
     ax.set_xlabel("seconds")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
