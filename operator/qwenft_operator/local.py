@@ -73,23 +73,28 @@ def ensure_model(run: Run) -> None:
     procs.run_step(procs.qwenft_command(["qwenft", "tiny-model", path]), "building the tiny model")
 
 
+def build_local_train_command(run: Run, config_file: Path) -> list[str]:
+    """The trainer's command line here: torchrun when more than one process is asked for."""
+    nproc = max(run.spec.resources.gpus_per_node, 1)
+    trainer = ["-m", "qwenft_trainer.train", "--config", str(config_file)]
+    if nproc == 1:
+        return [sys.executable, *trainer]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    return [sys.executable, *launcher, *trainer]
+
+
 def train(run: Run, output: Path) -> None:
+    from qwenft_trainer.config import dump_config
+
     config = build_train_config(run).model_copy(
         update={"metrics_port": 0, "termination_log": str(output / "termination-log")}
     )
-    from qwenft_trainer.config import dump_config
-
     config_file = output / "train.yaml"
     config_file.write_text(dump_config(config), encoding="utf-8")
-    nproc = max(run.spec.resources.gpus_per_node, 1)
-    trainer = ["-m", "qwenft_trainer.train", "--config", str(config_file)]
-    if nproc > 1:
-        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-        command = [sys.executable, *launcher, *trainer]
-    else:
-        command = [sys.executable, *trainer]
-    print(f"{nproc} process(es); config {config_file}; log {output / 'logs' / 'train.log'}")
-    procs.run_training(command, log=output / "logs" / "train.log")
+    command = build_local_train_command(run, config_file)
+    log = output / "logs" / "train.log"
+    print(f"{' '.join(command[1:])}\nlog {log}", flush=True)
+    procs.run_training(command, log=log)
 
 
 def serve_and_ask(run: Run, output: Path, *, port: int | None, keep_serving: bool) -> None:

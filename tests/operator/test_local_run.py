@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from qwenft_operator import local_procs
-from qwenft_operator.local import main
+from qwenft_operator.local import build_local_train_command, main
+from qwenft_operator.runs import Run
+from qwenft_operator.spec import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart-local.yaml"
@@ -91,3 +93,20 @@ def test_builder_command_lines_run_with_this_python() -> None:
     assert command == [sys.executable, "-m", "qwenft_operator.cli", "merge", "--adapter", "a"]
     with pytest.raises(ValueError):
         local_procs.qwenft_command(["vllm", "serve"])
+
+
+@pytest.mark.parametrize(("gpus", "launcher"), [(0, False), (1, False), (4, True)])
+def test_train_command_uses_torchrun_for_several_processes(
+    tmp_path: Path, gpus: int, launcher: bool
+) -> None:
+    manifest = _manifest(tmp_path, resources={"nodes": 1, "gpusPerNode": gpus})
+    spec = load_manifest(manifest).spec
+    command = build_local_train_command(Run("r", "local", "u", spec), tmp_path / "train.yaml")
+    assert command[0] == sys.executable
+    assert command[-4:] == ["-m", "qwenft_trainer.train", "--config", str(tmp_path / "train.yaml")]
+    if launcher:
+        assert command[1:7] == [
+            "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus), "-m",
+        ]  # fmt: skip
+    else:
+        assert len(command) == 5
