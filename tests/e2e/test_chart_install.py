@@ -14,6 +14,9 @@ Covers:
   CRD read; in cluster-wide mode the same verbs hold in every namespace, and no Secret is
   readable anywhere;
 - `helm uninstall` removes the release but keeps the CRD.
+
+The operator itself, authenticated as this ServiceAccount and driving a run to Ready with
+only the chart's permissions, is exercised in test_monitoring.py (one stack serves both).
 """
 
 from __future__ import annotations
