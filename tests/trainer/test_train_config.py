@@ -6,7 +6,7 @@ it; command-line overrides validated like the file; every shipped TrainConfig ex
 (``examples/train-*.yaml``) loads and opens with the command that runs it; rank and world
 size read from torchrun's environment; the termination message stays under 4 KiB and is
 written only where the file exists; the method-specific model loading arguments (4-bit
-for Q-LoRA, token passed but never shown).
+for Q-LoRA, token passed but never shown); ``qwenft train`` reaching this entry point.
 """
 
 from __future__ import annotations
@@ -153,3 +153,12 @@ def test_qlora_loads_4bit_on_the_rank_device_and_token_stays_secret(
     assert "hf_secret" not in repr(c) and "hf_secret" not in str(c.model.token())
     with pytest.raises(ValueError, match="device"):
         build_load_kwargs(c, device=None)
+
+
+def test_qwenft_train_dispatches_to_this_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
+    from qwenft_operator.cli import main as qwenft
+
+    with pytest.raises(SystemExit) as exit_info:
+        qwenft(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "--config" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 Covers: loss falls (mean of the last steps below the first); the frozen base weights
 are bit-identical after training while every adapter matrix moved; the saved adapter
 (``adapter_config.json`` + ``adapter_model.safetensors``) reloads with peft and gives the
-trained model's logits; the tokenizer and ``summary.json`` are saved; one JSON log line
+trained model's logits; the tokenizer and ``summary.json`` are saved; eval loss on a
+held-out share every N steps and at the end; one JSON log line
 per step and the start/end events; the termination log written where the file exists;
 complete checkpoints kept (K) with markers; a half-written newer checkpoint ignored and
 removed when the run resumes from the newest complete one; a restart after the final
@@ -45,6 +46,7 @@ def lora_run(tiny_model_dir: Path, workdir: Path) -> InProcessRun:
         lora={"r": 16, "alpha": 32},
         training={"max_steps": 10, "learning_rate": 0.02},
         checkpoint={"save_steps": 4, "keep": 2},
+        evaluation={"fraction": 0.125, "steps": 5},
         run_name="lora-test",
         termination_log=str(workdir / "termination-log"),
     )
@@ -111,6 +113,9 @@ def test_summary_log_lines_and_termination_log(lora_run: InProcessRun, workdir: 
     first = events(lora_run.stdout, "train_log")[0]
     for key in ("total_steps", "epoch", "loss", "learning_rate", "tokens_per_second"):
         assert first[key] is not None, key
+    evals = events(lora_run.stdout, "eval")
+    assert [e["step"] for e in evals] == [5, 10, 10]  # every 5 steps, then the final one
+    assert summary["eval_loss"] == pytest.approx(evals[-1]["eval_loss"])
     termination = json.loads((workdir / "termination-log").read_text())
     assert termination["status"] == "succeeded" and termination["steps"] == 10
     assert len((workdir / "termination-log").read_bytes()) < 4096

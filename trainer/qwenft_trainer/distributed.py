@@ -107,6 +107,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_int(value: int) -> int:
+    """Rank 0's ``value`` on every rank (the value itself without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box: list[int] = [value]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
 def finish(*, deepspeed: bool) -> None:
     """Wait for every rank, drop transformers' global DeepSpeed config, end the group."""
     import torch.distributed as dist

@@ -145,10 +145,13 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMode
 
 
 def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
-    """(trainable, total) parameter counts; a 4-bit weight counts its unpacked size."""
+    """(trainable, total) parameter counts; a 4-bit weight counts its unpacked size.
+
+    Under ZeRO-3 each rank holds a shard; ``ds_numel`` is the full size of the parameter.
+    """
     trainable = total = 0
     for param in model.parameters():
-        count = param.numel()
+        count = int(getattr(param, "ds_numel", param.numel()))
         if hasattr(param, "quant_state"):
             count *= 2
         total += count

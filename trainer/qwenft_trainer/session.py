@@ -75,15 +75,19 @@ def _announce(config: TrainConfig, env: DistributedEnv, resumed_from: int) -> No
 
 
 def _prepare_output_dir(config: TrainConfig, env: DistributedEnv) -> int:
-    """Create ``output_dir``, drop half-written checkpoints, return the step to resume from."""
+    """Create ``output_dir``, drop half-written checkpoints, return the step to resume from.
+
+    Rank 0 decides and every rank gets its answer, so all ranks resume from one step.
+    """
+    step = 0
     if env.is_main:
         os.makedirs(config.output_dir, exist_ok=True)
         if config.checkpoint.resume:
             for path in checkpoints.remove_incomplete(config.output_dir):
                 log.warning("removed half-written checkpoint %s (no completion marker)", path)
-    distributed.barrier()
-    newest = checkpoints.newest_complete(config.output_dir) if config.checkpoint.resume else None
-    return newest.step if newest else 0
+            newest = checkpoints.newest_complete(config.output_dir)
+            step = newest.step if newest else 0
+    return distributed.broadcast_int(step)
 
 
 def _build_trainer(
