@@ -4,7 +4,7 @@ and the restricted Pod Security Standard check."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ CRD_FILE = ROOT / "crds" / "finetune.qwenft.io_qwenfinetunes.yaml"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 MONITORING_API = "monitoring.coreos.com/v1"
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# The `render` fixture: render(values=[...], sets=[...], api_versions=[...]) -> objects.
+Render = Callable[..., list[dict[str, Any]]]
 # The release name the README uses; with it every object is called plain "qwenft-operator".
 RELEASE = "qwenft-operator"
 

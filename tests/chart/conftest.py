@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from charttools import ROOT, run_helm, template_args
+from charttools import ROOT, Render, run_helm, template_args
 
 sys.path.insert(0, str(ROOT / "hack"))
 
 from devcluster.binaries import bin_dir
-
-Render = Callable[..., list[dict[str, Any]]]
 
 
 def _tool(path: Path | None, name: str, install: str) -> Path:

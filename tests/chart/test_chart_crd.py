@@ -13,8 +13,7 @@ import tarfile
 from pathlib import Path
 
 import yaml
-from charttools import CHART, CRD_FILE, by_kind, run_helm
-from conftest import Render
+from charttools import CHART, CRD_FILE, Render, by_kind, run_helm
 
 
 def test_chart_crd_is_a_link_to_the_generated_file() -> None:

@@ -26,12 +26,12 @@ from charttools import (
     CI_VALUES,
     MONITORING_API,
     MONITORING_KINDS,
+    Render,
     by_kind,
     pod_specs,
     restricted_violations,
     run_helm,
 )
-from conftest import Render
 
 # The chart's kubeVersion is >=1.30; validate against every minor the schemas cover from there.
 SUPPORTED = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0", "1.36.0", "1.37.0"]

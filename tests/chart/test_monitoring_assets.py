@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from charttools import CHART, MONITORING_API, ROOT, by_kind
-from conftest import Render
+from charttools import CHART, MONITORING_API, ROOT, Render, by_kind
 
 sys.path.insert(0, str(ROOT / "hack"))
 
