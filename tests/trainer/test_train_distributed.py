@@ -1,16 +1,17 @@
 """Training under torchrun with two CPU processes (gloo), and what a running job exports.
 
-Covers: DDP, DeepSpeed ZeRO-2 and ZeRO-3 (DeepSpeed's CPU accelerator, ``DS_ACCELERATOR=
-cpu``, over gloo) each training LoRA with both ranks ending at the same step and loss; the
-three modes start from the same loss and follow the same curve; each saves a loadable
-peft adapter (ZeRO-3 gathers its shards for it); a run killed with SIGKILL (the whole
-process group, as when a pod dies) after a complete checkpoint resumes from it on
-restart, logs and reports that step, continues from the next one and ends with the same
-adapter as an uninterrupted run; the Prometheus endpoint serving every documented
-series with the run label while a training run is in progress.
+Covers: DDP, DeepSpeed ZeRO-2, ZeRO-3, and ZeRO-3 with optimizer and parameters offloaded
+to the CPU (DeepSpeed's CPU accelerator, ``DS_ACCELERATOR=cpu``, over gloo), each training
+LoRA with both ranks ending at the same step and loss; every DeepSpeed mode following the
+DDP run's loss curve (same seed, same data); each saving a loadable peft adapter (ZeRO-3
+gathers its shards for it); a run SIGKILLed (launcher and ranks at once, as when a pod
+dies) after a complete checkpoint resuming from it on restart, logging and reporting that
+step, continuing from the next one and ending with the same adapter as an uninterrupted
+run; the Prometheus endpoint serving every documented series with the run label while a
+training run is in progress.
 
-DeepSpeed builds its shared-memory comm op on first use (about 90 s on two cores, cached
-in ~/.cache/qwenft/torch_extensions afterwards).
+DeepSpeed builds its ops on first use and caches them in ~/.cache/qwenft/torch_extensions:
+the shared-memory comm op (about 90 s on two cores) and, for offload, CPU Adam (about 5 min).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ DEEPSPEED = {
     "ddp": {"enabled": False},
     "zero2": {"enabled": True, "zero_stage": 2},
     "zero3": {"enabled": True, "zero_stage": 3},
+    "zero3_offload": {
+        "enabled": True,
+        "zero_stage": 3,
+        "offload_optimizer": True,
+        "offload_parameters": True,
+    },
 }
 
 
@@ -81,7 +88,7 @@ def train_mode(runs: dict[str, str], workdir: Path, model: Path, mode: str) -> s
     return runs[mode]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize("mode", list(DEEPSPEED))
 def test_two_processes_train_and_agree(
     mode: str, runs: dict[str, str], workdir: Path, tiny_model_dir: Path
 ) -> None:

@@ -189,6 +189,8 @@ class TelemetryCallback(TrainerCallback):
                 unit="step",
                 file=sys.stderr,
                 dynamic_ncols=True,
+                # in a pod's log (no terminal) a redraw is a new line: redraw rarely
+                mininterval=0.5 if sys.stderr.isatty() else 30.0,
             )
 
     def on_step_end(
