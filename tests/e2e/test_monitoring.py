@@ -55,6 +55,7 @@ from chartkit import (
 )
 from kubernetes import client
 from operatorkit import (
+    CLAIMS,
     OperatorProcess,
     create_run,
     ensure_priority_classes,
@@ -327,6 +328,9 @@ def stack(
         core = client.CoreV1Api(api)
         for namespace in (watched, broken, system):
             core.delete_namespace(namespace)
+        for namespace in (watched, broken):  # prepare_namespace's static volumes
+            for claim in CLAIMS:
+                core.delete_persistent_volume(f"{namespace}-{claim}")
 
 
 def test_operator_with_chart_permissions_reaches_ready(stack: Stack) -> None:
