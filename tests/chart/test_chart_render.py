@@ -9,7 +9,8 @@ one rule list, never grants Secret reads through a ClusterRole, and namespaced m
 Role per watched namespace; the environment is what OperatorSettings reads; monitoring
 objects appear only when enabled and the Prometheus Operator API exists; the dashboard
 ConfigMap carries the generated JSON; long release names are cut to 63 characters; the
-kubeVersion floor (1.30) is enforced.
+kubeVersion floor (1.30) is enforced; the chart's defaults equal the operator's, and its
+appVersion is the package version.
 """
 
 from __future__ import annotations
@@ -266,3 +267,23 @@ def test_kube_version_floor_is_enforced(helm: Path) -> None:
     assert too_old.returncode != 0
     assert "incompatible with Kubernetes v1.29.9" in too_old.stderr
     assert run_helm(helm, [*args, "v1.30.0"]).returncode == 0
+
+
+def test_defaults_agree_with_the_operator_and_the_package(render: Render) -> None:
+    import tomllib
+
+    from qwenft_operator.settings import ENV_PREFIX, OperatorSettings
+
+    (container,) = _deployment(render())["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    defaults = OperatorSettings().model_dump()
+    for name, value in env.items():
+        field = name.removeprefix(ENV_PREFIX).lower()
+        if field != "namespaces":
+            assert str(defaults[field]) == value, (
+                f"chart {name}={value}, operator {defaults[field]}"
+            )
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    assert container["image"].endswith(f":{project['version']}")
