@@ -78,6 +78,29 @@ def _rows() -> list[tuple[str, list[g.Panel]]]:
             ],
             unit="percentunit",
         ),
+        _timeseries(
+            "Phase changes",
+            "Runs entering each phase, per second.",
+            [
+                (
+                    f"sum by (to_phase) (rate(qwenft_operator_phase_transitions_total{rate}))",
+                    "{{to_phase}}",
+                )
+            ],
+            unit="ops",
+        ),
+        _timeseries(
+            "Time to training p50",
+            "Median time from a run's creation to phase Training (validation and queueing).",
+            [
+                (
+                    "histogram_quantile(0.5, sum by (le) "
+                    f"(rate(qwenft_operator_time_to_training_seconds_bucket{rate})))",
+                    "p50",
+                )
+            ],
+            unit="s",
+        ),
     ]
     training = [
         _timeseries(
@@ -212,7 +235,6 @@ def _variable(name: str, label: str, metric: str) -> g.Template:
         includeAll=True,
         multi=True,
         allValue=".*",
-        default="$__all",
         refresh=g.REFRESH_ON_TIME_RANGE_CHANGE,
     )
 
@@ -239,6 +261,9 @@ def build_dashboard() -> dict[str, Any]:
         panels=_layout(),
     ).auto_panel_ids()
     data: dict[str, Any] = json.loads(json.dumps(dashboard.to_json_data(), cls=DashboardEncoder))
+    for variable in data["templating"]["list"]:
+        if variable.get("includeAll"):  # start on "All", as Grafana saves it
+            variable["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
     return data
 
 

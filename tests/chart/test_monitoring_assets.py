@@ -131,4 +131,4 @@ def test_dashboard_panels_and_variables() -> None:
     ]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    assert len(gen_dashboard.queries(dashboard)) == 16
+    assert len(gen_dashboard.queries(dashboard)) == 18
