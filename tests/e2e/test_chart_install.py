@@ -13,6 +13,9 @@ Covers:
   be created, other namespaces are out of reach, and nothing is granted cluster-wide but the
   CRD read; in cluster-wide mode the same verbs hold in every namespace, and no Secret is
   readable anywhere;
+- monitoring objects: with monitoring enabled but no monitoring.coreos.com/v1 API the install
+  succeeds, creates none and NOTES says so; once the API is served (stand-in CRDs) the same
+  install creates the ServiceMonitor, PodMonitor, PrometheusRule and dashboard ConfigMap;
 - `helm uninstall` removes the release but keeps the CRD.
 
 The operator itself, authenticated as this ServiceAccount and driving a run to Ready with
@@ -222,3 +225,94 @@ def test_uninstall_keeps_the_crd(
         apps.read_namespaced_deployment(fullname(name), restricted_namespace)
     assert err.value.status == 404
     client.ApiextensionsV1Api(kube_client).read_custom_resource_definition(CRD_NAME)
+
+
+def _stand_in_crd(plural: str, kind: str) -> dict[str, Any]:
+    """A schemaless monitoring.coreos.com/v1 CRD: only makes the API group exist."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"plural": plural, "kind": kind},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+MONITORS = {"servicemonitors": "ServiceMonitor", "podmonitors": "PodMonitor"}
+MONITORS["prometheusrules"] = "PrometheusRule"
+
+
+def test_monitoring_objects_follow_the_prometheus_operator_api(
+    kube_client: Any, restricted_namespace: str, e2e_namespace: str
+) -> None:
+    values = str(CHART / "ci" / "monitoring-values.yaml")
+    sets = ["--set", f"dashboard.namespace={restricted_namespace}"]
+    custom = client.CustomObjectsApi(kube_client)
+    ext = client.ApiextensionsV1Api(kube_client)
+
+    def monitors() -> dict[str, list[str]]:
+        return {
+            plural: [
+                o["metadata"]["name"]
+                for o in custom.list_namespaced_custom_object(
+                    "monitoring.coreos.com", "v1", restricted_namespace, plural
+                )["items"]
+            ]
+            for plural in MONITORS
+        }
+
+    # Without the API: the install succeeds, creates no monitors and says why.
+    def install(name: str) -> str:
+        return ok(
+            "helm", "install", name, str(CHART), "-n", restricted_namespace,
+            "--take-ownership", "-f", values, *sets,
+        )  # fmt: skip
+
+    name = release_name()
+    out = install(name)
+    assert "does not serve monitoring.coreos.com/v1" in out
+    helm_uninstall(name, restricted_namespace)
+    for plural, kind in MONITORS.items():
+        ext.create_custom_resource_definition(_stand_in_crd(plural, kind))
+    try:
+
+        def served() -> bool:
+            found = run(
+                "kubectl", "api-resources", "--api-group=monitoring.coreos.com", "-o", "name"
+            )
+            return all(f"{p}.monitoring.coreos.com" in found.stdout for p in MONITORS)
+
+        wait_until("the monitoring.coreos.com/v1 API", served, timeout=30)
+        name = release_name()
+        out = install(name)
+        assert "does not serve" not in out
+        assert monitors() == {
+            "servicemonitors": [fullname(name)],
+            "podmonitors": [f"{fullname(name)}-runs"],
+            "prometheusrules": [fullname(name)],
+        }
+        dashboards = client.CoreV1Api(kube_client).list_namespaced_config_map(
+            restricted_namespace, label_selector="grafana_dashboard=1"
+        )
+        assert [c.metadata.name for c in dashboards.items] == [f"{fullname(name)}-dashboard"]
+        helm_uninstall(name, restricted_namespace)
+        assert monitors() == {plural: [] for plural in MONITORS}
+    finally:
+        for plural in MONITORS:
+            ext.delete_custom_resource_definition(f"{plural}.monitoring.coreos.com")
