@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -195,6 +196,17 @@ def _train_config(work: Path, model: Path) -> Path:
     return path
 
 
+def _require_free_trainer_port() -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", TRAINER_PORT))
+        except OSError as err:
+            pytest.fail(
+                f"port {TRAINER_PORT} is taken ({err}); the operator's progress reader scrapes "
+                "training pods there, so the stand-in trainer needs it"
+            )
+
+
 def _rank_zero_ip(api: client.ApiClient, namespace: str) -> str | None:
     pods = client.CoreV1Api(api).list_namespaced_pod(
         namespace,
@@ -234,6 +246,7 @@ def stack(
     tiny_model_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
+    _require_free_trainer_port()
     work = tmp_path_factory.mktemp("monitoring")
     api = kube_client
     system = _namespace(api, "qwenft-system", RESTRICTED)
