@@ -11,7 +11,7 @@ settings, so nothing is registered at import time and the timer interval is a se
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar, cast
 
 import kopf
@@ -57,12 +57,12 @@ def _use_indexes(runner: Runner, kwargs: dict[str, Any]) -> None:
     )
 
 
-async def _reconcile(memo: kopf.Memo, key: RunKey, kwargs: dict[str, Any]) -> None:
+async def _reconcile(memo: kopf.Memo, key: RunKey, body: kopf.Body, kwargs: dict[str, Any]) -> None:
     """A reconcile for a run's own handlers: API trouble retries, a bad spec stops."""
     runner = _runner(memo)
     _use_indexes(runner, kwargs)
     try:
-        decision = await runner.trigger(key)
+        decision = await runner.trigger(key, body)
     except ApiException as err:
         message = f"Kubernetes API error {err.status}: {err.reason}"
         raise kopf.TemporaryError(message, delay=5) from err
@@ -71,6 +71,20 @@ async def _reconcile(memo: kopf.Memo, key: RunKey, kwargs: dict[str, Any]) -> No
     )
     if failed is not None and failed.status == "True" and failed.reason == cond.INVALID_SPEC:
         raise kopf.PermanentError(failed.message)
+
+
+async def _child_changed(
+    memo: kopf.Memo,
+    kwargs: dict[str, Any],
+    key: RunKey,
+    child: tuple[str, str],
+    signature: Hashable,
+    *,
+    deleted: bool,
+) -> None:
+    runner = _runner(memo)
+    _use_indexes(runner, kwargs)
+    await runner.child_changed(key, child, signature, deleted=deleted)
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
@@ -132,8 +146,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @typed(kopf.on.resume(**run))
     @typed(kopf.on.create(**run))
     @typed(kopf.on.update(**run))
-    async def reconcile_run(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-        await _reconcile(memo, (namespace, name), kwargs)
+    async def reconcile_run(
+        namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        await _reconcile(memo, (namespace, name), body, kwargs)
 
     @typed(kopf.on.field(**run, field="spec.suspend"))
     def suspend_changed(old: Any, new: Any, logger: kopf.Logger, **_: Any) -> None:
@@ -143,16 +159,27 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @typed(kopf.on.delete(**run, optional=True))
     def forget_run(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
         if "runner" in memo:
-            _runner(memo).metrics.forget((namespace, name))
+            _runner(memo).forget((namespace, name))
 
     @typed(kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry))
+    async def job_changed(
+        namespace: str, labels: kopf.Labels, body: kopf.Body, type: str | None, memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        job = parse_job(body)
+        signature = (job.state, job.ready, job.reason)
+        await _child_changed(memo, kwargs, _owner(namespace, labels), ("Job", job.name),
+                             signature, deleted=type == "DELETED")  # fmt: skip
+
     @typed(kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry))
-    async def child_changed(
-        namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
-    ) -> None:
-        runner = _runner(memo)
-        _use_indexes(runner, kwargs)
-        await runner.trigger(_owner(namespace, labels))
+    async def deployment_changed(
+        namespace: str, labels: kopf.Labels, body: kopf.Body, type: str | None, memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        dep = parse_deployment(body)
+        signature = (dep.available, dep.failed, dep.ready_replicas)
+        await _child_changed(memo, kwargs, _owner(namespace, labels), ("Deployment", dep.name),
+                             signature, deleted=type == "DELETED")  # fmt: skip
 
     @typed(
         kopf.timer(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -49,6 +49,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 API_RETRY_SECONDS = 5.0
 WORKERS = 16
+
+
+def _version(body: Mapping[str, Any]) -> int:
+    """metadata.resourceVersion as a number (etcd revisions only grow)."""
+    value = str(body.get("metadata", {}).get("resourceVersion") or "0")
+    return int(value) if value.isdigit() else 0
 
 
 def _store_values(store: Iterable[Any]) -> list[Any]:
@@ -95,6 +101,12 @@ class Runner:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwenft-api")
         self._busy: set[RunKey] = set()
         self._again: set[RunKey] = set()
+        # The newest copy of each run seen (watch events and status patch answers), so a
+        # reconcile woken by a child needs no read; parsed specs by (uid, generation).
+        self._bodies: dict[RunKey, dict[str, Any]] = {}
+        self._runs: dict[RunKey, tuple[tuple[str, int], Run]] = {}
+        # What each child last looked like to the decision, so repeats wake nobody.
+        self._signatures: dict[tuple[str, str, str], Hashable] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -107,8 +119,12 @@ class Runner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
-    async def trigger(self, key: RunKey) -> Decision | None:
-        """Reconcile ``key`` now, or once more after the pass that is running."""
+    async def trigger(self, key: RunKey, body: Mapping[str, Any] | None = None) -> Decision | None:
+        """Reconcile ``key`` now, or once more after the pass that is running.
+
+        ``body`` is the run as a watch event just delivered it (saves reading it again);
+        further passes read it fresh.
+        """
         if key in self._busy:
             self._again.add(key)
             return None
@@ -117,11 +133,48 @@ class Runner:
             decision = None
             while True:
                 self._again.discard(key)
-                decision = await self._reconcile(key)
+                decision = await self._reconcile(key, body)
+                body = None
                 if key not in self._again:
                     return decision
         finally:
             self._busy.discard(key)
+
+    def remember(self, key: RunKey, body: Mapping[str, Any]) -> None:
+        """Keep ``body`` if it is newer than the copy held."""
+        held = self._bodies.get(key)
+        if held is None or _version(body) >= _version(held):
+            self._bodies[key] = dict(body)
+
+    def forget(self, key: RunKey) -> None:
+        """The run is gone (or going): drop what is held about it."""
+        self._bodies.pop(key, None)
+        self._runs.pop(key, None)
+        self.metrics.forget(key)
+
+    async def child_changed(
+        self, key: RunKey, child: tuple[str, str], signature: Hashable, *, deleted: bool
+    ) -> None:
+        """Reconcile the owner when a child changed in a way the decision can see."""
+        slot = (key[0], *child)
+        if deleted:
+            self._signatures.pop(slot, None)
+            self._bodies.pop(key, None)  # read the run afresh: it may be gone too
+        elif self._signatures.get(slot) == signature:
+            return
+        else:
+            self._signatures[slot] = signature
+        await self.trigger(key)
+
+    def _run_of(self, key: RunKey, body: Mapping[str, Any]) -> Run:
+        meta = body["metadata"]
+        version = (str(meta.get("uid") or ""), int(meta.get("generation") or 1))
+        held = self._runs.get(key)
+        if held is not None and held[0] == version:
+            return held[1]
+        run = Run.from_body(body, self.settings)
+        self._runs[key] = (version, run)
+        return run
 
     def _later(self, key: RunKey, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -133,10 +186,12 @@ class Runner:
         except (ApiException, OSError) as err:
             log.warning("reconcile of %s/%s failed: %s", key[0], key[1], err)
 
-    async def _reconcile(self, key: RunKey) -> Decision | None:
+    async def _reconcile(
+        self, key: RunKey, body: Mapping[str, Any] | None = None
+    ) -> Decision | None:
         started = time.monotonic()
         try:
-            return await self._reconcile_once(key)
+            return await self._reconcile_once(key, body)
         except (ApiException, OSError) as err:
             reason = f"api{err.status}" if isinstance(err, ApiException) else "connection"
             self.metrics.reconcile_errors.labels(reason=reason).inc()
@@ -145,11 +200,19 @@ class Runner:
         finally:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
 
-    async def _reconcile_once(self, key: RunKey) -> Decision | None:
+    async def _reconcile_once(
+        self, key: RunKey, given: Mapping[str, Any] | None
+    ) -> Decision | None:
         namespace, name = key
-        body = await self._call(kube.get_run, self.clients, namespace, name)
+        if given is not None:
+            self.remember(key, given)
+        body = self._bodies.get(key)
+        if body is None:
+            body = await self._call(kube.get_run, self.clients, namespace, name)
+            if body is not None:
+                self.remember(key, body)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            self.metrics.forget(key)
+            self.forget(key)
             return None
         now = datetime.now(UTC).replace(microsecond=0)
         try:
@@ -157,7 +220,7 @@ class Runner:
         except ValidationError:
             status = QwenFineTuneStatus()
         try:
-            run = Run.from_body(body, self.settings)
+            run = self._run_of(key, body)
         except ValidationError as err:
             message = "; ".join(format_errors(err, prefix="spec"))
             generation = int(body["metadata"].get("generation") or 1)
@@ -169,7 +232,9 @@ class Runner:
                 missing = await self._call(kube.missing_references, self.clients, namespace, refs)
                 observed = replace(observed, missing_references=missing)
             decision = decide(run, status, observed, now)
-        await self._call(self._execute, namespace, name, decision)
+        patched = await self._call(self._execute, namespace, name, decision)
+        if patched is not None:
+            self.remember(key, patched)
         for action in decision.of_type(EmitEvent):
             assert isinstance(action, EmitEvent)
             kopf.event(body, type=action.type, reason=action.reason, message=action.message)
@@ -181,8 +246,10 @@ class Runner:
             self._later(key, decision.requeue_after)
         return decision
 
-    def _execute(self, namespace: str, name: str, decision: Decision) -> None:
-        """The API side of a decision, in order (runs in the thread pool)."""
+    def _execute(self, namespace: str, name: str, decision: Decision) -> dict[str, Any] | None:
+        """The API side of a decision, in order (runs in the thread pool); returns the run
+        as the status patch left it, if there was one."""
+        patched = None
         for action in decision.actions:
             match action:
                 case CreateChild(kind=kind, body=child):
@@ -194,7 +261,8 @@ class Runner:
                 case SetJobSuspended(name=job, suspend=suspend):
                     kube.set_job_suspended(self.clients, namespace, job, suspend)
                 case PatchStatus(patch=patch):
-                    kube.patch_status(self.clients, namespace, name, patch)
+                    patched = kube.patch_status(self.clients, namespace, name, patch)
+        return patched
 
     async def read_progress(self, key: RunKey, status: Mapping[str, Any]) -> None:
         """Scrape the rank-0 trainer of a training run into ``status.progress``."""
@@ -222,5 +290,6 @@ class Runner:
             if before.get(k) != after.get(k)
         }
         if patch:
-            await self._call(kube.patch_status, self.clients, key[0], key[1], patch)
+            patched = await self._call(kube.patch_status, self.clients, key[0], key[1], patch)
+            self.remember(key, patched)
         self.metrics.mirror_progress(key, found.progress)
