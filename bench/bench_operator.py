@@ -299,19 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {count} runs: all in Training | {result['to_training_s']:.1f} s | {goal} |")
         per_run = f"{result['requests_per_run']:.1f} / {result['cr_requests_per_run']:.1f}"
         print(f"| {count} runs: API requests per run (all clients / QwenFineTune) | {per_run} | |")
+    splits = (
+        ("operator, run -> validation Job", "operator_to_validate"),
+        ("cluster, validation Job -> complete", "cluster_validate"),
+        ("operator, validated -> training Job", "operator_to_train"),
+    )
     for count, result in results.items():
-        print(
-            f"| {count} runs: operator, run -> validation Job, p50 / max | "
-            f"{result['operator_to_validate_p50_s']:.0f} / {result['operator_to_validate_max_s']:.0f} s | |"
-        )
-        print(
-            f"| {count} runs: cluster, validation Job -> complete, p50 / max | "
-            f"{result['cluster_validate_p50_s']:.0f} / {result['cluster_validate_max_s']:.0f} s | |"
-        )
-        print(
-            f"| {count} runs: operator, validated -> training Job, p50 / max | "
-            f"{result['operator_to_train_p50_s']:.0f} / {result['operator_to_train_max_s']:.0f} s | |"
-        )
+        for label, key in splits:
+            p50_max = f"{result[key + '_p50_s']:.0f} / {result[key + '_max_s']:.0f} s"
+            print(f"| {count} runs: {label}, p50 / max | {p50_max} | |")
     print(f"| operator peak RSS | {rss:.0f} MB | < {GOALS['rss_mb']:.0f} MB |")
     return 0
 
