@@ -8,6 +8,7 @@ directory on `sys.path`). helm and kubectl are on PATH once the `cluster` fixtur
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -16,6 +17,11 @@ import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "qwenft-operator"
 CRD_NAME = "qwenfinetunes.finetune.qwenft.io"
+# An API server 403 message, possibly with JSON-escaped quotes: (verb, resource, namespace).
+FORBIDDEN = re.compile(
+    r'cannot (\w+) resource \\?"([^"\\]+)\\?"(?: in API group \\?"[^"\\]*\\?")?'
+    r'(?: in the namespace \\?"([^"\\]+)\\?")?'
+)
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -33,6 +39,11 @@ def ok(*argv: str, stdin: str | None = None) -> str:
     done = run(*argv, stdin=stdin)
     assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def denials(log: str) -> set[tuple[str, str, str]]:
+    """Every (verb, resource, namespace) the API server refused, from an operator log."""
+    return {(verb, resource, namespace) for verb, resource, namespace in FORBIDDEN.findall(log)}
 
 
 def release_name() -> str:

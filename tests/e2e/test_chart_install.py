@@ -18,8 +18,12 @@ Covers:
   install creates the ServiceMonitor, PodMonitor, PrometheusRule and dashboard ConfigMap;
 - `helm uninstall` removes the release but keeps the CRD.
 
-The operator itself, authenticated as this ServiceAccount and driving a run to Ready with
-only the chart's permissions, is exercised in test_monitoring.py (one stack serves both).
+- cluster-wide mode, for real: the operator, authenticated only as the chart's
+  ServiceAccount (a TokenRequest token), drives the single-GPU LoRA example to Ready; the only
+  request the API server refuses is the Secret existence check, which that mode does not grant.
+
+Namespaced mode with the operator as the ServiceAccount (and a permission taken away) is
+exercised in test_monitoring.py, whose stack serves both purposes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -35,15 +40,26 @@ from chartkit import (
     CHART,
     CRD_NAME,
     RESTRICTED,
+    denials,
     fullname,
     helm_install,
     helm_uninstall,
     ok,
     release_name,
     run,
+    service_account_kubeconfig,
 )
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from operatorkit import (
+    CLAIMS,
+    create_run,
+    ensure_priority_classes,
+    example,
+    prepare_namespace,
+    running_operator,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -316,3 +332,37 @@ def test_monitoring_objects_follow_the_prometheus_operator_api(
     finally:
         for plural in MONITORS:
             ext.delete_custom_resource_definition(f"{plural}.monitoring.coreos.com")
+
+
+def test_operator_cluster_wide_with_chart_permissions_reaches_ready(
+    kube_client: Any,
+    kubeconfig_path: Path,
+    restricted_namespace: str,
+    e2e_namespace: str,
+    tmp_path: Path,
+) -> None:
+    name = release_name()
+    helm_install(name, restricted_namespace, [])
+    ensure_priority_classes(kube_client)
+    prepare_namespace(kube_client, e2e_namespace)
+    kubeconfig = service_account_kubeconfig(
+        kubeconfig_path, restricted_namespace, fullname(name), tmp_path / "sa.kubeconfig"
+    )
+    body = example("lora-single-gpu")
+    run_name = body["metadata"]["name"]
+    try:
+        with running_operator(kubeconfig, tmp_path, QWENFT_NAMESPACES="") as operator:
+            create_run(kube_client, e2e_namespace, body)
+            try:
+                ready = wait_phase(kube_client, e2e_namespace, run_name, "Ready", timeout=180)
+            except BaseException:
+                print(operator.logs())
+                raise
+            logs = operator.logs()
+        assert ready["status"]["endpoint"]["url"].startswith(f"http://{run_name}-serve.")
+        # Cluster-wide mode may not read Secrets: the existence check is skipped, nothing else.
+        assert {(verb, resource) for verb, resource, _ in denials(logs)} <= {("get", "secrets")}
+    finally:
+        for claim in CLAIMS:
+            client.CoreV1Api(kube_client).delete_persistent_volume(f"{e2e_namespace}-{claim}")
+        helm_uninstall(name, restricted_namespace)

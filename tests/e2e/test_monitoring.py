@@ -48,6 +48,7 @@ import pytest
 import yaml
 from chartkit import (
     RESTRICTED,
+    denials,
     fullname,
     helm_install,
     helm_uninstall,
@@ -87,11 +88,6 @@ TRAINER_PORT = 9400  # the port the operator's progress reader scrapes on a trai
 DATASET = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
 GPU_ONLY = re.compile(r"qwenft_train_gpu_memory_")
 KWOK_AFTER = "qwenft.io/kwok-complete-after"
-# An API server 403 message, possibly with JSON-escaped quotes.
-FORBIDDEN = re.compile(
-    r'cannot (\w+) resource \\?"([^"\\]+)\\?"(?: in API group \\?"[^"\\]*\\?")?'
-    r'(?: in the namespace \\?"([^"\\]+)\\?")?'
-)
 
 
 def wait_until(
@@ -351,7 +347,7 @@ def test_operator_with_chart_permissions_reaches_ready(stack: Stack) -> None:
     assert ready["status"]["endpoint"]["url"].startswith(f"http://{READY}-serve.")
     # The API server names every denial: `cannot VERB resource "R" ... in the namespace "NS"`.
     # The only one allowed is the permission the test took away.
-    denied = {(v, r, ns) for v, r, ns in FORBIDDEN.findall(stack.operator.logs())}
+    denied = denials(stack.operator.logs())
     assert denied <= {("create", "deployments", stack.broken)}, denied
 
 
