@@ -8,7 +8,8 @@ gathers its shards for it); a run SIGKILLed (launcher and ranks at once, as when
 dies) after a complete checkpoint resuming from it on restart, logging and reporting that
 step, continuing from the next one and ending with the same adapter as an uninterrupted
 run; the Prometheus endpoint serving every documented series with the run label while a
-training run is in progress.
+training run is in progress; two ranks with gradient accumulation following the loss and
+gradient-norm curve of one process that sees the same rows in one batch.
 
 DeepSpeed builds its ops on first use and caches them in ~/.cache/qwenft/torch_extensions:
 the shared-memory comm op (about 90 s on two cores) and, for offload, CPU Adam (about 5 min).
@@ -42,7 +43,7 @@ from trainrun import (
 
 pytestmark = pytest.mark.slow
 
-STEPS = 8
+STEPS = 6
 DEEPSPEED = {
     "ddp": {"enabled": False},
     "zero2": {"enabled": True, "zero_stage": 2},
@@ -63,14 +64,23 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def config_for(workdir: Path, model: Path, name: str, mode: str = "ddp", **extra: Any) -> Path:
+def config_for(
+    workdir: Path,
+    model: Path,
+    name: str,
+    mode: str = "ddp",
+    training: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    # effective batch 4 = 1 per device x 2 accumulation x 2 processes
+    batch = {"max_steps": STEPS, "per_device_batch_size": 1, "gradient_accumulation_steps": 2}
     return write_config(
         workdir / f"{name}.yaml",
         model,
         workdir / "train.jsonl",
         workdir / name,
         deepspeed=DEEPSPEED[mode],
-        training={"max_steps": STEPS},
+        training={**batch, **(training or {})},
         checkpoint={"save_steps": 2, "keep": 2},
         **extra,
     )
@@ -117,6 +127,25 @@ def test_two_processes_train_and_agree(
         # same seed, initialisation and data: the same loss curve as DDP
         assert losses[0] == pytest.approx(reference[0], abs=1e-5)
         assert losses == pytest.approx(reference, abs=1e-3)
+
+
+def test_two_processes_with_accumulation_follow_one_process(
+    runs: dict[str, str], workdir: Path, tiny_model_dir: Path
+) -> None:
+    """1 x 2 accumulation x 2 ranks and 4 x 1 x 1 rank train on the same 4 rows per step."""
+    config = config_for(
+        workdir,
+        tiny_model_dir,
+        "single",
+        training={"per_device_batch_size": 4, "gradient_accumulation_steps": 1},
+    )
+    single = run([sys.executable, "-m", "qwenft_trainer.train", "--config", str(config)])
+    two = train_mode(runs, workdir, tiny_model_dir, "ddp")
+    for key in ("loss", "grad_norm"):
+        one_curve = [e[key] for e in events(single.stdout, "train_log")]
+        two_curve = [e[key] for e in events(two, "train_log")]
+        assert len(one_curve) == STEPS
+        assert two_curve == pytest.approx(one_curve, abs=1e-4), key
 
 
 def test_sigkilled_run_resumes_from_last_complete_checkpoint(
