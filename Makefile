@@ -7,7 +7,8 @@ setup:
 	bash hack/setup.sh
 
 # Fine-tune, merge and serve a tiny Qwen2 model locally from examples/quickstart-local.yaml.
-demo: setup
+demo:
+	QWENFT_SKIP_CLUSTER_BUILD=1 bash hack/setup.sh
 	$(VENV)/bin/qwenft run examples/quickstart-local.yaml --local
 
 # Lint, type-check and run every test (the control plane is started by the tests).
