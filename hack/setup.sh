@@ -36,6 +36,18 @@ if [ "$("$VENV/bin/python" -c 'import qwenft_trainer, pathlib; print(pathlib.Pat
 fi
 stamp "python environment ready: $VENV"
 
+# DeepSpeed compiles its CPU ops at first use (minutes); build them once into the cache the
+# trainer uses, so the first distributed test does not pay for it.
+if [ "${QWENFT_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then
+    ext_dir=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/qwenft/torch_extensions}
+    if [ ! -e "$ext_dir/cpu_adam/cpu_adam.so" ] \
+        || [ ! -e "$ext_dir/deepspeed_shm_comm/deepspeed_shm_comm.so" ]; then
+        stamp "building DeepSpeed CPU ops into $ext_dir (once per machine, several minutes)"
+        TORCH_EXTENSIONS_DIR=$ext_dir DS_ACCELERATOR=cpu "$VENV/bin/python" -c \
+            "from deepspeed.accelerator import get_accelerator as a; [a().create_op_builder(n).load() for n in ('ShareMemCommBuilder', 'CPUAdamBuilder')]"
+    fi
+fi
+
 if [ -x hack/build-cluster.sh ] && [ "${QWENFT_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then
     bash hack/build-cluster.sh
 fi

@@ -131,7 +131,10 @@ def build_collator(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> A
     from qwenft_trainer.packing import PackedCollator, PaddingCollator
 
     if config.training.packing:
-        return PackedCollator()
+        # A short row's pad segment must use the real pad id, or the Trainer's count of
+        # non-padding tokens would include it.
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return PackedCollator(pad_token_id=pad_id)
     return PaddingCollator(tokenizer, max_seq_length=config.training.max_seq_length)
 
 
