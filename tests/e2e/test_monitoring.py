@@ -4,10 +4,10 @@ One stack per module, all real: the chart installed by `helm` into a namespace t
 enforces the "restricted" Pod Security Standard, watching two namespaces; the operator
 (`python -m qwenft_operator.main`) authenticated only as the chart's ServiceAccount (a
 TokenRequest token); a real `qwenft train` of the tiny model standing in for the rank-0
-training pod (its kwok pod IP is added to the loopback interface, so the operator's progress
-reader scrapes the real trainer as it would in a cluster); a real `qwenft serve` answering
-chat requests; and a real Prometheus (the Debian package) scraping the operator, the trainer
-and the server every second.
+training pod (kwok hands out loopback pod IPs and the trainer listens on all interfaces, so
+the operator's progress reader scrapes the real trainer at the pod's IP, as in a cluster); a
+real `qwenft serve` answering chat requests; and a real Prometheus (the Debian package)
+scraping the operator, the trainer and the server every second.
 
 Covers:
 - with only the chart's permissions the operator drives a run to Ready, and mirrors the
@@ -25,8 +25,6 @@ Covers:
   or label drifts;
 - a PNG of the loss panel's data (query_range, matplotlib) is rendered; with
   QWENFT_PANEL_PNG=path the test lets the run reach 100 steps and keeps the picture there.
-
-Needs CAP_NET_ADMIN (root in the test container) for the loopback alias.
 """
 
 from __future__ import annotations
@@ -265,7 +263,6 @@ def stack(
         work / "serve.log",
     )  # fmt: skip
     trainer: Process | None = None
-    alias: str | None = None
     prometheus: Prometheus | None = None
     try:
         operator.start()
@@ -284,14 +281,9 @@ def stack(
         pod_ip = wait_until(
             "the rank-0 training pod to run", lambda: _rank_zero_ip(api, watched), 60, operator.logs
         )
-        added = subprocess.run(
-            ["ip", "addr", "add", f"{pod_ip}/32", "dev", "lo"], capture_output=True, text=True
-        )
-        if added.returncode != 0:
-            pytest.fail(
-                f"cannot alias the training pod IP on lo (needs CAP_NET_ADMIN): {added.stderr}"
-            )
-        alias = pod_ip
+        # kwok hands out loopback pod IPs, so a trainer listening on all interfaces answers
+        # at the pod's address.
+        assert pod_ip.startswith("127."), f"kwok gave the pod a non-loopback IP {pod_ip}"
         trainer = Process.start(
             [qwenft, "train", "--config", str(_train_config(work, tiny_model_dir))],
             work / "train.log",
@@ -331,8 +323,6 @@ def stack(
         operator.stop()
         if prometheus is not None:
             prometheus.stop()
-        if alias is not None:
-            subprocess.run(["ip", "addr", "del", f"{alias}/32", "dev", "lo"], check=False)
         helm_uninstall(release, system)
         core = client.CoreV1Api(api)
         for namespace in (watched, broken, system):
