@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import urllib.request
 from pathlib import Path
@@ -50,11 +51,27 @@ def exported_series(metrics: TrainMetrics) -> dict[str, dict[str, str]]:
 def test_series_names_match_docs_and_carry_run_label() -> None:
     documented = documented_trainer_series()
     assert len(documented) == 13
-    with_gpu = exported_series(TrainMetrics(run="r1", cuda=True))
-    assert set(with_gpu) == documented
-    assert all(labels == {"run": "r1"} for labels in with_gpu.values())
-    without_gpu = exported_series(TrainMetrics(run="r1", cuda=False))
-    assert set(without_gpu) == {n for n in documented if "gpu_memory" not in n}
+    with_gpu = _every_gauge_set(TrainMetrics(run="r1", cuda=True))
+    assert set(exported_series(with_gpu)) == documented
+    assert all(labels == {"run": "r1"} for labels in exported_series(with_gpu).values())
+    without_gpu = _every_gauge_set(TrainMetrics(run="r1", cuda=False))
+    assert set(exported_series(without_gpu)) == {n for n in documented if "gpu_memory" not in n}
+
+
+def _every_gauge_set(metrics: TrainMetrics) -> TrainMetrics:
+    for name in metrics.families:
+        metrics.set(name, 1.0)
+    return metrics
+
+
+def test_series_appear_on_first_value_and_nan_loss_is_exported() -> None:
+    metrics = TrainMetrics(run="r", cuda=False)
+    # before the first logging step there is no loss at all, rather than a loss of 0
+    assert metrics.registry.get_sample_value("qwenft_train_loss", {"run": "r"}) is None
+    assert metrics.registry.get_sample_value("qwenft_train_resumed_from_step", {"run": "r"}) == 0
+    metrics.set("qwenft_train_loss", float("nan"))
+    value = metrics.registry.get_sample_value("qwenft_train_loss", {"run": "r"})
+    assert value is not None and math.isnan(value)
 
 
 def _value(metrics: TrainMetrics, name: str) -> float:

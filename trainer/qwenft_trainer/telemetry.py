@@ -57,9 +57,8 @@ class TrainMetrics:
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
         self.registry = CollectorRegistry()
         names = {**GAUGES, **(GPU_GAUGES if self.cuda else {})}
-        self.gauges = {
-            name: Gauge(name, text, ["run"], registry=self.registry).labels(run=run)
-            for name, text in names.items()
+        self.families = {
+            name: Gauge(name, text, ["run"], registry=self.registry) for name, text in names.items()
         }
         # prometheus-client appends ``_total`` to counter names itself.
         self.tokens_total = Counter(
@@ -68,7 +67,7 @@ class TrainMetrics:
             ["run"],
             registry=self.registry,
         ).labels(run=run)
-        self.gauges["qwenft_train_resumed_from_step"].set(0)
+        self.set("qwenft_train_resumed_from_step", 0)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> bool:
         """Start the ``/metrics`` HTTP endpoint; False (with a warning) if the port is taken."""
@@ -81,8 +80,13 @@ class TrainMetrics:
         return True
 
     def set(self, name: str, value: float | None) -> None:
-        if value is not None and name in self.gauges and math.isfinite(value):
-            self.gauges[name].set(value)
+        """Set a gauge; its series appears on the first value, so nothing reads 0 before it.
+
+        NaN and infinities are exported as they are: a NaN loss is what the
+        QwenFineTuneLossNaN alert looks for.
+        """
+        if value is not None and name in self.families:
+            self.families[name].labels(run=self.run).set(value)
 
     def update_gpu_memory(self) -> None:
         if not self.cuda:
