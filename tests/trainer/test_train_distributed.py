@@ -191,7 +191,12 @@ def test_metrics_endpoint_serves_series_during_a_run(workdir: Path, tiny_model_d
 
     port = free_port()
     config = config_for(
-        workdir, tiny_model_dir, "metrics", metrics_port=port, run_name="metrics-run"
+        workdir,
+        tiny_model_dir,
+        "metrics",
+        metrics_port=port,
+        run_name="metrics-run",
+        evaluation={"fraction": 0.2, "steps": 2},
     )
     cmd = [
         sys.executable,
@@ -218,7 +223,13 @@ def test_metrics_endpoint_serves_series_during_a_run(workdir: Path, tiny_model_d
         except OSError:
             return None
         text = body.decode()
-        return text if 'qwenft_train_loss{run="metrics-run"}' in text and _step(text) >= 2 else None
+        # each series appears with its first value: the loss at the first logging step, the
+        # eval loss at the first evaluation
+        logged = all(
+            f'{name}{{run="metrics-run"}}' in text
+            for name in ("qwenft_train_loss", "qwenft_train_eval_loss")
+        )
+        return text if logged and _step(text) >= 2 else None
 
     try:
         text = poll(scrape, timeout=240, what="training metrics on the endpoint", interval=0.5)
