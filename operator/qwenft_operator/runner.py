@@ -152,6 +152,19 @@ class Runner:
         self._runs.pop(key, None)
         self.metrics.forget(key)
 
+    async def run_changed(self, key: RunKey, body: Mapping[str, Any]) -> None:
+        """A watch event of the run itself: created, found at start-up, or changed.
+
+        The echo of the operator's own status patch (a copy already held) wakes nothing.
+        """
+        held = self._bodies.get(key)
+        if held is not None and _version(body) <= _version(held):
+            return
+        try:
+            await self.trigger(key, body)
+        except (ApiException, OSError) as err:  # retried by _reconcile's requeue
+            log.warning("reconcile of %s/%s failed: %s", key[0], key[1], err)
+
     async def child_changed(
         self, key: RunKey, child: tuple[str, str], signature: Hashable, *, deleted: bool
     ) -> None:
