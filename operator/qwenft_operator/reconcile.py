@@ -199,7 +199,7 @@ def _validate(d: _Draft, run: Run, observed: Observed) -> bool:
             d.actions.append(Requeue(MISSING_REFERENCE_RETRY))
             return False
         d.create("Job", validation.build_validation_job(run), "validate_job")
-        message = f"dataset validation Job {names.validate_job} started"
+        message = f"dataset validation Job {names.validate_job} running"
         d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, message)
         d.phase(Phase.VALIDATING)
         return False
@@ -208,7 +208,8 @@ def _validate(d: _Draft, run: Run, observed: Observed) -> bool:
         d.set(cond.VALIDATED, "True", cond.SPEC_VALID, "references and dataset checked")
         return True
     if job.state != "Failed":
-        d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, f"Job {job.name} running")
+        message = f"dataset validation Job {job.name} running"
+        d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, message)
         d.phase(Phase.VALIDATING)
         return False
     pod = first_failure(observed.pods_of("validate"))
@@ -326,7 +327,7 @@ def _merge(d: _Draft, run: Run, observed: Observed) -> bool:
     job = observed.merge_job
     if job is None:
         d.create("Job", merge.build_merge_job(run), "merge_job")
-        d.set(cond.MERGED, "Unknown", cond.MERGE_RUNNING, f"Job {run.names.merge_job} started")
+        d.set(cond.MERGED, "Unknown", cond.MERGE_RUNNING, f"Job {run.names.merge_job} running")
         d.phase(Phase.MERGING)
         return False
     d.child("merge_job", job.name)

@@ -1,0 +1,157 @@
+"""The runner: reconciles carried out against a stand-in API (no cluster).
+
+Covers: a new run gets its validation Job, a status patch and a phase Event, in that
+order; the echo of the operator's own status patch wakes nothing; a child event that
+changes nothing the decision sees wakes nothing, while a real change reconciles; triggers
+for a run being reconciled are coalesced into one more pass, never run side by side; a
+deleted run is forgotten; parsed specs are reused until the generation changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from qwenft_operator import runner as runner_module
+from qwenft_operator.metrics import OperatorMetrics
+from qwenft_operator.observe import JobFacts
+from qwenft_operator.runner import Runner
+from qwenft_operator.settings import OperatorSettings
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "lora-single-gpu.yaml"
+KEY = ("team", "support-lora")
+
+
+class FakeApi:
+    """The kube functions the runner calls, recording what it asked for."""
+
+    def __init__(self) -> None:
+        body = yaml.safe_load(EXAMPLE.read_text())
+        body["metadata"].update(
+            namespace="team", uid="u1", generation=1, resourceVersion="10",
+            creationTimestamp="2026-01-01T00:00:00Z",
+        )  # fmt: skip
+        self.body: dict[str, Any] | None = body
+        self.calls: list[str] = []
+        self.active = 0
+        self.max_active = 0
+
+    def get_run(self, clients: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get")
+        return copy.deepcopy(self.body)
+
+    def patch_status(self, clients: Any, namespace: str, name: str, patch: dict[str, Any]) -> Any:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self.calls.append("patch " + ",".join(sorted(patch)))
+        assert self.body is not None
+        self.body.setdefault("status", {}).update(patch)
+        meta = self.body["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        self.active -= 1
+        return copy.deepcopy(self.body)
+
+    def ensure_child(self, clients: Any, kind: str, namespace: str, body: Any) -> Any:
+        self.calls.append(f"create {kind} {body['metadata']['name']}")
+        return body, True
+
+    def missing_references(self, clients: Any, namespace: str, refs: Any) -> tuple[str, ...]:
+        self.calls.append("check references")
+        return ()
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi()
+    for name in ("get_run", "patch_status", "ensure_child", "missing_references"):
+        monkeypatch.setattr(runner_module.kube, name, getattr(fake, name))
+    events: list[str] = []
+    monkeypatch.setattr(runner_module.kopf, "event", lambda body, **kw: events.append(kw["reason"]))
+    fake.events = events  # type: ignore[attr-defined]
+    return fake
+
+
+def make_runner() -> Runner:
+    return Runner(object(), OperatorSettings(), OperatorMetrics(), workers=2)  # type: ignore[arg-type]
+
+
+def test_new_run_creates_validation_then_patches_and_reports(api: FakeApi) -> None:
+    runner = make_runner()
+
+    async def scenario() -> None:
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    assert api.calls == [
+        "check references",
+        "create Job support-lora-validate",
+        "patch children,conditions,observedGeneration,phase",
+    ]
+    assert api.events == ["Validating"]  # type: ignore[attr-defined]
+
+
+def test_own_patch_echo_and_unchanged_children_wake_nothing(api: FakeApi) -> None:
+    runner = make_runner()
+
+    async def scenario() -> None:
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # type: ignore[arg-type]
+        api.calls.clear()
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # the status patch's echo
+        assert api.calls == []
+        child = ("Job", "support-lora-validate")
+        runner.indexes.jobs = {KEY: [JobFacts("support-lora-validate", "Active")]}
+        await runner.child_changed(KEY, child, ("Active", 0, ""), deleted=False)
+        await runner.child_changed(KEY, child, ("Active", 0, ""), deleted=False)
+        assert api.calls == []  # running validation: status already says so
+        runner.indexes.jobs = {KEY: [JobFacts("support-lora-validate", "Succeeded")]}
+        await runner.child_changed(KEY, child, ("Succeeded", 0, ""), deleted=False)
+
+    asyncio.run(scenario())
+    assert api.calls[:3] == [
+        "create ConfigMap support-lora-config",
+        "create Service support-lora-train",
+        "create Job support-lora-train",
+    ]
+    assert "get" not in api.calls  # the run came from events and patch answers
+
+
+def test_triggers_are_coalesced_not_concurrent(api: FakeApi) -> None:
+    runner = make_runner()
+    passes = 0
+    plain = runner._reconcile_once
+
+    async def counted(key: Any, given: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        await asyncio.sleep(0.05)
+        return await plain(key, given)
+
+    runner._reconcile_once = counted  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await asyncio.gather(*(runner.trigger(KEY) for _ in range(5)))
+
+    asyncio.run(scenario())
+    assert passes == 2  # the first pass, and one more for the four triggers during it
+    assert api.max_active == 1
+
+
+def test_deleted_run_is_forgotten_and_spec_parse_reused(api: FakeApi) -> None:
+    runner = make_runner()
+    body = copy.deepcopy(api.body)
+    assert body is not None
+    first = runner._run_of(KEY, body)
+    assert runner._run_of(KEY, body) is first
+    body["metadata"]["generation"] = 2
+    assert runner._run_of(KEY, body) is not first
+    api.body = None
+
+    async def scenario() -> Any:
+        return await runner.trigger(KEY)
+
+    assert asyncio.run(scenario()) is None
+    assert KEY not in runner._runs
