@@ -23,6 +23,7 @@ cluster's 32 fake GPUs stay Pending, which does not hold back phase Training.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if operator is not None:
             operator.stop()
         cp.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     def p50(values: list[float]) -> float:
         return statistics.median(values)
