@@ -30,7 +30,6 @@ from qwenft_operator.runner import Indexes, Runner
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
-ANNOTATION_PREFIX = GROUP  # kopf's own bookkeeping lives in annotations under this prefix
 MANAGED = {labels.MANAGED_BY_KEY: labels.MANAGED_BY}
 # The children watched, as kopf selectors: (group, plural), "v1" being the core group.
 CHILD_RESOURCES = (("batch", "jobs"), ("v1", "pods"), ("apps", "deployments"))
@@ -102,9 +101,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @typed(kopf.on.startup(registry=registry))
     def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix=ANNOTATION_PREFIX
-        )
         settings.persistence.diffbase_storage = NoDiffBase()
         settings.posting.level = logging.INFO  # only the operator's explicit Events are posted
         for resource in CHILD_RESOURCES:
