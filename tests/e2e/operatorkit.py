@@ -36,8 +36,17 @@ CONFIG_MAPS = {"support-chats": {"train.jsonl": '{"messages": []}\n'}}
 PRIORITY_CLASSES = ("training", "batch-low")
 
 
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
+def wait_until(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float = 60.0,
+    why: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline.
+
+    An API error inside ``probe`` counts as "not yet" (the last one is reported); ``why``
+    adds context to the failure, such as a process's log tail.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -48,7 +57,10 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) 
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+            context = f"\n{why()}" if why is not None else ""
+            pytest.fail(
+                f"timed out after {timeout:.0f}s waiting for {what} (last error: {last}){context}"
+            )
         time.sleep(0.2)
 
 

@@ -28,11 +28,10 @@ exercised in test_monitoring.py, whose stack serves both purposes.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -59,23 +58,10 @@ from operatorkit import (
     prepare_namespace,
     running_operator,
     wait_phase,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
-
-T = TypeVar("T")
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll probe() until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 @pytest.fixture

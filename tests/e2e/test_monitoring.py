@@ -37,10 +37,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import yaml
@@ -64,6 +63,7 @@ from operatorkit import (
     patch_run,
     prepare_namespace,
     wait_phase,
+    wait_until,
 )
 from promserver import (
     ROOT,
@@ -77,7 +77,6 @@ from promserver import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-T = TypeVar("T")
 TRAINED = "mon-train"  # held in Training; the real trainer plays its rank-0 pod
 READY = "mon-ready"  # the happy path, start to Ready
 DENIED = "mon-denied"  # in the namespace whose Role cannot create Deployments
@@ -86,20 +85,6 @@ TRAINER_PORT = 9400  # the port the operator's progress reader scrapes on a trai
 DATASET = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
 GPU_ONLY = re.compile(r"qwenft_train_gpu_memory_")
 KWOK_AFTER = "qwenft.io/kwok-complete-after"
-
-
-def wait_until(
-    what: str, probe: Callable[[], T | None], timeout: float, why: Callable[[], str]
-) -> T:
-    """Poll probe() until it returns something truthy; fail naming `what` and why()."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{why()}")
-        time.sleep(0.5)
 
 
 @dataclass

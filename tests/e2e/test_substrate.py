@@ -15,31 +15,18 @@ Covers:
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from operatorkit import wait_until
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 GPU = "nvidia.com/gpu"
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll probe() until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def condition(obj: Any, type_: str) -> Any:
