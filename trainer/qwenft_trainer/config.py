@@ -278,4 +278,5 @@ def format_validation_error(source: str | Path, err: Any) -> str:
 
 def dump_config(config: TrainConfig) -> str:
     """YAML text for a config, as the operator puts it in a ConfigMap."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: ~10x faster
+    return yaml.dump(config.model_dump(mode="json"), Dumper=dumper, sort_keys=False)
