@@ -182,8 +182,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         )
     )
     async def read_progress(
-        namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **kwargs: Any
+        namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
     ) -> None:
         runner = _runner(memo)
         _use_indexes(runner, kwargs)
-        await runner.read_progress((namespace, name), status)
+        await runner.read_progress((namespace, name), body)

@@ -2,9 +2,11 @@
 
 The trainer serves its progress as Prometheus gauges (docs/metrics.md, trainer section) on
 ``TrainConfig.metrics_port`` of the rank-0 pod. The operator scrapes that endpoint on a
-timer, turns it into ``status.progress`` (and ``status.resumedFromStep``) and mirrors it
-into its own per-run gauges. :func:`parse_progress` is pure; :func:`fetch_progress` is
-the one HTTP call (aiohttp: hundreds of runs are scraped without tying up threads).
+timer, turns it into ``status.progress`` (and ``status.resumedFromStep``), appends each new
+complete checkpoint to ``status.checkpoints`` and mirrors progress into its own per-run
+gauges. :func:`parse_progress` and :func:`build_checkpoints` are pure;
+:func:`fetch_progress` is the one HTTP call (aiohttp: hundreds of runs are scraped without
+tying up threads).
 
     progress = await fetch_progress(session, metrics_url(pod))
 """
@@ -12,15 +14,17 @@ the one HTTP call (aiohttp: hundreds of runs are scraped without tying up thread
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import posixpath
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwenft_operator.builders.config import TRAINER_METRICS_PORT
 from qwenft_operator.observe import PodFacts
-from qwenft_operator.status import Progress
+from qwenft_operator.status import CheckpointRecord, Progress
 
 FETCH_TIMEOUT_SECONDS = 3.0
 # Trainer series -> Progress field.
@@ -35,6 +39,10 @@ FIELDS = {
     "qwenft_train_eta_seconds": "eta_seconds",
 }
 RESUMED = "qwenft_train_resumed_from_step"
+LAST_CHECKPOINT = "qwenft_train_last_checkpoint_step"
+# status.checkpoints keeps the newest ones; the trainer prunes older ones on disk anyway.
+MAX_CHECKPOINT_RECORDS = 10
+CHECKPOINT_PREFIX = "checkpoint-"  # the trainer's checkpoint directory names
 INTEGER_FIELDS = {"step", "total_steps"}
 SIGNED_FIELDS = {"loss", "eval_loss"}  # the rest are counts and rates, never below 0
 # Gauges start at 0: a loss of exactly 0 means "not logged yet", not a perfect model.
@@ -43,10 +51,15 @@ UNSET_AT_ZERO = {"loss", "eval_loss", "total_steps"}
 
 @dataclass(frozen=True)
 class TrainerProgress:
-    """What one scrape says: progress, and the step the run resumed from."""
+    """What one scrape says: progress, the resumed-from step, the newest checkpoint."""
 
     progress: Progress
     resumed_from_step: int | None = None
+    last_checkpoint_step: int | None = None
+
+
+def _step(value: float | None) -> int | None:
+    return int(value) if value is not None and math.isfinite(value) and value >= 0 else None
 
 
 def parse_progress(text: str, run: str | None = None) -> TrainerProgress:
@@ -56,7 +69,7 @@ def parse_progress(text: str, run: str | None = None) -> TrainerProgress:
         for sample in family.samples:
             if run is not None and sample.labels.get("run") not in (None, run):
                 continue
-            if sample.name in FIELDS or sample.name == RESUMED:
+            if sample.name in FIELDS or sample.name in (RESUMED, LAST_CHECKPOINT):
                 values[sample.name] = float(sample.value)
     fields: dict[str, float | int] = {}
     for series, field in FIELDS.items():
@@ -71,11 +84,26 @@ def parse_progress(text: str, run: str | None = None) -> TrainerProgress:
             fields[field] = value
         else:
             fields[field] = max(value, 0.0)
-    resumed = values.get(RESUMED)
     return TrainerProgress(
         progress=Progress.model_validate(fields),
-        resumed_from_step=int(resumed) if resumed is not None and math.isfinite(resumed) else None,
+        resumed_from_step=_step(values.get(RESUMED)),
+        last_checkpoint_step=_step(values.get(LAST_CHECKPOINT)),
     )
+
+
+def build_checkpoints(
+    records: Sequence[CheckpointRecord],
+    step: int | None,
+    output_dir: str,
+    now: datetime,
+    keep: int = MAX_CHECKPOINT_RECORDS,
+) -> list[CheckpointRecord]:
+    """``records`` with ``step`` appended when it is new, keeping the newest ``keep``."""
+    kept = list(records)
+    if step is not None and all(record.step != step for record in kept):
+        path = posixpath.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+        kept.append(CheckpointRecord(step=step, path=path, time=now))
+    return kept[-keep:] if keep > 0 else []
 
 
 def rank_zero(pods: Iterable[PodFacts]) -> PodFacts | None:

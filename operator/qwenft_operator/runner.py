@@ -35,6 +35,7 @@ from qwenft_operator.actions import (
     SetJobSuspended,
     dump_status,
 )
+from qwenft_operator.builders import paths
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_reference_check
@@ -277,8 +278,12 @@ class Runner:
                     patched = kube.patch_status(self.clients, namespace, name, patch)
         return patched
 
-    async def read_progress(self, key: RunKey, status: Mapping[str, Any]) -> None:
-        """Scrape the rank-0 trainer of a training run into ``status.progress``."""
+    async def read_progress(self, key: RunKey, body: Mapping[str, Any]) -> None:
+        """Scrape the rank-0 trainer of a training run into its status.
+
+        ``status.progress`` and ``status.resumedFromStep`` follow the trainer; a checkpoint
+        step not seen before is appended to ``status.checkpoints``.
+        """
         pod = progress.rank_zero(_store_values(self.indexes.pods.get(key, ())))
         if pod is None:
             return
@@ -287,19 +292,23 @@ class Runner:
         found = await progress.fetch_progress(self._session, progress.metrics_url(pod), run=key[1])
         if found is None:
             return
-        current = QwenFineTuneStatus.model_validate(dict(status))
-        wanted = current.model_copy(
-            update={
-                "progress": found.progress,
-                "resumed_from_step": found.resumed_from_step
-                if found.resumed_from_step is not None
-                else current.resumed_from_step,
-            }
-        )
-        before, after = dump_status(current), dump_status(wanted)
+        current = QwenFineTuneStatus.model_validate(dict(body.get("status") or {}))
+        update: dict[str, Any] = {"progress": found.progress}
+        if found.resumed_from_step is not None:
+            update["resumed_from_step"] = found.resumed_from_step
+        if found.last_checkpoint_step is not None:
+            try:
+                output_dir = paths.output_dir(self._run_of(key, body))
+            except ValidationError:  # the next reconcile reports the spec
+                output_dir = None
+            if output_dir is not None:
+                update["checkpoints"] = progress.build_checkpoints(
+                    current.checkpoints, found.last_checkpoint_step, output_dir, datetime.now(UTC)
+                )
+        before, after = dump_status(current), dump_status(current.model_copy(update=update))
         patch = {
             k: after.get(k)
-            for k in ("progress", "resumedFromStep")
+            for k in ("progress", "resumedFromStep", "checkpoints")
             if before.get(k) != after.get(k)
         }
         if patch:

@@ -1,10 +1,12 @@
 """The progress reader: trainer metrics -> status.progress.
 
 Covers: parsing a /metrics page (the run label filter, gauges still at 0 read as "not
-logged yet", integers for steps, the Progress column text, resumedFromStep); picking the
-rank-0 training pod; an unreachable trainer reads as None; and, marked slow, a REAL local
-training run (tiny model, ``qwenft_trainer.train`` in a subprocess serving its metrics
-endpoint) scraped with :func:`fetch_progress` until it reports steps, with the totals,
+logged yet", integers for steps, the Progress column text, resumedFromStep, the last
+checkpoint step); status.checkpoints gaining a record per new checkpoint step (path in the
+output dir, time, no duplicates, bounded to the newest); picking the rank-0 training pod;
+an unreachable trainer reads as None; and, marked slow, a REAL local training run (tiny
+model, ``qwenft_trainer.train`` in a subprocess serving its metrics endpoint) scraped with
+:func:`fetch_progress` until it reports steps and a complete checkpoint, with the totals,
 learning rate and loss the trainer publishes.
 """
 
@@ -14,13 +16,16 @@ import asyncio
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from qwenft_operator.observe import PodFacts
 from qwenft_operator.progress import (
+    MAX_CHECKPOINT_RECORDS,
     TrainerProgress,
+    build_checkpoints,
     fetch_progress,
     metrics_url,
     parse_progress,
@@ -51,6 +56,8 @@ qwenft_train_tokens_per_second{run="demo"} 1234.5
 qwenft_train_eta_seconds{run="demo"} 600.0
 # TYPE qwenft_train_resumed_from_step gauge
 qwenft_train_resumed_from_step{run="demo"} 40.0
+# TYPE qwenft_train_last_checkpoint_step gauge
+qwenft_train_last_checkpoint_step{run="demo"} 40.0
 """
 
 
@@ -63,7 +70,25 @@ def test_parse_progress() -> None:
     assert (progress.tokens_per_second, progress.eta_seconds) == (1234.5, 600.0)
     assert progress.display == "42/300"
     assert found.resumed_from_step == 40
-    assert parse_progress(PAGE, run="other").progress.step == 7
+    assert found.last_checkpoint_step == 40
+    other = parse_progress(PAGE, run="other")
+    assert other.progress.step == 7
+    assert other.last_checkpoint_step is None  # no checkpoint series for that run
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_checkpoint_records_grow_once_per_step_and_stay_bounded() -> None:
+    records = build_checkpoints([], 100, "/output/demo", T0)
+    assert [(r.step, r.path, r.time) for r in records] == [(100, "/output/demo/checkpoint-100", T0)]
+    # the same step on the next scrape: unchanged, time kept
+    assert build_checkpoints(records, 100, "/output/demo", T0 + timedelta(minutes=1)) == records
+    assert build_checkpoints(records, None, "/output/demo", T0) == records
+    for step in range(200, 100 * (MAX_CHECKPOINT_RECORDS + 3), 100):
+        records = build_checkpoints(records, step, "/output/demo", T0)
+    assert len(records) == MAX_CHECKPOINT_RECORDS
+    assert records[0].step == 300 and records[-1].step == 100 * (MAX_CHECKPOINT_RECORDS + 2)
 
 
 def test_rank_zero_pod() -> None:
@@ -101,6 +126,7 @@ def test_reads_progress_of_a_real_training_run(tiny_model_dir: Path, tmp_path: P
         metrics_port=port,
         run_name="progress-demo",
         training={"max_steps": 400},
+        checkpoint={"save_steps": 2, "keep": 100},  # none pruned before the check
     )
     cmd = [sys.executable, "-m", "qwenft_trainer.train", "--config", str(config)]
     proc = subprocess.Popen(
@@ -112,11 +138,11 @@ def test_reads_progress_of_a_real_training_run(tiny_model_dir: Path, tmp_path: P
         found = None
         while time.monotonic() < deadline and proc.poll() is None:
             found = scrape(url, run="progress-demo")
-            if found is not None and (found.progress.step or 0) > 1:
+            if found is not None and found.last_checkpoint_step is not None:
                 break
             time.sleep(0.5)
         out = "" if proc.poll() is None else (proc.stdout.read() if proc.stdout else "")
-        assert found is not None and (found.progress.step or 0) > 1, out[-3000:]
+        assert found is not None and found.last_checkpoint_step is not None, out[-3000:]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -126,3 +152,6 @@ def test_reads_progress_of_a_real_training_run(tiny_model_dir: Path, tmp_path: P
     assert progress.learning_rate is not None and progress.learning_rate > 0
     assert progress.loss is not None and progress.loss > 0
     assert found.resumed_from_step == 0
+    step = found.last_checkpoint_step
+    assert step % 2 == 0 and 2 <= step <= (progress.step or 0)
+    assert (tmp_path / "out" / f"checkpoint-{step}" / "qwenft-complete").is_file()

@@ -3,8 +3,10 @@
 Covers: the exported series names are exactly the trainer table of docs/metrics.md (GPU
 memory only with CUDA) and every sample carries ``run``; the callback turns Trainer logs
 into gauge values, a counter of tokens and one parseable ``train_log`` line per logging
-step (and ``eval`` lines); rates and ETA from ``build_progress``; non-finite values
-become null; the ``/metrics`` endpoint serves over HTTP. The endpoint during a real run
+step (and ``eval`` lines); the last-checkpoint gauge moves only to a checkpoint carrying
+the complete marker (and starts at the resumed step); rates and ETA from
+``build_progress``; non-finite values become null; the ``/metrics`` endpoint serves over
+HTTP. The endpoint during a real run
 is covered in test_train_distributed.py.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from prometheus_client import generate_latest
+from qwenft_trainer.checkpoints import mark_complete
 from qwenft_trainer.telemetry import (
     TelemetryCallback,
     TrainMetrics,
@@ -50,7 +53,7 @@ def exported_series(metrics: TrainMetrics) -> dict[str, dict[str, str]]:
 
 def test_series_names_match_docs_and_carry_run_label() -> None:
     documented = documented_trainer_series()
-    assert len(documented) == 13
+    assert len(documented) == 14
     with_gpu = _every_gauge_set(TrainMetrics(run="r1", cuda=True))
     assert set(exported_series(with_gpu)) == documented
     assert all(labels == {"run": "r1"} for labels in exported_series(with_gpu).values())
@@ -122,6 +125,44 @@ def test_callback_feeds_metrics_and_json_lines() -> None:
     assert log["tokens_total"] == 3000
     assert log["tokens_per_second"] > 0 and log["eta_seconds"] > 0
     assert lines[1] == {"event": "eval", "step": 6, "epoch": 0.3, "eval_loss": 2.75}
+
+
+def test_checkpoint_gauge_follows_complete_checkpoints(tmp_path: Path) -> None:
+    metrics = TrainMetrics(run="r", cuda=False)
+    out = io.StringIO()
+    callback = TelemetryCallback(
+        metrics, samples_per_step=1, resumed_from_step=2, progress_bar=False, stream=out
+    )
+    state = SimpleNamespace(
+        is_world_process_zero=True, global_step=2, max_steps=9, epoch=0.1, num_input_tokens_seen=0
+    )
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace()
+    callback.on_train_begin(args, state, control)  # type: ignore[arg-type]
+    assert _value(metrics, "qwenft_train_last_checkpoint_step") == 2
+    for step, complete in ((4, True), (6, False)):
+        state.global_step = step
+        directory = tmp_path / f"checkpoint-{step}"
+        directory.mkdir()
+        if complete:
+            mark_complete(directory, step=step)
+        callback.on_save(args, state, control)  # type: ignore[arg-type]
+    assert _value(metrics, "qwenft_train_last_checkpoint_step") == 4  # 6 has no marker
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["event"], line["step"]) for line in lines] == [
+        ("checkpoint", 4),
+        ("checkpoint", 6),
+    ]
+
+
+def test_fresh_run_has_no_checkpoint_series() -> None:
+    metrics = TrainMetrics(run="r", cuda=False)
+    callback = TelemetryCallback(metrics, samples_per_step=1, progress_bar=False)
+    state = SimpleNamespace(
+        is_world_process_zero=True, global_step=0, max_steps=9, epoch=0.0, num_input_tokens_seen=0
+    )
+    callback.on_train_begin(SimpleNamespace(), state, SimpleNamespace())  # type: ignore[arg-type]
+    sample = metrics.registry.get_sample_value("qwenft_train_last_checkpoint_step", {"run": "r"})
+    assert sample is None
 
 
 def test_callback_is_silent_on_other_ranks() -> None:

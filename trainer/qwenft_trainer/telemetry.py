@@ -20,10 +20,13 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from qwenft_trainer.checkpoints import MARKER, PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ GAUGES: dict[str, str] = {
     "qwenft_train_samples_per_second": "Samples per second, all ranks.",
     "qwenft_train_eta_seconds": "Estimated seconds to the last step.",
     "qwenft_train_resumed_from_step": "Step the run resumed from (0 for a fresh start).",
+    "qwenft_train_last_checkpoint_step": "Step of the newest complete checkpoint.",
 }
 GPU_GAUGES: dict[str, str] = {
     "qwenft_train_gpu_memory_allocated_bytes": "torch.cuda.memory_allocated of rank 0.",
@@ -181,6 +185,8 @@ class TelemetryCallback(TrainerCallback):
             self.metrics.set("qwenft_train_total_steps", float(state.max_steps))
             self.metrics.set("qwenft_train_step", float(state.global_step))
             self.metrics.set("qwenft_train_resumed_from_step", float(self.resumed_from_step))
+            if self.resumed_from_step > 0:
+                self.metrics.set("qwenft_train_last_checkpoint_step", float(self.resumed_from_step))
             self.metrics.tokens_total.inc(tokens)
             self.metrics.update_gpu_memory()
         if self.progress_bar:
@@ -275,9 +281,17 @@ class TelemetryCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if state.is_world_process_zero:
-            path = f"{args.output_dir}/checkpoint-{state.global_step}"
-            self._write(build_log_record("checkpoint", step=state.global_step, path=path))
+        """Publish the checkpoint; runs after ``CheckpointCallback`` wrote its marker.
+
+        The gauge only moves to a checkpoint that carries the complete marker, so the
+        operator never records a step that a resume could not start from.
+        """
+        if not state.is_world_process_zero:
+            return
+        path = f"{args.output_dir}/{PREFIX}{state.global_step}"
+        self._write(build_log_record("checkpoint", step=state.global_step, path=path))
+        if self.metrics and (Path(path) / MARKER).is_file():
+            self.metrics.set("qwenft_train_last_checkpoint_step", float(state.global_step))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
