@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qwenft_operator.status import QwenFineTuneStatus
+from qwenft_operator.workloads import EvaluationPrompt
 
 ChildKind = Literal["Job", "ConfigMap", "Service", "Deployment"]
 EventType = Literal["Normal", "Warning"]
@@ -65,7 +66,19 @@ class Requeue:
     seconds: float
 
 
-Action = CreateChild | DeleteChild | SetJobSuspended | PatchStatus | EmitEvent | Requeue
+@dataclass(frozen=True)
+class RunSmokeTest:
+    """Send the evaluation prompts to the endpoint; the outcome wakes the run again."""
+
+    url: str
+    model: str
+    prompts: tuple[EvaluationPrompt, ...]
+    generation: int
+
+
+Action = (
+    CreateChild | DeleteChild | SetJobSuspended | PatchStatus | EmitEvent | Requeue | RunSmokeTest
+)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ INFERENCE_DISABLED = "InferenceDisabled"  # spec.inference.enabled is false
 DEPLOY_FAILED = "DeployFailed"  # the Deployment can't become available (e.g. image, crash loop)
 SMOKE_TEST_PASSED = "SmokeTestPassed"  # every evaluation prompt got an acceptable answer
 SMOKE_TEST_FAILED = "SmokeTestFailed"  # an evaluation prompt failed; message says which
+SMOKE_TEST_RUNNING = "SmokeTestRunning"  # the evaluation prompts are being sent
+ENDPOINT_UNREACHABLE = "EndpointUnreachable"  # the endpoint did not answer the smoke test
 
 REASONS = (
     VALIDATION_RUNNING,
@@ -85,6 +87,8 @@ REASONS = (
     DEPLOY_FAILED,
     SMOKE_TEST_PASSED,
     SMOKE_TEST_FAILED,
+    SMOKE_TEST_RUNNING,
+    ENDPOINT_UNREACHABLE,
 )
 
 

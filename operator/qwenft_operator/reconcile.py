@@ -29,6 +29,7 @@ from qwenft_operator.actions import (
     EmitEvent,
     PatchStatus,
     Requeue,
+    RunSmokeTest,
     SetJobSuspended,
     status_patch,
 )
@@ -44,6 +45,7 @@ from qwenft_operator.observe import (
 )
 from qwenft_operator.phases import Phase
 from qwenft_operator.runs import Run
+from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Children, Endpoint, Outputs, QwenFineTuneStatus
 
 # Seconds between checks while a referenced Secret, ConfigMap or claim is missing.
@@ -65,6 +67,8 @@ class Observed:
     pods: tuple[PodFacts, ...] = ()
     # Missing Secrets/ConfigMaps/claims ("secret hf-token", ...); None: not checked.
     missing_references: tuple[str, ...] | None = None
+    # The last finished smoke test of the run (any generation); None: none finished.
+    smoke: SmokeOutcome | None = None
 
     def pods_of(self, component: str) -> list[PodFacts]:
         return [p for p in self.pods if p.component == component]
@@ -379,7 +383,42 @@ def _serve(d: _Draft, run: Run, observed: Observed) -> None:
         d.set(cond.READY, "True", cond.ENDPOINT_READY, f"serving {run.served_model_name}")
         d.phase(Phase.READY)
         d.status.completion_time = d.status.completion_time or d.now
+        _smoke_test(d, run, observed)
     else:
         message = f"{deployment.ready_replicas}/{deployment.replicas} server replicas ready"
         d.set(cond.READY, "False", cond.DEPLOYING, message)
         d.phase(Phase.DEPLOYING)
+
+
+def _smoke_test(d: _Draft, run: Run, observed: Observed) -> None:
+    """Ready: the evaluationPrompts, sent once per generation; the outcome is recorded.
+
+    A failed test (or an endpoint that never answered) is reported by the SmokeTested
+    condition and an Event; the run stays Ready.
+    """
+    prompts = run.spec.evaluation_prompts
+    endpoint = d.status.endpoint
+    if not prompts or endpoint is None or endpoint.url is None or endpoint.model_name is None:
+        return
+    done = cond.get_condition(d.status.conditions, cond.SMOKE_TESTED)
+    if done and done.observed_generation == run.generation and done.status != "Unknown":
+        return
+    outcome = observed.smoke
+    if outcome is None or outcome.generation != run.generation:
+        message = f"sending {len(prompts)} evaluation prompts to {endpoint.url}"
+        d.set(cond.SMOKE_TESTED, "Unknown", cond.SMOKE_TEST_RUNNING, message)
+        d.actions.append(
+            RunSmokeTest(endpoint.url, endpoint.model_name, tuple(prompts), run.generation)
+        )
+        return
+    result = outcome.result
+    d.status.smoke_test = result
+    if result.passed:
+        message = f"{result.total} of {result.total} evaluation prompts passed"
+        d.set(cond.SMOKE_TESTED, "True", cond.SMOKE_TEST_PASSED, message)
+        d.actions.append(EmitEvent("Normal", cond.SMOKE_TEST_PASSED, message))
+        return
+    reason = cond.SMOKE_TEST_FAILED if outcome.reachable else cond.ENDPOINT_UNREACHABLE
+    message = f"{result.failed} of {result.total} evaluation prompts failed: {result.message}"
+    d.set(cond.SMOKE_TESTED, "False", reason, message)
+    d.actions.append(EmitEvent("Warning", reason, message))

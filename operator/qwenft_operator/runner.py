@@ -6,7 +6,9 @@ indexes of Jobs, pods and Deployments (kept by kopf's watches, so a reconcile li
 nothing), asks :func:`~qwenft_operator.reconcile.decide`, and executes the actions through
 :mod:`qwenft_operator.kube` in a thread pool. Triggers for a run that is being reconciled
 are coalesced into one more pass, so a burst of child events costs one or two reconciles,
-and two passes never race on the same run.
+and two passes never race on the same run. A smoke test the decision asks for runs as a
+background task (:mod:`qwenft_operator.smoke`); its outcome is held and wakes the run,
+whose next decision records it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import kopf
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from qwenft_operator import kube, progress
+from qwenft_operator import kube, progress, smoke
 from qwenft_operator.actions import (
     CreateChild,
     Decision,
     DeleteChild,
     EmitEvent,
     PatchStatus,
+    RunSmokeTest,
     SetJobSuspended,
     dump_status,
 )
@@ -109,8 +112,13 @@ class Runner:
         # What each child last looked like to the decision, so repeats wake nobody.
         self._signatures: dict[tuple[str, str, str], Hashable] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Smoke tests in flight (held so they are not garbage-collected) and finished ones.
+        self._smoke_tasks: dict[RunKey, asyncio.Task[None]] = {}
+        self._smoke_outcomes: dict[RunKey, smoke.SmokeOutcome] = {}
 
     async def close(self) -> None:
+        for task in self._smoke_tasks.values():
+            task.cancel()
         if self._session is not None:
             await self._session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -151,6 +159,10 @@ class Runner:
         """The run is gone (or going): drop what is held about it."""
         self._bodies.pop(key, None)
         self._runs.pop(key, None)
+        self._smoke_outcomes.pop(key, None)
+        task = self._smoke_tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
         self.metrics.forget(key)
 
     async def run_changed(self, key: RunKey, body: Mapping[str, Any]) -> None:
@@ -245,10 +257,14 @@ class Runner:
                 refs = build_references(run.spec)
                 missing = await self._call(kube.missing_references, self.clients, namespace, refs)
                 observed = replace(observed, missing_references=missing)
+            observed = replace(observed, smoke=self._smoke_outcomes.get(key))
             decision = decide(run, status, observed, now)
         patched = await self._call(self._execute, namespace, name, decision)
         if patched is not None:
             self.remember(key, patched)
+        for test in decision.of_type(RunSmokeTest):
+            assert isinstance(test, RunSmokeTest)
+            self._start_smoke_test(key, test)
         for action in decision.of_type(EmitEvent):
             assert isinstance(action, EmitEvent)
             kopf.event(body, type=action.type, reason=action.reason, message=action.message)
@@ -259,6 +275,24 @@ class Runner:
         if decision.requeue_after is not None:
             self._later(key, decision.requeue_after)
         return decision
+
+    def _start_smoke_test(self, key: RunKey, test: RunSmokeTest) -> None:
+        """Run the smoke test in the background unless it runs or ran for this generation."""
+        held = self._smoke_outcomes.get(key)
+        if key in self._smoke_tasks or (held is not None and held.generation == test.generation):
+            return
+
+        async def run() -> None:
+            try:
+                outcome = await smoke.run_smoke_test(
+                    test.url, test.model, test.prompts, generation=test.generation
+                )
+            finally:
+                self._smoke_tasks.pop(key, None)
+            self._smoke_outcomes[key] = outcome
+            await self._quiet_trigger(key)
+
+        self._smoke_tasks[key] = asyncio.get_running_loop().create_task(run())
 
     def _execute(self, namespace: str, name: str, decision: Decision) -> dict[str, Any] | None:
         """The API side of a decision, in order (runs in the thread pool); returns the run

@@ -7,7 +7,10 @@ become Ready). Covers:
   go Validating -> Training -> (Merging) -> Deploying -> Ready, with exactly the expected
   children, training pods bound to fake GPU nodes (the Q-LoRA run's two pods on the two
   H100 nodes, 8 GPUs each, node ranks 0 and 1 with the same torchrun arguments and rank 0's
-  address), status endpoint/outputs, and an Event per phase change;
+  address), status endpoint/outputs, and an Event per phase change; an example with
+  evaluationPrompts is smoke-tested once Ready: the in-cluster endpoint name does not
+  resolve from the operator here, so SmokeTested turns False (EndpointUnreachable, after
+  the retries) with status.smokeTest recorded, and the run stays Ready;
 - the Kueue-queued example: its Job is created suspended with the queue label and the run
   waits (Training, reason Queued); unsuspending the Job as Kueue would lets it finish;
 - a training pod exiting 3 with a message (kwok failure annotation) ends in Failed,
@@ -113,7 +116,8 @@ def test_example_reaches_ready(
     kube_client: client.ApiClient, namespace: str, name: str, run: str, merge: bool,
     gpus: int, nodes: int,
 ) -> None:  # fmt: skip
-    create_run(kube_client, namespace, example(name))
+    body = example(name)
+    create_run(kube_client, namespace, body)
     ready = wait_phase(kube_client, namespace, run, "Ready", timeout=90)
     status = ready["status"]
     assert status["endpoint"]["url"] == f"http://{run}-serve.{namespace}.svc:8000/v1"
@@ -149,6 +153,32 @@ def test_example_reaches_ready(
     for phase in ("Validating", "Training", "Deploying", "Ready"):
         assert phase in reasons, reasons
     assert ("Merging" in reasons) is merge
+    if body["spec"].get("evaluationPrompts"):
+        assert_smoke_test_unreachable(kube_client, namespace, run, body)
+
+
+def assert_smoke_test_unreachable(
+    api: client.ApiClient, namespace: str, run: str, body: dict[str, Any]
+) -> None:
+    def tested() -> dict[str, Any] | None:
+        found = get_run(api, namespace, run)
+        smoke = condition(found, "SmokeTested")
+        return found if smoke and smoke["status"] != "Unknown" else None
+
+    found = wait_until("the smoke test to finish", tested, timeout=30)
+    smoke = condition(found, "SmokeTested")
+    assert smoke is not None and smoke["status"] == "False", smoke
+    assert smoke["reason"] == "EndpointUnreachable", smoke
+    assert f"{run}-serve.{namespace}.svc" in smoke["message"]
+    assert found["status"]["phase"] == "Ready"
+    prompts = len(body["spec"]["evaluationPrompts"])
+    result = found["status"]["smokeTest"]
+    assert (result["passed"], result["total"], result["failed"]) == (False, prompts, prompts)
+
+    def warned() -> bool:
+        return any(e.reason == "EndpointUnreachable" for e in events_of(api, namespace, run))
+
+    wait_until("the EndpointUnreachable event", warned, timeout=10)
 
 
 def test_kueue_queued_run_waits_for_admission(

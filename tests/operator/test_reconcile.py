@@ -9,13 +9,18 @@ with phase Failed and a Warning event; waiting briefly for a failed pod the watc
 shown yet; suspend and resume (the Job is suspended/unsuspended, conditions and events);
 Kueue-queued Jobs left for Kueue to admit; idempotence (children present -> nothing
 created, the same state twice -> no status patch, no event); terminal phases stay put;
-the merge skipped for a full fine-tune; observe.py parsing of Job, Pod and Deployment
+the merge skipped for a full fine-tune; the smoke test of a Ready run with
+evaluationPrompts (asked for once per generation while it runs, its outcome recorded in
+status.smokeTest and SmokeTested True/False with SmokeTestFailed or EndpointUnreachable
+and an event, the run staying Ready; not asked again until the generation changes; no
+test without prompts); observe.py parsing of Job, Pod and Deployment
 objects and of validator reports.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from qwenft_operator.actions import (
     EmitEvent,
     PatchStatus,
     Requeue,
+    RunSmokeTest,
     SetJobSuspended,
 )
 from qwenft_operator.observe import (
@@ -45,7 +51,8 @@ from qwenft_operator.observe import (
 from qwenft_operator.phases import Phase
 from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec
 from qwenft_operator.runs import Run
-from qwenft_operator.status import Progress, QwenFineTuneStatus
+from qwenft_operator.smoke import SmokeOutcome
+from qwenft_operator.status import Progress, QwenFineTuneStatus, SmokeTest
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -414,6 +421,7 @@ def test_idempotent_when_children_exist() -> None:
             train_job=DONE_TRAIN,
             merge_job=DONE_MERGE,
             deployment=DeploymentFacts(f"{RUN}-serve", 1, 1, available=True),
+            smoke=SmokeOutcome(2, SmokeTest(passed=True, total=1, time=NOW), reachable=True),
         ),
     ]
     status = QwenFineTuneStatus()
@@ -427,6 +435,105 @@ def test_idempotent_when_children_exist() -> None:
     assert status.endpoint.url == f"http://{RUN}-serve.team.svc:8000/v1"
     assert status.outputs is not None and status.outputs.merged == f"/output/{RUN}/merged"
     assert status.children is not None and status.children.train_job == f"{RUN}-train"
+
+
+READY = Observed(
+    train_job=DONE_TRAIN,
+    merge_job=DONE_MERGE,
+    deployment=DeploymentFacts(f"{RUN}-serve", 1, 1, available=True),
+)
+
+
+def smoke_condition(decision: Decision) -> tuple[str, str, str] | None:
+    found = cond.get_condition(decision.status.conditions, cond.SMOKE_TESTED)
+    return None if found is None else (found.status, found.reason, found.message)
+
+
+def test_ready_run_sends_its_evaluation_prompts_once() -> None:
+    run = make_run()
+    first = decide(run, QwenFineTuneStatus(), READY, NOW)
+    assert first.status.phase == Phase.READY
+    (test,) = first.of_type(RunSmokeTest)
+    assert test == RunSmokeTest(
+        f"http://{RUN}-serve.team.svc:8000/v1",
+        "support-assistant",
+        tuple(run.spec.evaluation_prompts),
+        2,
+    )
+    found = smoke_condition(first)
+    assert found is not None and found[:2] == ("Unknown", cond.SMOKE_TEST_RUNNING)
+    # Still running: asked again (the runner runs one at a time), nothing else changes.
+    again = decide(run, first.status, READY, NOW + timedelta(seconds=5))
+    assert [type(a) for a in again.actions] == [RunSmokeTest]
+    # An outcome of an older generation does not count.
+    stale = SmokeOutcome(1, SmokeTest(passed=True, total=1), reachable=True)
+    assert decide(run, first.status, dataclasses.replace(READY, smoke=stale), NOW).of_type(
+        RunSmokeTest
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "condition", "event"),
+    [
+        (
+            SmokeOutcome(2, SmokeTest(passed=True, total=1, time=NOW), reachable=True),
+            ("True", cond.SMOKE_TEST_PASSED, "1 of 1 evaluation prompts passed"),
+            "event Normal SmokeTestPassed",
+        ),
+        (
+            SmokeOutcome(
+                2,
+                SmokeTest(passed=False, total=1, failed=1, message="prompt 0 'hi': no", time=NOW),
+                reachable=True,
+            ),
+            (
+                "False",
+                cond.SMOKE_TEST_FAILED,
+                "1 of 1 evaluation prompts failed: prompt 0 'hi': no",
+            ),
+            "event Warning SmokeTestFailed",
+        ),
+        (
+            SmokeOutcome(
+                2,
+                SmokeTest(passed=False, total=1, failed=1, message="x did not answer", time=NOW),
+                reachable=False,
+            ),
+            (
+                "False",
+                cond.ENDPOINT_UNREACHABLE,
+                "1 of 1 evaluation prompts failed: x did not answer",
+            ),
+            "event Warning EndpointUnreachable",
+        ),
+    ],
+    ids=["passed", "failed", "unreachable"],
+)
+def test_smoke_outcome_is_recorded_and_the_run_stays_ready(
+    outcome: SmokeOutcome, condition: tuple[str, str, str], event: str
+) -> None:
+    run = make_run()
+    running = decide(run, QwenFineTuneStatus(), READY, NOW).status
+    observed = dataclasses.replace(READY, smoke=outcome)
+    recorded = decide(run, running, observed, NOW)
+    assert recorded.status.phase == Phase.READY
+    ready = cond.get_condition(recorded.status.conditions, cond.READY)
+    assert ready is not None and ready.status == "True"
+    assert smoke_condition(recorded) == condition
+    assert recorded.status.smoke_test == outcome.result
+    assert summary(recorded) == [event]
+    assert recorded.of_type(PatchStatus)
+    # Done for this generation: nothing more, even without the outcome held (restart).
+    assert decide(run, recorded.status, READY, NOW + timedelta(minutes=1)).actions == ()
+    # A new generation tests again.
+    edited = dataclasses.replace(run, generation=3)
+    assert decide(edited, recorded.status, READY, NOW).of_type(RunSmokeTest)
+
+
+def test_no_smoke_test_without_evaluation_prompts() -> None:
+    decision = decide(make_run(evaluationPrompts=[]), QwenFineTuneStatus(), READY, NOW)
+    assert decision.status.phase == Phase.READY
+    assert not decision.of_type(RunSmokeTest) and smoke_condition(decision) is None
 
 
 def test_terminal_phases_stay() -> None:

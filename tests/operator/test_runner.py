@@ -4,7 +4,9 @@ Covers: a new run gets its validation Job, a status patch and a phase Event, in 
 order; the echo of the operator's own status patch wakes nothing; a child event that
 changes nothing the decision sees wakes nothing, while a real change reconciles; triggers
 for a run being reconciled are coalesced into one more pass, never run side by side; a
-deleted run is forgotten; parsed specs are reused until the generation changes.
+deleted run is forgotten; parsed specs are reused until the generation changes; a Ready
+run's smoke test runs once in the background, its outcome is patched into the status by
+the reconcile it wakes, and later reconciles of the same generation send nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import pytest
 import yaml
 from qwenft_operator import runner as runner_module
 from qwenft_operator.metrics import OperatorMetrics
-from qwenft_operator.observe import JobFacts
+from qwenft_operator.observe import DeploymentFacts, JobFacts
 from qwenft_operator.runner import Runner
 from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.smoke import SmokeOutcome
+from qwenft_operator.status import SmokeTest
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lora-single-gpu.yaml"
 KEY = ("team", "support-lora")
@@ -155,3 +159,41 @@ def test_deleted_run_is_forgotten_and_spec_parse_reused(api: FakeApi) -> None:
 
     assert asyncio.run(scenario()) is None
     assert KEY not in runner._runs
+
+
+def test_ready_run_is_smoke_tested_once(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = make_runner()
+    asked: list[tuple[str, str, int, int]] = []
+    done = asyncio.Event()
+
+    async def fake_smoke_test(url: str, model: str, prompts: Any, *, generation: int) -> Any:
+        asked.append((url, model, len(prompts), generation))
+        return SmokeOutcome(generation, SmokeTest(passed=True, total=len(prompts)), True)
+
+    monkeypatch.setattr(runner_module.smoke, "run_smoke_test", fake_smoke_test)
+    runner.indexes.jobs = {
+        KEY: [JobFacts(f"{KEY[1]}-{step}", "Succeeded") for step in ("train", "merge")]
+    }
+    runner.indexes.deployments = {KEY: [DeploymentFacts(f"{KEY[1]}-serve", 1, 1, True)]}
+
+    async def scenario() -> None:
+        plain = runner._quiet_trigger
+
+        async def woken(key: Any) -> None:
+            await plain(key)
+            done.set()
+
+        runner._quiet_trigger = woken  # type: ignore[method-assign]
+        await runner.trigger(KEY, copy.deepcopy(api.body))
+        await asyncio.wait_for(done.wait(), timeout=10)
+        await runner.trigger(KEY)
+
+    asyncio.run(scenario())
+    assert asked == [("http://support-lora-serve.team.svc:8000/v1", "support-assistant", 1, 1)]
+    assert api.body is not None
+    status = api.body["status"]
+    assert status["phase"] == "Ready"
+    assert status["smokeTest"]["passed"] is True
+    smoke = next(c for c in status["conditions"] if c["type"] == "SmokeTested")
+    assert (smoke["status"], smoke["reason"]) == ("True", "SmokeTestPassed")
+    assert api.events[-1] == "SmokeTestPassed"  # type: ignore[attr-defined]
