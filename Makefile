@@ -1,5 +1,6 @@
 # qwenft developer entry points. Each target installs what it needs first.
-VENV ?= $(HOME)/.cache/qwenft/venv
+# QWENFT_VENV from the environment wins, as in hack/setup.sh and hack/test.sh.
+VENV ?= $(or $(QWENFT_VENV),$(HOME)/.cache/qwenft/venv)
 export QWENFT_VENV := $(VENV)
 
 .PHONY: setup demo test
