@@ -87,6 +87,14 @@ def events_of(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
     return events
 
 
+def event_reasons_including(
+    api: client.ApiClient, namespace: str, run: str, wanted: tuple[str, ...]
+) -> list[str] | None:
+    """The reasons of the run's Events once all of ``wanted`` are among them, else None."""
+    reasons = [e.reason for e in events_of(api, namespace, run)]
+    return reasons if set(wanted) <= set(reasons) else None
+
+
 def train_job(api: client.ApiClient, namespace: str, run: str) -> Any:
     return client.BatchV1Api(api).read_namespaced_job(f"{run}-train", namespace)
 
@@ -149,9 +157,13 @@ def test_example_reaches_ready(
     if name == "qlora-multinode-zero2":
         # nodeSelector picks the H100 nodes; each pod takes all 8 GPUs of one.
         assert {p.spec.node_name for p in pods} == {"gpu-node-0", "gpu-node-1"}
-    reasons = [e.reason for e in events_of(kube_client, namespace, run)]
-    for phase in ("Validating", "Training", "Deploying", "Ready"):
-        assert phase in reasons, reasons
+    # The operator writes the status first and the Event after it: wait for the last one.
+    phases = ("Validating", "Training", "Deploying", "Ready")
+    reasons = wait_until(
+        "an Event for every phase",
+        lambda: event_reasons_including(kube_client, namespace, run, phases),
+        timeout=30,
+    )
     assert ("Merging" in reasons) is merge
     if body["spec"].get("evaluationPrompts"):
         assert_smoke_test_unreachable(kube_client, namespace, run, body)
@@ -238,8 +250,14 @@ def test_failing_training_pod_fails_the_run_with_its_exit_code_and_message(
     reason = condition(failed, "Failed")
     assert reason is not None and reason["reason"] == "TrainingFailed"
     assert "code 3" in reason["message"] and message in reason["message"]
-    warnings = [e for e in events_of(kube_client, namespace, run) if e.type == "Warning"]
-    assert any(e.reason == "TrainingFailed" and message in e.message for e in warnings)
+    wait_until(
+        "a TrainingFailed Warning Event with the pod's message",
+        lambda: any(
+            e.type == "Warning" and e.reason == "TrainingFailed" and message in e.message
+            for e in events_of(kube_client, namespace, run)
+        ),
+        timeout=30,
+    )
     # Failed is final: nothing is merged or served.
     assert children(kube_client, namespace, run)["Deployment"] == []
 
