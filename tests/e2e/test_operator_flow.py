@@ -155,8 +155,10 @@ def test_example_reaches_ready(
         assert pod.spec.subdomain == f"{run}-train"
     assert ranks == {str(i) for i in range(nodes)}
     if name == "qlora-multinode-zero2":
-        # nodeSelector picks the H100 nodes; each pod takes all 8 GPUs of one.
-        assert {p.spec.node_name for p in pods} == {"gpu-node-0", "gpu-node-1"}
+        # nodeSelector picks the H100 nodes and each pod takes all 8 GPUs of one. kwok ends
+        # a Job pod a second after it starts, so under load rank 1 may be scheduled after
+        # rank 0 finished, on the same node: assert the node pool, not two distinct nodes.
+        assert {p.spec.node_name for p in pods} <= {"gpu-node-0", "gpu-node-1"}
     # The operator writes the status first and the Event after it: wait for the last one.
     phases = ("Validating", "Training", "Deploying", "Ready")
     reasons = wait_until(
