@@ -207,7 +207,7 @@ def test_metrics_endpoint_serves_series_during_a_run(workdir: Path, tiny_model_d
         "--max-steps",
         "200",
         "--save-steps",
-        "1000",
+        "2",
     ]
     proc = subprocess.Popen(
         cmd,
@@ -224,10 +224,14 @@ def test_metrics_endpoint_serves_series_during_a_run(workdir: Path, tiny_model_d
             return None
         text = body.decode()
         # each series appears with its first value: the loss at the first logging step, the
-        # eval loss at the first evaluation
+        # eval loss at the first evaluation, the checkpoint step at the first checkpoint
         logged = all(
             f'{name}{{run="metrics-run"}}' in text
-            for name in ("qwenft_train_loss", "qwenft_train_eval_loss")
+            for name in (
+                "qwenft_train_loss",
+                "qwenft_train_eval_loss",
+                "qwenft_train_last_checkpoint_step",
+            )
         )
         return text if logged and _step(text) >= 2 else None
 
