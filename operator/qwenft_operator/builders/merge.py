@@ -35,17 +35,13 @@ def build_merge_job(run: Run) -> dict[str, Any]:
     mounts = pods.Mounts(model=True, output=True)
     pod_spec = pods.pod_spec_base(run, mounts)
     pod_spec["containers"] = [
-        {
-            "name": "merge",
-            "image": run.trainer_image,
-            **pods.image_pull_policy(run),
-            "command": build_merge_args(run),
-            "env": pods.model_env(run),
-            "resources": pods.resources(run.spec.merge.resources),
-            "volumeMounts": pods.volume_mounts(run, mounts),
-            "securityContext": pods.container_security_context(),
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }
+        pods.trainer_container(
+            run,
+            name="merge",
+            command=build_merge_args(run),
+            resources=pods.resources(run.spec.merge.resources),
+            mounts=mounts,
+        )
     ]
     return jobs.build_job(
         run,

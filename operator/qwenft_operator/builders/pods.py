@@ -144,6 +144,33 @@ def model_env(run: Run) -> list[dict[str, Any]]:
     return env
 
 
+def trainer_container(
+    run: Run,
+    *,
+    name: str,
+    command: list[str],
+    resources: dict[str, Any],
+    mounts: Mounts,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A container of the trainer image: what the validate, train and merge pods share.
+
+    ``fields`` adds or replaces container fields (``args``, ``env``, ``ports``, ...).
+    """
+    container: dict[str, Any] = {
+        "name": name,
+        "image": run.trainer_image,
+        **image_pull_policy(run),
+        "command": command,
+        "env": model_env(run),
+        "resources": resources,
+        "volumeMounts": volume_mounts(run, mounts),
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {**container, **fields}
+
+
 def image_pull_policy(run: Run) -> dict[str, str]:
     policy = run.spec.images.pull_policy
     return {"imagePullPolicy": policy} if policy else {}

@@ -91,28 +91,25 @@ def build_train_job(run: Run) -> dict[str, Any]:
         pod_spec["initContainers"] = [fetcher]
     index = {"fieldPath": f"metadata.annotations['{labels.JOB_COMPLETION_INDEX_ANNOTATION}']"}
     pod_spec["containers"] = [
-        {
-            "name": "trainer",
-            "image": run.trainer_image,
-            **pods.image_pull_policy(run),
-            "command": LAUNCHER_COMMAND,
-            "args": build_torchrun_args(run),
-            "env": [
+        pods.trainer_container(
+            run,
+            name="trainer",
+            command=LAUNCHER_COMMAND,
+            args=build_torchrun_args(run),
+            env=[
                 {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": index}},
                 *pods.model_env(run),
             ],
-            "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT}],
-            "resources": pods.resources(
+            ports=[{"name": "metrics", "containerPort": TRAINER_METRICS_PORT}],
+            resources=pods.resources(
                 None,
                 gpus=spec.resources.gpus_per_node,
                 gpu_resource=run.gpu_resource,
                 requests=spec.resources.requests,
                 limits=spec.resources.limits,
             ),
-            "volumeMounts": pods.volume_mounts(run, mounts),
-            "securityContext": pods.container_security_context(),
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }
+            mounts=mounts,
+        )
     ]
     policy = spec.run_policy
     extra: dict[str, Any] = {

@@ -41,17 +41,13 @@ def build_validation_job(run: Run) -> dict[str, Any]:
     if fetcher is not None:
         pod_spec["initContainers"] = [fetcher]
     pod_spec["containers"] = [
-        {
-            "name": "validate",
-            "image": run.trainer_image,
-            **pods.image_pull_policy(run),
-            "command": build_validation_args(run),
-            "env": pods.model_env(run),
-            "resources": VALIDATION_RESOURCES,
-            "volumeMounts": pods.volume_mounts(run, mounts),
-            "securityContext": pods.container_security_context(),
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }
+        pods.trainer_container(
+            run,
+            name="validate",
+            command=build_validation_args(run),
+            resources=VALIDATION_RESOURCES,
+            mounts=mounts,
+        )
     ]
     return jobs.build_job(
         run,
