@@ -120,3 +120,23 @@ def test_cli_model_that_cannot_load(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert qwenft(args) == 2
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is False and "can't load the tokenizer" in out["message"]
+
+
+def test_cli_revision_reaches_the_tokenizer_loader(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pinned hub revision is the tokenizer the dataset is checked with."""
+    import transformers
+
+    plain = transformers.AutoTokenizer.from_pretrained
+    asked: list[dict[str, Any]] = []
+
+    def recording(name: str, **kwargs: Any) -> Any:
+        asked.append(kwargs)
+        return plain(name, **{k: v for k, v in kwargs.items() if k != "revision"})
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", recording)
+    args = ["data", "validate", str(DATA / "mixed.jsonl"), "--model", str(tiny_model_dir)]
+    assert qwenft([*args, "--revision", "0123abc", "--json"]) == 0
+    assert qwenft([*args, "--json"]) == 0
+    assert [a.get("revision") for a in asked] == ["0123abc", None]

@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="record format; 'auto' detects it per record (default: %(default)s)",
     )
+    parser.add_argument(
+        "--revision",
+        help="hub branch, tag or commit of --model (the one training will use; default: main)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom tokenizer code"
@@ -195,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from transformers import AutoTokenizer
 
+        pinned = {"revision": args.revision} if args.revision else {}
         tokenizer = AutoTokenizer.from_pretrained(
-            args.model, trust_remote_code=args.trust_remote_code
+            args.model, trust_remote_code=args.trust_remote_code, **pinned
         )
     except (OSError, ValueError) as err:
         message = f"can't load the tokenizer of --model {args.model}: {err}"

@@ -28,6 +28,9 @@ def build_validation_args(run: Run) -> list[str]:
         "--format", spec.dataset.format,
         "--json",
     ]  # fmt: skip
+    hub = spec.model.hub
+    if hub is not None and hub.revision:
+        args += ["--revision", hub.revision]  # the tokenizer training will load
     if spec.model.trust_remote_code:
         args.append("--trust-remote-code")
     return args
