@@ -99,7 +99,9 @@ class Children(StatusObject):
 
     validate_job: str | None = Field(default=None, description="Dataset validation Job.")
     config_map: str | None = Field(default=None, description="Rendered trainer config.")
-    train_service: str | None = Field(default=None, description="Headless torchrun Service.")
+    train_service: str | None = Field(
+        default=None, description="Headless torchrun Service (multi-node runs)."
+    )
     train_job: str | None = Field(default=None, description="Indexed training Job.")
     merge_job: str | None = Field(default=None, description="Merge Job.")
     serve_deployment: str | None = Field(default=None, description="Server Deployment.")

@@ -99,12 +99,13 @@ def train_job(api: client.ApiClient, namespace: str, run: str) -> Any:
     return client.BatchV1Api(api).read_namespaced_job(f"{run}-train", namespace)
 
 
-def expected_children(run: str, *, merge: bool) -> dict[str, list[str]]:
+def expected_children(run: str, *, merge: bool, nodes: int) -> dict[str, list[str]]:
     jobs = [f"{run}-validate", f"{run}-train", *([f"{run}-merge"] if merge else [])]
+    rendezvous = [f"{run}-train"] if nodes > 1 else []  # single-node torchrun meets in-pod
     return {
         "Job": sorted(jobs),
         "ConfigMap": [f"{run}-config"],
-        "Service": sorted([f"{run}-train", f"{run}-serve"]),
+        "Service": sorted([*rendezvous, f"{run}-serve"]),
         "Deployment": [f"{run}-serve"],
     }
 
@@ -134,11 +135,11 @@ def test_example_reaches_ready(
     for type_ in ("Validated", "Trained", "Ready"):
         found = condition(ready, type_)
         assert found is not None and found["status"] == "True", (type_, status["conditions"])
-    assert children(kube_client, namespace, run) == expected_children(run, merge=merge)
+    assert children(kube_client, namespace, run) == expected_children(run, merge=merge, nodes=nodes)
 
     pods = train_pods(kube_client, namespace, run)
     assert len(pods) == nodes
-    master = f"{run}-train-0.{run}-train.{namespace}.svc"
+    master = f"{run}-train-0.{run}-train.{namespace}.svc" if nodes > 1 else "127.0.0.1"
     ranks = set()
     for pod in pods:
         assert pod.spec.node_name and pod.spec.node_name.startswith("gpu-node-")
@@ -152,7 +153,7 @@ def test_example_reaches_ready(
         rank = pod.metadata.annotations["batch.kubernetes.io/job-completion-index"]
         ranks.add(rank)
         assert pod.spec.hostname == f"{run}-train-{rank}"
-        assert pod.spec.subdomain == f"{run}-train"
+        assert pod.spec.subdomain == (f"{run}-train" if nodes > 1 else None)
     assert ranks == {str(i) for i in range(nodes)}
     if name == "qlora-multinode-zero2":
         # nodeSelector picks the H100 nodes and each pod takes all 8 GPUs of one. kwok ends

@@ -62,7 +62,7 @@ def test_operator_killed_at_each_phase_makes_each_child_once(
         assert children(kube_client, e2e_namespace, RUN) == {
             "Job": [f"{RUN}-merge", f"{RUN}-train", f"{RUN}-validate"],
             "ConfigMap": [f"{RUN}-config"],
-            "Service": [f"{RUN}-serve", f"{RUN}-train"],
+            "Service": [f"{RUN}-serve"],  # one node: no rendezvous Service
             "Deployment": [f"{RUN}-serve"],
         }
         pods = (

@@ -61,10 +61,11 @@ GoldenDumper.add_representer(str, _block_strings)
 def build_all(run: Run) -> dict[str, dict[str, Any]]:
     objects = {
         "configmap": config.build_config_map(run),
-        "train-service": training.build_headless_service(run),
         "train-job": training.build_train_job(run),
         "validate-job": validation.build_validation_job(run),
     }
+    if training.needs_rendezvous_service(run):
+        objects["train-service"] = training.build_headless_service(run)
     if serving.needs_merge(run):
         objects["merge-job"] = merge.build_merge_job(run)
     if run.spec.inference.enabled:

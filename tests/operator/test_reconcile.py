@@ -143,10 +143,33 @@ FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
         Phase.TRAINING,
         [
             f"create ConfigMap {RUN}-config",
-            f"create Service {RUN}-train",
             f"create Job {RUN}-train",
             "event Normal Training",
         ],
+        None,
+    ),
+    (
+        "validator-exited-zero-before-the-job-completed",
+        Observed(
+            validate_job=job(f"{RUN}-validate"),
+            pods=(PodFacts(name="v-0", component="validate", phase="Succeeded"),),
+        ),
+        Phase.TRAINING,
+        [
+            f"create ConfigMap {RUN}-config",
+            f"create Job {RUN}-train",
+            "event Normal Training",
+        ],
+        None,
+    ),
+    (
+        "validator-pod-running-job-active",
+        Observed(
+            validate_job=job(f"{RUN}-validate"),
+            pods=(PodFacts(name="v-0", component="validate", phase="Running"),),
+        ),
+        Phase.VALIDATING,
+        ["event Normal Validating"],
         None,
     ),
     (
@@ -335,6 +358,20 @@ def test_failed_job_waits_for_its_pod_then_fails_anyway() -> None:
     assert waiting.requeue_after is not None
     later = decide(make_run(), VALIDATED, Observed(train_job=fresh), NOW + timedelta(seconds=11))
     assert later.status.phase == Phase.FAILED and failure_message(later) == "exit 3"
+
+
+def test_new_training_job_then_its_first_event_patch_nothing_more() -> None:
+    """The report written with the new Job is the one its first (no pod ready) event gives,
+    so that event costs no status write."""
+    run = make_run()
+    created = decide(run, VALIDATED, Observed(validate_job=DONE_VALIDATE), NOW)
+    first_event = decide(
+        run,
+        created.status,
+        Observed(validate_job=DONE_VALIDATE, train_job=job(f"{RUN}-train", ready=0)),
+        NOW + timedelta(seconds=1),
+    )
+    assert first_event.of_type(PatchStatus) == []
 
 
 def test_running_pods_set_start_time_and_condition() -> None:

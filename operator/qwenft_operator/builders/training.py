@@ -1,9 +1,10 @@
-"""The training step: a headless Service for torchrun's rendezvous and an Indexed Job.
+"""The training step: an Indexed Job, and a headless Service for multi-node rendezvous.
 
 The Job runs one pod per node (``completions = parallelism = nodes``); pod ``i`` is node
-rank ``i`` (its completion index) and reaches rank 0 at the stable DNS name
-``<job>-0.<service>.<namespace>.svc``, which the headless Service publishes even before
-the pods are ready. Every pod runs the same torchrun command (through a small launcher,
+rank ``i`` (its completion index) and, on more than one node, reaches rank 0 at the stable
+DNS name ``<job>-0.<service>.<namespace>.svc``, which the headless Service publishes even
+before the pods are ready. A single-node run needs no Service: its rendezvous stays inside
+the pod (127.0.0.1). Every pod runs the same torchrun command (through a small launcher,
 see :data:`LAUNCHER`):
 
     torchrun --nnodes N --nproc-per-node G --node-rank $(JOB_COMPLETION_INDEX)
@@ -44,8 +45,15 @@ LAUNCHER_COMMAND = ["/bin/sh", "-c", LAUNCHER, "torchrun"]
 TERMINATION_GRACE_SECONDS = 60  # time to finish writing a checkpoint on SIGTERM
 
 
+def needs_rendezvous_service(run: Run) -> bool:
+    """Whether the run spans nodes, so that its pods must find rank 0 through a Service."""
+    return run.spec.resources.nodes > 1
+
+
 def master_address(run: Run) -> str:
-    """DNS name of the rank-0 pod."""
+    """DNS name of the rank-0 pod (loopback on a single node)."""
+    if not needs_rendezvous_service(run):
+        return "127.0.0.1"
     names = run.names
     return f"{names.train_job}-0.{names.train_service}.{run.namespace}.svc"
 
@@ -84,7 +92,8 @@ def build_train_job(run: Run) -> dict[str, Any]:
     spec = run.spec
     mounts = pods.Mounts(data=True, model=True, output=True, config=True, shm=True)
     pod_spec = pods.pod_spec_base(run, mounts)
-    pod_spec["subdomain"] = run.names.train_service
+    if needs_rendezvous_service(run):
+        pod_spec["subdomain"] = run.names.train_service
     pod_spec["terminationGracePeriodSeconds"] = TERMINATION_GRACE_SECONDS
     fetcher = fetch.build_fetch_container(run)
     if fetcher is not None:
