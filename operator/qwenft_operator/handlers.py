@@ -3,15 +3,18 @@
 Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two.
 A run is reconciled on every watch event of its own (created, found at start-up, changed;
 the echo of the operator's own status patch is skipped) and when one of its Jobs or
-Deployments changes in a way the decision can see (watched server-side by the managed-by
-label); its pods are only indexed (the failed pod's exit code and message, rank 0's
-address). A timer scrapes training progress. The reconcile is level-based and idempotent,
+Deployments, or its validation pod, changes in a way the decision can see (watched
+server-side by the managed-by label); its other pods are only indexed (the failed pod's
+exit code and message, rank 0's address). The reconcile is level-based and idempotent,
 so the run's events use ``kopf.on.event`` rather than kopf's change-detecting handlers,
 which deep-copy and diff every event of the run and write bookkeeping annotations on it
 (a third of the operator's CPU with 100 runs at once); API errors are retried by the
 runner's requeue, and a spec that can never work is reported by a Failed condition.
+Training progress is read by the runner's own timer (:meth:`Runner.start_progress_reader`)
+rather than a ``kopf.timer``, which would put a finalizer on every run entering Training
+and take it off again: two more writes, and two more reconciles, per run.
 Handlers are registered on a registry passed in, with the operator settings, so nothing is
-registered at import time and the timer interval is a setting.
+registered at import time.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import kopf
 from qwenft_operator import kube, labels
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import parse_deployment, parse_job, parse_pod
-from qwenft_operator.phases import Phase
 from qwenft_operator.runner import Indexes, Runner
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
 MANAGED = {labels.MANAGED_BY_KEY: labels.MANAGED_BY}
+VALIDATION_PODS = {**MANAGED, labels.COMPONENT_KEY: "validate"}
 # The children watched, as kopf selectors: (group, plural), "v1" being the core group.
 CHILD_RESOURCES = (("batch", "jobs"), ("v1", "pods"), ("apps", "deployments"))
 
@@ -100,7 +103,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @typed(kopf.on.startup(registry=registry))
-    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.diffbase_storage = NoDiffBase()
         settings.posting.level = logging.INFO  # only the operator's explicit Events are posted
         for resource in CHILD_RESOURCES:
@@ -112,7 +115,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             settings.scanning.disabled = True
         metrics = OperatorMetrics()
         memo["metrics_server"] = metrics.serve(operator_settings.metrics_port)
-        memo["runner"] = Runner(kube.Clients.connect(), operator_settings, metrics)
+        runner = Runner(kube.Clients.connect(), operator_settings, metrics)
+        runner.start_progress_reader(operator_settings.progress_interval)
+        memo["runner"] = runner
 
     @typed(kopf.on.cleanup(registry=registry))
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
@@ -164,6 +169,17 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Job", job.name),
                              signature, deleted=type == "DELETED")  # fmt: skip
 
+    @typed(kopf.on.event("v1", "pods", labels=VALIDATION_PODS, registry=registry))
+    async def validation_pod_changed(
+        namespace: str, labels: kopf.Labels, body: kopf.Body, type: str | None, memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        pod = parse_pod(body)
+        # Only its exit 0 matters (see reconcile._validator_exited_zero); failures come
+        # through the Job, which decides whether the pod is retried.
+        await _child_changed(memo, kwargs, _owner(namespace, labels), ("Pod", pod.name),
+                             pod.phase == "Succeeded", deleted=type == "DELETED")  # fmt: skip
+
     @typed(kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry))
     async def deployment_changed(
         namespace: str, labels: kopf.Labels, body: kopf.Body, type: str | None, memo: kopf.Memo,
@@ -173,17 +189,3 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         signature = (dep.available, dep.failed, dep.ready_replicas)
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Deployment", dep.name),
                              signature, deleted=type == "DELETED")  # fmt: skip
-
-    @typed(
-        kopf.timer(
-            **run,
-            interval=settings.progress_interval,
-            when=lambda status, **_: status.get("phase") == Phase.TRAINING,
-        )
-    )
-    async def read_progress(
-        namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
-    ) -> None:
-        runner = _runner(memo)
-        _use_indexes(runner, kwargs)
-        await runner.read_progress((namespace, name), body)

@@ -3,10 +3,15 @@
 A run whose token Secret or dataset ConfigMap is missing would otherwise sit with pods
 stuck in ``ContainerCreating``; checking first turns that into a ``MissingReference``
 condition naming the object. Pure: :mod:`qwenft_operator.kube` does the lookups.
+:class:`RecentlyFound` remembers, for a few seconds, which references were just seen to
+exist, so that a sweep of runs sharing one dataset and one output claim looks each up once
+rather than once per run.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,3 +67,32 @@ def build_references(spec: QwenFineTuneSpec) -> list[Reference]:
     for ref in refs:
         unique.setdefault((ref.kind, ref.name, ref.key), ref)
     return list(unique.values())
+
+
+# How long a reference seen to exist is taken as still existing. Short: the check only
+# turns a missing object into a clear condition before pods would get stuck on it.
+FOUND_TTL_SECONDS = 10.0
+
+
+class RecentlyFound:
+    """References (per namespace) seen to exist less than ``ttl`` seconds ago."""
+
+    def __init__(
+        self, ttl: float = FOUND_TTL_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._seen: dict[tuple[str, Reference], float] = {}
+
+    def unchecked(self, namespace: str, refs: Iterable[Reference]) -> list[Reference]:
+        """The references of ``refs`` not seen to exist recently: the ones to look up."""
+        now = self.clock()
+        return [ref for ref in refs if now - self._seen.get((namespace, ref), -1e18) >= self.ttl]
+
+    def record(self, namespace: str, found: Iterable[Reference]) -> None:
+        """``found`` exist now; forget entries that expired."""
+        now = self.clock()
+        if len(self._seen) > 1024:
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.ttl}
+        for ref in found:
+            self._seen[(namespace, ref)] = now

@@ -41,8 +41,9 @@ from qwenft_operator.actions import (
 from qwenft_operator.builders import paths
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
+from qwenft_operator.phases import Phase
 from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_reference_check
-from qwenft_operator.references import build_references
+from qwenft_operator.references import RecentlyFound, build_references
 from qwenft_operator.rules import format_errors
 from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
@@ -53,6 +54,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 API_RETRY_SECONDS = 5.0
 WORKERS = 16
+PROGRESS_READS_AT_ONCE = 32
 
 
 def _version(body: Mapping[str, Any]) -> int:
@@ -115,8 +117,42 @@ class Runner:
         # Smoke tests in flight (held so they are not garbage-collected) and finished ones.
         self._smoke_tasks: dict[RunKey, asyncio.Task[None]] = {}
         self._smoke_outcomes: dict[RunKey, smoke.SmokeOutcome] = {}
+        self._progress_task: asyncio.Task[None] | None = None
+        self._found_references = RecentlyFound()
+
+    def start_progress_reader(self, interval: float) -> None:
+        """Every ``interval`` seconds, read the progress of every run in Training."""
+        self._progress_task = asyncio.get_running_loop().create_task(
+            self._read_progress_forever(interval)
+        )
+
+    async def _read_progress_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.read_all_progress()
+
+    async def read_all_progress(self) -> None:
+        """One round of progress reads: the runs whose newest copy is in phase Training,
+        at most PROGRESS_READS_AT_ONCE at a time; a failed read waits for the next round."""
+        gate = asyncio.Semaphore(PROGRESS_READS_AT_ONCE)
+        training = [
+            (key, body)
+            for key, body in list(self._bodies.items())
+            if (body.get("status") or {}).get("phase") == Phase.TRAINING
+        ]
+
+        async def read(key: RunKey, body: Mapping[str, Any]) -> None:
+            async with gate:
+                try:
+                    await self.read_progress(key, body)
+                except (ApiException, OSError) as err:
+                    log.warning("progress of %s/%s not recorded: %s", key[0], key[1], err)
+
+        await asyncio.gather(*(read(key, body) for key, body in training))
 
     async def close(self) -> None:
+        if self._progress_task is not None:
+            self._progress_task.cancel()
         for task in self._smoke_tasks.values():
             task.cancel()
         if self._session is not None:
@@ -254,8 +290,7 @@ class Runner:
         else:
             observed = self.indexes.observe(run)
             if needs_reference_check(status, observed):
-                refs = build_references(run.spec)
-                missing = await self._call(kube.missing_references, self.clients, namespace, refs)
+                missing = await self._missing_references(namespace, run)
                 observed = replace(observed, missing_references=missing)
             observed = replace(observed, smoke=self._smoke_outcomes.get(key))
             decision = decide(run, status, observed, now)
@@ -275,6 +310,16 @@ class Runner:
         if decision.requeue_after is not None:
             self._later(key, decision.requeue_after)
         return decision
+
+    async def _missing_references(self, namespace: str, run: Run) -> tuple[str, ...]:
+        """The run's missing references, looking up only those not found just before."""
+        refs = self._found_references.unchecked(namespace, build_references(run.spec))
+        if not refs:
+            return ()
+        missing = await self._call(kube.missing_references, self.clients, namespace, refs)
+        found = [ref for ref in refs if ref.describe() not in missing]
+        self._found_references.record(namespace, found)
+        return missing
 
     def _start_smoke_test(self, key: RunKey, test: RunSmokeTest) -> None:
         """Run the smoke test in the background unless it runs or ran for this generation."""

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from qwenft_operator.metrics import OperatorMetrics
-from qwenft_operator.references import Reference, build_references
+from qwenft_operator.references import RecentlyFound, Reference, build_references
 from qwenft_operator.spec import load_manifest
 from qwenft_operator.status import Progress
 
@@ -115,3 +115,17 @@ def test_references_of_the_examples(example: str, expected: list[Reference]) -> 
         Reference("secret", "hf-token", "model.hub.tokenSecretRef").describe()
         == "secret hf-token for spec.model.hub.tokenSecretRef"
     )
+
+
+def test_recently_found_references_are_not_looked_up_again_until_they_expire() -> None:
+    now = [100.0]
+    found = RecentlyFound(ttl=10.0, clock=lambda: now[0])
+    dataset = Reference("configmap", "support-chats", "dataset.configMap", "train.jsonl")
+    output = Reference("persistentvolumeclaim", "qwenft-runs", "output.pvc")
+    assert found.unchecked("team", [dataset, output]) == [dataset, output]
+    found.record("team", [dataset])  # the claim was missing: not recorded
+    now[0] += 9.0
+    assert found.unchecked("team", [dataset, output]) == [output]
+    assert found.unchecked("other-team", [dataset]) == [dataset]  # per namespace
+    now[0] += 1.0
+    assert found.unchecked("team", [dataset, output]) == [dataset, output]

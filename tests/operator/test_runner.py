@@ -6,13 +6,15 @@ changes nothing the decision sees wakes nothing, while a real change reconciles;
 for a run being reconciled are coalesced into one more pass, never run side by side; a
 deleted run is forgotten; parsed specs are reused until the generation changes; a Ready
 run's smoke test runs once in the background, its outcome is patched into the status by
-the reconcile it wakes, and later reconciles of the same generation send nothing.
+the reconcile it wakes, and later reconciles of the same generation send nothing; a
+progress round scrapes only the runs in Training.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,11 @@ import pytest
 import yaml
 from qwenft_operator import runner as runner_module
 from qwenft_operator.metrics import OperatorMetrics
-from qwenft_operator.observe import DeploymentFacts, JobFacts
+from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts
 from qwenft_operator.runner import Runner
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.smoke import SmokeOutcome
-from qwenft_operator.status import SmokeTest
+from qwenft_operator.status import Progress, SmokeTest
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lora-single-gpu.yaml"
 KEY = ("team", "support-lora")
@@ -115,9 +117,8 @@ def test_own_patch_echo_and_unchanged_children_wake_nothing(api: FakeApi) -> Non
         await runner.child_changed(KEY, child, ("Succeeded", 0, ""), deleted=False)
 
     asyncio.run(scenario())
-    assert api.calls[:3] == [
+    assert api.calls[:2] == [
         "create ConfigMap support-lora-config",
-        "create Service support-lora-train",
         "create Job support-lora-train",
     ]
     assert "get" not in api.calls  # the run came from events and patch answers
@@ -197,3 +198,57 @@ def test_ready_run_is_smoke_tested_once(api: FakeApi, monkeypatch: pytest.Monkey
     smoke = next(c for c in status["conditions"] if c["type"] == "SmokeTested")
     assert (smoke["status"], smoke["reason"]) == ("True", "SmokeTestPassed")
     assert api.events[-1] == "SmokeTestPassed"  # type: ignore[attr-defined]
+
+
+def test_progress_round_reads_training_runs_only(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round of the progress reader scrapes each run in Training, whose rank-0 pod has
+    an address, and patches what it read; runs in other phases are not scraped."""
+    runner = make_runner()
+    scraped: list[str] = []
+
+    async def fake_fetch(session: Any, url: str, *, run: str) -> Any:
+        scraped.append(url)
+        return runner_module.progress.TrainerProgress(Progress(step=7, total_steps=70))
+
+    monkeypatch.setattr(runner_module.progress, "fetch_progress", fake_fetch)
+    training, validating = copy.deepcopy(api.body), copy.deepcopy(api.body)
+    assert training is not None and validating is not None
+    training["status"] = {"phase": "Training"}
+    validating["status"] = {"phase": "Validating"}
+    other = ("team", "other-run")
+    runner.remember(KEY, training)
+    runner.remember(other, validating)
+    rank_zero = PodFacts(
+        name="support-lora-train-0-abc", component="train", phase="Running",
+        pod_ip="127.244.0.9", completion_index=0,
+    )  # fmt: skip
+    runner.indexes.pods = {KEY: [rank_zero], other: [dataclasses.replace(rank_zero, pod_ip="x")]}
+
+    async def scenario() -> None:
+        await runner.read_all_progress()
+        if runner._session is not None:
+            await runner._session.close()
+
+    asyncio.run(scenario())
+    assert scraped == ["http://127.244.0.9:9400/metrics"]
+    assert api.calls == ["patch progress"]
+    assert api.body is not None
+    assert api.body["status"]["progress"]["step"] == 7
+
+
+def test_runs_sharing_references_look_them_up_once(api: FakeApi) -> None:
+    """A sweep of runs over one dataset and claim checks them for the first run only."""
+    runner = make_runner()
+    second = copy.deepcopy(api.body)
+    assert second is not None
+    second["metadata"].update(name="support-lora-2", uid="u2")
+
+    async def scenario() -> None:
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # type: ignore[arg-type]
+        await runner.run_changed(("team", "support-lora-2"), second)
+
+    asyncio.run(scenario())
+    assert api.calls.count("check references") == 1
+    assert "create Job support-lora-2-validate" in api.calls
