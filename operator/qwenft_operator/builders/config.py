@@ -47,17 +47,20 @@ def build_train_config(run: Run) -> TrainConfig:
     )
 
 
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def config_hash(run: Run) -> str:
     """Short sha256 of the rendered trainer config (:data:`labels.CONFIG_HASH_ANNOTATION`)."""
-    text = dump_config(build_train_config(run))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return _text_hash(dump_config(build_train_config(run)))
 
 
 def build_config_map(run: Run) -> dict[str, Any]:
     """ConfigMap ``<run>-config`` with the rendered ``train.yaml``."""
     text = dump_config(build_train_config(run))
     meta = pods.object_meta(run, run.names.config_map, "train")
-    meta["annotations"] = {labels.CONFIG_HASH_ANNOTATION: config_hash(run)}
+    meta["annotations"] = {labels.CONFIG_HASH_ANNOTATION: _text_hash(text)}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
