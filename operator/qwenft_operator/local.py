@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from qwenft_operator import local_procs as procs
+from qwenft_operator import smoke
 from qwenft_operator.builders.config import build_train_config
 from qwenft_operator.builders.merge import build_merge_args
 from qwenft_operator.builders.serving import build_builtin_args, build_serve_target, needs_merge
@@ -33,6 +34,7 @@ from qwenft_operator.builders.validation import build_validation_args
 from qwenft_operator.phases import Phase
 from qwenft_operator.runs import Run
 from qwenft_operator.spec import ManifestError, load_manifest
+from qwenft_operator.workloads import EvaluationPrompt
 
 TINY_MODEL_NAME = "tiny-qwen"
 DEFAULT_PROMPT = "Hello! What can you help me with?"
@@ -105,15 +107,20 @@ def serve_and_ask(run: Run, output: Path, *, port: int | None, keep_serving: boo
     try:
         print(f"endpoint {server.url}/v1 (model '{run.served_model_name}')", flush=True)
         phase(Phase.READY, f"{server.url}/v1")
-        prompts = run.spec.evaluation_prompts or []
-        asks = [(p.prompt, p.max_tokens, p.expect_contains) for p in prompts] or [
-            (DEFAULT_PROMPT, 32, None)
+        prompts = run.spec.evaluation_prompts or [
+            EvaluationPrompt(prompt=DEFAULT_PROMPT, max_tokens=32)
         ]
-        for prompt, max_tokens, expect in asks:
-            answer = procs.chat(server.url, run.served_model_name, prompt, max_tokens)
-            print(f"  user:      {prompt}\n  assistant: {answer!r}", flush=True)
-            if expect is not None and expect not in answer:
-                print(f"  (expected the answer to contain {expect!r})")
+        answers = []
+        for prompt in prompts:
+            answer = procs.chat(server.url, run.served_model_name, prompt.prompt, prompt.max_tokens)
+            print(f"  user:      {prompt.prompt}\n  assistant: {answer!r}", flush=True)
+            answers.append(answer)
+        # The same check the operator records as the SmokeTested condition.
+        result = smoke.evaluate_answers(prompts, answers)
+        if result.passed:
+            print(f"smoke test: passed ({result.total} prompt(s))", flush=True)
+        else:
+            print(f"smoke test: {result.failed}/{result.total} failed: {result.message}")
         if keep_serving:
             print(
                 f"\nserving until Ctrl-C; try:\n  curl {server.url}/v1/chat/completions "

@@ -43,6 +43,7 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert "building the tiny Qwen2 model" in out
     assert "user:      Hello! What can you help me with?" in out
     assert "assistant: " in out
+    assert "smoke test: passed (1 prompt(s))" in out
 
     manifest = yaml.safe_load(QUICKSTART.read_text())
     output = tmp_path / manifest["spec"]["output"]["path"]
