@@ -5,7 +5,7 @@ pool so the kopf event loop never waits on the network. Objects travel as plain 
 (sent through the client's REST layer; its typed model classes are slow, drop unknown
 fields and refuse integer quantities). ``ensure_*`` creates an object unless it exists
 (a 409 reads the existing one back), so a restarted operator never makes a second copy;
-Secrets are only ever looked up for existence, their data is neither parsed nor logged.
+Secrets are only ever looked up for existence, as metadata: their data is never fetched.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ PATHS: dict[str, tuple[str, str]] = {
     "QwenFineTune": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 MERGE_PATCH = "application/merge-patch+json"
+# Ask for an object's metadata alone (PartialObjectMetadata), not its body.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 REF_KINDS = {
     "secret": "Secret",
     "configmap": "ConfigMap",
@@ -77,10 +79,10 @@ class Clients:
         body: Any = None,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
-        read: bool = True,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         """One API call; the JSON answer, or :class:`ApiException` for a 4xx/5xx."""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         params = self.api.param_serialize(
@@ -95,9 +97,6 @@ class Clients:
         if response.status >= 400:
             response.read()
             raise ApiException(http_resp=response)
-        if not read:
-            response.response.release_conn()
-            return {}
         data = response.read()
         parsed: dict[str, Any] = json.loads(data) if data else {}
         return parsed
@@ -172,8 +171,9 @@ def _exists(clients: Clients, ref: Reference, namespace: str) -> bool | None:
     kind = REF_KINDS[ref.kind]
     try:
         if ref.kind != "configmap":
-            # Existence only: the body (a Secret's data) is never read or parsed.
-            clients.request("GET", object_path(kind, namespace, ref.name), read=False)
+            # Existence only: the API server sends the metadata, never a Secret's data.
+            path = object_path(kind, namespace, ref.name)
+            clients.request("GET", path, accept=METADATA_ONLY)
             return True
         found = clients.request("GET", object_path(kind, namespace, ref.name))
         keys = {*(found.get("data") or {}), *(found.get("binaryData") or {})}
