@@ -113,6 +113,12 @@ DONE_VALIDATE = job(f"{RUN}-validate", "Succeeded")
 DONE_TRAIN = job(f"{RUN}-train", "Succeeded")
 DONE_MERGE = job(f"{RUN}-merge", "Succeeded")
 ENDED = NOW - timedelta(seconds=60)
+# A single-node run's training step: no rendezvous Service.
+STARTS_TRAINING = [
+    f"create ConfigMap {RUN}-config",
+    f"create Job {RUN}-train",
+    "event Normal Training",
+]
 
 # id, observed, expected phase, expected actions (without status patches), failure reason
 FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
@@ -141,11 +147,7 @@ FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
         "validated-creates-training",
         Observed(validate_job=DONE_VALIDATE),
         Phase.TRAINING,
-        [
-            f"create ConfigMap {RUN}-config",
-            f"create Job {RUN}-train",
-            "event Normal Training",
-        ],
+        STARTS_TRAINING,
         None,
     ),
     (
@@ -155,11 +157,7 @@ FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
             pods=(PodFacts(name="v-0", component="validate", phase="Succeeded"),),
         ),
         Phase.TRAINING,
-        [
-            f"create ConfigMap {RUN}-config",
-            f"create Job {RUN}-train",
-            "event Normal Training",
-        ],
+        STARTS_TRAINING,
         None,
     ),
     (
