@@ -8,7 +8,8 @@ nothing), asks :func:`~qwenft_operator.reconcile.decide`, and executes the actio
 are coalesced into one more pass, so a burst of child events costs one or two reconciles,
 and two passes never race on the same run. A smoke test the decision asks for runs as a
 background task (:mod:`qwenft_operator.smoke`); its outcome is held and wakes the run,
-whose next decision records it.
+whose next decision records it. One more background task reads the training progress of
+every run in Training on a fixed interval.
 """
 
 from __future__ import annotations
@@ -129,7 +130,10 @@ class Runner:
     async def _read_progress_forever(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.read_all_progress()
+            try:
+                await self.read_all_progress()
+            except Exception:  # one bad round must not end progress reading for good
+                log.exception("progress round failed; next one in %.0f s", interval)
 
     async def read_all_progress(self) -> None:
         """One round of progress reads: the runs whose newest copy is in phase Training,
