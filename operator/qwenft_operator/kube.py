@@ -19,6 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from qwenft_operator.actions import ChildKind
+from qwenft_operator.permissions import Access
 from qwenft_operator.references import Reference
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
@@ -191,3 +192,27 @@ def missing_references(
 ) -> tuple[str, ...]:
     """Descriptions of the references that don't exist (or lack their key)."""
     return tuple(ref.describe() for ref in refs if _exists(clients, ref, namespace) is False)
+
+
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+def denied(clients: Clients, accesses: Iterable[Access]) -> list[Access]:
+    """The accesses the API server would refuse this operator (SelfSubjectAccessReview)."""
+    refused = []
+    for access in accesses:
+        attributes = {
+            "namespace": access.namespace,
+            "group": access.group,
+            "resource": access.resource,
+            "verb": access.verb,
+        }
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+        answer = clients.request("POST", ACCESS_REVIEWS, body=review)
+        if not (answer.get("status") or {}).get("allowed"):
+            refused.append(access)
+    return refused

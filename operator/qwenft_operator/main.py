@@ -6,7 +6,9 @@ ports of ``/metrics`` and of the liveness probe (``/healthz``). The Helm chart r
 
     QWENFT_NAMESPACES=team-a,team-b qwenft operator
 
-and a developer the same way, with ``KUBECONFIG`` pointing at a cluster.
+and a developer the same way, with ``KUBECONFIG`` pointing at a cluster. Before it
+starts watching, it checks that it may list and watch everything it needs
+(:mod:`qwenft_operator.permissions`) and exits 2 naming what is refused.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import sys
 
 import kopf
 import uvloop
+from kubernetes.client.rest import ApiException
+from kubernetes.config import ConfigException
 
-from qwenft_operator import handlers
+from qwenft_operator import handlers, kube, permissions
 from qwenft_operator.settings import OperatorSettings, SettingsError
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +55,25 @@ async def run(settings: OperatorSettings, stop_flag: asyncio.Event | None = None
     )
 
 
+def refused_watches(settings: OperatorSettings) -> str | None:
+    """The error to stop with when the operator may not watch what it needs, else None.
+
+    None too when the check itself can't be made: kopf then reports that connection or
+    login problem itself, and retries it.
+    """
+    try:
+        clients = kube.Clients.connect()
+    except ConfigException:
+        return None
+    try:
+        return permissions.report(kube.denied(clients, permissions.required(settings.namespaces)))
+    except (ApiException, OSError) as err:
+        log.warning("could not check the operator's permissions before starting: %s", err)
+        return None
+    finally:
+        clients.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -63,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = OperatorSettings.from_env()
     except SettingsError as err:
         print(f"qwenft operator: {err}", file=sys.stderr)
+        return 2
+    problem = refused_watches(settings)
+    if problem is not None:
+        print(f"qwenft operator: {problem}", file=sys.stderr)
         return 2
     # uvloop's event loop (as `kopf run` picks when installed): a quarter less operator CPU
     # with hundreds of runs starting at once (bench/bench_operator.py).
