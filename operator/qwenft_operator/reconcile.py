@@ -11,29 +11,26 @@ or after an operator restart, asks for nothing new. The run moves through
 Each step looks at its own child: no child yet -> create it (children are named by
 :class:`~qwenft_operator.names.ChildNames`, so a second create finds the first); child
 running -> report; child failed -> Failed with a reason the user can act on; child done ->
-the next step. Every phase change and failure becomes an Event.
+the next step. Each step writes into a :class:`~qwenft_operator.draft.Draft`, which turns
+the new status into Events (every phase change and failure) and a status patch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from qwenft_operator import conditions as cond
 from qwenft_operator.actions import (
-    Action,
-    ChildKind,
-    CreateChild,
     Decision,
     DeleteChild,
     EmitEvent,
-    PatchStatus,
     Requeue,
     RunSmokeTest,
     SetJobSuspended,
-    status_patch,
 )
 from qwenft_operator.builders import config, merge, paths, serving, training, validation
+from qwenft_operator.draft import Draft
 from qwenft_operator.observe import (
     JOB_BACKOFF_LIMIT_EXCEEDED,
     JOB_DEADLINE_EXCEEDED,
@@ -46,7 +43,7 @@ from qwenft_operator.observe import (
 from qwenft_operator.phases import Phase
 from qwenft_operator.runs import Run
 from qwenft_operator.smoke import SmokeOutcome
-from qwenft_operator.status import Children, Endpoint, Outputs, QwenFineTuneStatus
+from qwenft_operator.status import Endpoint, Outputs, QwenFineTuneStatus
 
 # Seconds between checks while a referenced Secret, ConfigMap or claim is missing.
 MISSING_REFERENCE_RETRY = 30.0
@@ -80,79 +77,9 @@ def needs_reference_check(status: QwenFineTuneStatus, observed: Observed) -> boo
     return not_started and status.phase not in (Phase.FAILED, Phase.SUCCEEDED)
 
 
-@dataclass
-class _Draft:
-    """The status being built and the actions collected so far."""
-
-    generation: int
-    old: QwenFineTuneStatus
-    now: datetime
-    status: QwenFineTuneStatus = field(init=False)
-    actions: list[Action] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.status = self.old.model_copy(deep=True)
-        self.status.observed_generation = self.generation
-        if self.status.children is None:
-            self.status.children = Children()
-
-    def set(self, type: str, status: cond.ConditionStatus, reason: str, message: str) -> None:
-        self.status.conditions = cond.set_condition(
-            self.status.conditions,
-            type=type,
-            status=status,
-            reason=reason,
-            message=message,
-            generation=self.generation,
-            now=self.now,
-        )
-
-    def phase(self, phase: Phase) -> None:
-        self.status.phase = phase
-
-    def create(self, kind: ChildKind, body: dict[str, object], slot: str) -> None:
-        name = str(body["metadata"]["name"])  # type: ignore[index]
-        self.actions.append(CreateChild(kind=kind, name=name, body=dict(body)))
-        self.child(slot, name)
-
-    def child(self, slot: str, name: str) -> None:
-        assert self.status.children is not None
-        setattr(self.status.children, slot, name)
-
-    def fail(self, type: str, reason: str, message: str) -> None:
-        self.set(type, "False", reason, message)
-        self.set(cond.FAILED, "True", reason, message)
-        self.phase(Phase.FAILED)
-        self.status.completion_time = self.status.completion_time or self.now
-
-    def finish(self) -> Decision:
-        old_phase, new_phase = self.old.phase, self.status.phase
-        events: list[Action] = []
-        failed = cond.get_condition(self.status.conditions, cond.FAILED)
-        if new_phase != old_phase and new_phase == Phase.FAILED and failed is not None:
-            events.append(EmitEvent("Warning", failed.reason, failed.message))
-        elif new_phase != old_phase and new_phase is not None:
-            events.append(
-                EmitEvent("Normal", str(new_phase), f"{old_phase or 'New'} -> {new_phase}")
-            )
-        before = cond.get_condition(self.old.conditions, cond.VALIDATED)
-        after = cond.get_condition(self.status.conditions, cond.VALIDATED)
-        if (
-            after is not None
-            and after.reason == cond.MISSING_REFERENCE
-            and (before is None or (before.reason, before.message) != (after.reason, after.message))
-        ):
-            events.append(EmitEvent("Warning", after.reason, after.message))
-        patch = status_patch(self.old, self.status)
-        actions = list(self.actions)
-        if patch:
-            actions.append(PatchStatus(patch))
-        return Decision(status=self.status, actions=(*actions, *events))
-
-
 def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: datetime) -> Decision:
     """The next status and actions of ``run``."""
-    draft = _Draft(generation=run.generation, old=status, now=now)
+    draft = Draft(generation=run.generation, old=status, now=now)
     if status.phase in (Phase.FAILED, Phase.SUCCEEDED):
         return Decision(status=status)
     problems = run.spec.cluster_problems()
@@ -172,7 +99,7 @@ def decide_invalid_spec(
     generation: int, status: QwenFineTuneStatus, message: str, now: datetime
 ) -> Decision:
     """A stored spec the operator can't read (e.g. written before a stricter CRD)."""
-    draft = _Draft(generation=generation, old=status, now=now)
+    draft = Draft(generation=generation, old=status, now=now)
     if status.phase == Phase.FAILED:
         return Decision(status=status)
     draft.fail(cond.VALIDATED, cond.INVALID_SPEC, message)
@@ -195,7 +122,7 @@ def _validator_exited_zero(observed: Observed) -> bool:
     return any(pod.phase == "Succeeded" for pod in observed.pods_of("validate"))
 
 
-def _validate(d: _Draft, run: Run, observed: Observed) -> bool:
+def _validate(d: Draft, run: Run, observed: Observed) -> bool:
     """Validation: references, then the CPU-only validation Job. True once it passed."""
     names = run.names
     job = observed.validate_job
@@ -240,7 +167,7 @@ def _validate(d: _Draft, run: Run, observed: Observed) -> bool:
     return False
 
 
-def _train(d: _Draft, run: Run, observed: Observed) -> bool:
+def _train(d: Draft, run: Run, observed: Observed) -> bool:
     """Training: ConfigMap, headless Service (multi-node) and the Indexed Job. True once it
     completed."""
     spec = run.spec
@@ -292,7 +219,7 @@ def _train(d: _Draft, run: Run, observed: Observed) -> bool:
     return False
 
 
-def _report_stopped(d: _Draft, run: Run, *, suspended: bool, queued: bool) -> None:
+def _report_stopped(d: Draft, run: Run, *, suspended: bool, queued: bool) -> None:
     if suspended:
         message = "spec.suspend is true; training pods are stopped"
         d.set(cond.SUSPENDED, "True", cond.SUSPENDED_BY_USER, message)
@@ -309,14 +236,14 @@ def _report_stopped(d: _Draft, run: Run, *, suspended: bool, queued: bool) -> No
         d.phase(Phase.TRAINING)
 
 
-def _clear_suspended(d: _Draft) -> None:
+def _clear_suspended(d: Draft) -> None:
     if cond.is_true(d.status.conditions, cond.SUSPENDED):
         message = "training continues from the newest checkpoint"
         d.set(cond.SUSPENDED, "False", cond.RESUMED, message)
         d.actions.append(EmitEvent("Normal", cond.RESUMED, message))
 
 
-def _train_failed(d: _Draft, run: Run, job: JobFacts, observed: Observed) -> None:
+def _train_failed(d: Draft, run: Run, job: JobFacts, observed: Observed) -> None:
     pod = first_failure(observed.pods_of("train"))
     if _waiting_for_pod(job, pod, d.now):
         d.actions.append(Requeue(POD_REPORT_RETRY))
@@ -335,7 +262,7 @@ def _train_failed(d: _Draft, run: Run, job: JobFacts, observed: Observed) -> Non
     d.fail(cond.TRAINING, reason, message)
 
 
-def _merge(d: _Draft, run: Run, observed: Observed) -> bool:
+def _merge(d: Draft, run: Run, observed: Observed) -> bool:
     """Merging, when the spec asks for it or vLLM needs it. True once merged or skipped."""
     if not serving.needs_merge(run):
         if cond.get_condition(d.status.conditions, cond.MERGED) is None:
@@ -367,7 +294,7 @@ def _merge(d: _Draft, run: Run, observed: Observed) -> bool:
     return False
 
 
-def _serve(d: _Draft, run: Run, observed: Observed) -> None:
+def _serve(d: Draft, run: Run, observed: Observed) -> None:
     """Deploying: the server Deployment and Service; Ready once available."""
     names = run.names
     deployment = observed.deployment
@@ -403,7 +330,7 @@ def _serve(d: _Draft, run: Run, observed: Observed) -> None:
         d.phase(Phase.DEPLOYING)
 
 
-def _smoke_test(d: _Draft, run: Run, observed: Observed) -> None:
+def _smoke_test(d: Draft, run: Run, observed: Observed) -> None:
     """Ready: the evaluationPrompts, sent once per generation; the outcome is recorded.
 
     A failed test (or an endpoint that never answered) is reported by the SmokeTested
