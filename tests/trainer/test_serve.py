@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -70,6 +71,18 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 
 def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def long_stream(api: openai.OpenAI) -> Any:
+    """A streamed answer of 1500 tokens that ignores EOS: it holds a slot for a while."""
+    return api.chat.completions.create(
+        model="tiny",
+        messages=HELLO,
+        temperature=0,
+        max_tokens=1500,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -258,14 +271,7 @@ def test_saturated_server_answers_429(tiny_model_dir: Path) -> None:
     with running(lambda: load_engine(config), limits) as url:
         wait_ready(url)
         api = client(url)
-        long = api.chat.completions.create(
-            model="tiny",
-            messages=HELLO,
-            temperature=0,
-            max_tokens=1500,
-            stream=True,
-            extra_body={"ignore_eos": True},
-        )
+        long = long_stream(api)
         first = next(iter(long))  # admitted and generating: the one slot is taken
         assert first.choices[0].delta.role == "assistant"
         with pytest.raises(openai.RateLimitError) as err:
@@ -327,14 +333,7 @@ def test_queued_requests_are_batched_with_the_same_answers(tiny_model_dir: Path)
         alone = [ask(q) for q in questions]
         assert batch_sizes == [1, 1, 1, 1]
         # Hold the only slot with a stream, queue four requests behind it, then let go.
-        hold = api.chat.completions.create(
-            model="tiny",
-            messages=HELLO,
-            temperature=0,
-            max_tokens=1500,
-            stream=True,
-            extra_body={"ignore_eos": True},
-        )
+        hold = long_stream(api)
         next(iter(hold))
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(ask, q) for q in questions]
