@@ -157,42 +157,21 @@ def create_job(api: client.ApiClient, namespace: str, job: dict[str, Any]) -> No
     kube.Clients(api).request("POST", kube.object_path("Job", namespace), body=job)
 
 
-def bare_jobs(api: client.ApiClient, namespace: str, count: int) -> float:
-    """Baseline: ``count`` training Jobs created directly at once (no run, no validation, no
-    operator); seconds until every one has its pod."""
-    core = client.CoreV1Api(api)
+def bare_jobs(api: client.ApiClient, namespace: str, names: list[str]) -> float:
+    """Baseline: the training Jobs of ``names`` created directly at once (no run, no
+    validation, no operator); seconds until every one has its pod."""
     pods = FirstSeen(
-        core.list_namespaced_pod, None, namespace,
+        client.CoreV1Api(api).list_namespaced_pod, None, namespace,
         label_selector="finetune.qwenft.io/component=train",
     )  # fmt: skip
     start = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(
-            lambda i: create_job(api, namespace, bare_training_job(namespace, f"b-{i}")),
-            range(count),
+            lambda name: create_job(api, namespace, bare_training_job(namespace, name)), names
         ))  # fmt: skip
-    wait_for(f"{count} bare Jobs' pods", lambda: len(pods.times) >= count, timeout=600)
+    wait_for("the bare Jobs' pods", lambda: all(n in pods.times for n in names), timeout=600)
     pods.stop()
-    return max(pods.times.values()) - start
-
-
-def bare_singles(api: client.ApiClient, namespace: str, count: int) -> list[float]:
-    """Baseline: one training Job created directly; seconds until its pod exists."""
-    return [_bare_one(api, namespace, i) for i in range(count)]
-
-
-def _bare_one(api: client.ApiClient, namespace: str, i: int) -> float:
-    core = client.CoreV1Api(api)
-    name = f"s-{i}"
-    pods = FirstSeen(
-        core.list_namespaced_pod, None, namespace,
-        label_selector=f"{RUN_LABEL}={name}",
-    )  # fmt: skip
-    start = time.monotonic()
-    create_job(api, namespace, bare_training_job(namespace, name))
-    wait_for(f"bare Job {name}'s pod", lambda: name in pods.times, timeout=60)
-    pods.stop()
-    return pods.times[name] - start
+    return max(pods.times[n] for n in names) - start
 
 
 class FirstSeen:
@@ -217,12 +196,11 @@ class FirstSeen:
             raise SystemExit("the benchmark's watch did not start")
 
     def _loop(self, list_fn: Any, matches: Any, args: Any, kwargs: Any) -> None:
-        version = list_fn(*args, **kwargs)
-        version = (
-            version["metadata"]["resourceVersion"]
-            if isinstance(version, dict)
-            else (version.metadata.resource_version)
-        )
+        listed = list_fn(*args, **kwargs)
+        if isinstance(listed, dict):
+            version = listed["metadata"]["resourceVersion"]
+        else:
+            version = listed.metadata.resource_version
         self._ready.set()
         while not self._stop.is_set():
             stream = watch.Watch().stream(
@@ -468,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         pids = {p.name: p.pid for p in cp.processes if p.name != "watchdog"}
         pids["operator"] = pid
         singles = single_runs(api, new_namespace(api, "bench-single"), args.singles)
-        bare_single = bare_singles(api, new_namespace(api, "bare-single"), args.singles)
+        alone = new_namespace(api, "bare-single")
+        bare_single = [bare_jobs(api, alone, [f"s-{i}"]) for i in range(args.singles)]
         results, cpu, bare = {}, {}, {}
         for count in args.batches:
             print(f"applying {count} runs at once ...", flush=True)
@@ -478,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu[count] = {name: after[name] - before[name] for name in pids}
             print(f"  {results[count]}", flush=True)
             print(f"creating {count} bare training Jobs at once (baseline) ...", flush=True)
-            bare[count] = bare_jobs(api, new_namespace(api, f"bare-{count}"), count)
+            names = [f"b-{i}" for i in range(count)]
+            bare[count] = bare_jobs(api, new_namespace(api, f"bare-{count}"), names)
         rss = peak_rss_mb(pid)
     finally:
         if operator is not None:
