@@ -1,10 +1,23 @@
-"""The tiny Qwen2 test model: Qwen-style tokenizer, chat template, real from_pretrained."""
+"""The tiny test models: Qwen-style tokenizer, real chat templates, every architecture."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import pytest
+from qwenft_trainer.tiny import (
+    TINY_ARCHS,
+    TinyModelSpec,
+    added_tokens,
+    build_tiny_qwen,
+    ensure_tiny_qwen,
+)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+)
 
 
 def test_tokenizer_has_chatml_special_tokens_and_round_trips_chinese(tiny_model_dir: Path) -> None:
@@ -36,3 +49,37 @@ def test_model_loads_as_qwen2_with_matching_vocab(tiny_model_dir: Path) -> None:
     assert model.config.vocab_size == len(tokenizer)
     ids = tokenizer("hello", return_tensors="pt")["input_ids"]
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_every_architecture_builds_and_loads_as_itself(
+    arch: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    path = build_tiny_qwen(tmp_path_factory.mktemp(arch), TinyModelSpec(arch=arch))  # type: ignore[arg-type]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    assert config.model_type == arch
+    text_config = config.get_text_config()
+    assert text_config.vocab_size == len(tokenizer)
+    for token in added_tokens(arch):
+        assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1, token
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    # Qwen3.5's small models ship the template that writes an empty think block (thinking off).
+    prompt_end = "<think>\n\n</think>\n\n" if arch.startswith("qwen3_5") else ""
+    assert rendered.endswith("<|im_start|>assistant\n" + prompt_end)
+    loader = AutoModelForImageTextToText if arch.startswith("qwen3_5") else AutoModelForCausalLM
+    model = loader.from_pretrained(path)
+    names = [name for name, _ in model.named_parameters()]
+    assert any(".visual." in f".{n}" for n in names) == arch.startswith("qwen3_5")
+    linear = "linear_attention" in (getattr(text_config, "layer_types", None) or [])
+    assert linear == (arch in ("qwen3_next", "qwen3_5", "qwen3_5_moe"))
+    ids = tokenizer("hello", return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+def test_ensure_rebuilds_a_directory_of_another_architecture(tmp_path: Path) -> None:
+    ensure_tiny_qwen(tmp_path, TinyModelSpec(arch="qwen2"))
+    ensure_tiny_qwen(tmp_path, TinyModelSpec(arch="qwen3"))
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "qwen3"
