@@ -43,9 +43,11 @@ step() {  # step NAME SECONDS COMMAND...: run, log, record status and time
 }
 
 install_missing() {
-    local wanted=(bitsandbytes liger_kernel fla trl pytest_timeout prometheus_client)
-    "$PY" -m pip install --no-index --find-links bench/wheels --no-deps \
-        bench/wheels/*.whl 2>&1 | tail -n 5
+    local wanted=(bitsandbytes liger_kernel fla trl pytest_timeout prometheus_client msgpack)
+    local wheel
+    for wheel in bench/wheels/*.whl; do  # one by one: a wheel for another Python is skipped
+        "$PY" -m pip install --quiet --no-index --no-deps "$wheel" 2>&1 | tail -n 1
+    done
     if ! "$PY" -c 'import deepspeed' 2>/dev/null; then
         DS_BUILD_OPS=0 "$PY" -m pip install --no-index --no-build-isolation --no-deps \
             bench/wheels/deepspeed-*.tar.gz 2>&1 | tail -n 5

@@ -19,8 +19,13 @@ mkdir -p "$out"
     --python-version 3.12 -d "$out" "bitsandbytes>=0.45"
 # Pure-Python wheels.
 "$PIP" download --quiet --no-deps --only-binary=:all: -d "$out" \
-    liger-kernel flash-linear-attention "trl>=1.0" pytest-timeout prometheus-client \
-    hjson py-cpuinfo ninja msgpack
+    liger-kernel flash-linear-attention fla-core "trl>=1.0" pytest-timeout prometheus-client \
+    hjson py-cpuinfo
+# msgpack (a DeepSpeed dependency) is binary: one wheel per likely Python version.
+for version in 3.11 3.12 3.13; do
+    "$PIP" download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+        --python-version "$version" -d "$out" msgpack
+done
 # DeepSpeed publishes a source archive only; gpu-check.sh builds it without compiled ops.
 "$PIP" download --quiet --no-deps --no-binary=:all: -d "$out" "deepspeed>=0.16"
 size=$(du -sb "$out" | cut -f1)
