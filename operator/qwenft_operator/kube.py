@@ -103,6 +103,22 @@ class Clients:
         return parsed
 
 
+def namespace_terminating(err: Exception) -> bool:
+    """Whether the API server refused a write because the namespace is being deleted.
+
+    Its 403 carries the cause ``NamespaceTerminating``; nothing can be created there any
+    more, and the namespace's deletion removes the run with it, so there is nothing to retry.
+    """
+    if not isinstance(err, ApiException) or err.status != 403 or not err.body:
+        return False
+    try:
+        status = json.loads(err.body)
+    except (TypeError, ValueError):
+        return False
+    causes = ((status.get("details") or {}).get("causes") or []) if isinstance(status, dict) else []
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
 def object_path(kind: str, namespace: str, name: str | None = None) -> str:
     prefix, plural = PATHS[kind]
     path = f"{prefix}/namespaces/{namespace}/{plural}"

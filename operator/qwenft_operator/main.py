@@ -8,7 +8,9 @@ ports of ``/metrics`` and of the liveness probe (``/healthz``). The Helm chart r
 
 and a developer the same way, with ``KUBECONFIG`` pointing at a cluster. Before it
 starts watching, it checks that it may list and watch everything it needs
-(:mod:`qwenft_operator.permissions`) and exits 2 naming what is refused.
+(:mod:`qwenft_operator.permissions`) and exits 2 naming what is refused. An API server that
+can't be reached yet (a cluster coming up, an outage) is waited for, one log line per
+attempt with a growing pause, so the operator's pod doesn't crash-loop through it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 import kopf
 import uvloop
 from kubernetes.client.rest import ApiException
 from kubernetes.config import ConfigException
+from urllib3.exceptions import HTTPError
 
 from qwenft_operator import handlers, kube, permissions
 from qwenft_operator.settings import OperatorSettings, SettingsError
 
 log = logging.getLogger(__name__)
+
+# Pauses between attempts to reach the API server at start-up: doubling, capped.
+STARTUP_RETRY_FIRST_SECONDS = 1.0
+STARTUP_RETRY_MAX_SECONDS = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,23 +64,65 @@ async def run(settings: OperatorSettings, stop_flag: asyncio.Event | None = None
     )
 
 
-def refused_watches(settings: OperatorSettings) -> str | None:
-    """The error to stop with when the operator may not watch what it needs, else None.
+def is_transient(err: Exception) -> bool:
+    """Whether an API call failed for a reason that waiting can cure.
 
-    None too when the check itself can't be made: kopf then reports that connection or
-    login problem itself, and retries it.
+    No connection (refused, reset, timed out: urllib3 and socket errors), an API server
+    that is starting or overloaded (5xx, 429), but not an answer about this operator
+    (401, 403, 404), which no retry changes.
     """
+    if isinstance(err, ApiException):
+        return err.status is None or err.status == 429 or err.status >= 500
+    return isinstance(err, HTTPError | OSError)
+
+
+def _check_once(settings: OperatorSettings) -> str | None:
     try:
         clients = kube.Clients.connect()
     except ConfigException:
-        return None
+        return None  # no credentials at all: kopf reports that itself
     try:
         return permissions.report(kube.denied(clients, permissions.required(settings.namespaces)))
-    except (ApiException, OSError) as err:
-        log.warning("could not check the operator's permissions before starting: %s", err)
-        return None
     finally:
         clients.close()
+
+
+def refused_watches(
+    settings: OperatorSettings, *, sleep: Callable[[float], None] = time.sleep
+) -> str | None:
+    """The error to stop with when the operator may not watch what it needs, else None.
+
+    Waits for an API server that can't be reached yet, retrying with a doubling pause
+    (capped) and one warning per attempt. None too when the API server answers but the
+    check can't be made (SelfSubjectAccessReview refused): kopf then reports what it is
+    refused itself.
+    """
+    pause = STARTUP_RETRY_FIRST_SECONDS
+    attempt = 1
+    while True:
+        try:
+            return _check_once(settings)
+        except (ApiException, HTTPError, OSError) as err:
+            if not is_transient(err):
+                log.warning("could not check the operator's permissions before starting: %s", err)
+                return None
+            log.warning(
+                "API server not reachable (attempt %d: %s); retrying in %.0f s",
+                attempt,
+                _short(err),
+                pause,
+            )
+        sleep(pause)
+        pause = min(pause * 2, STARTUP_RETRY_MAX_SECONDS)
+        attempt += 1
+
+
+def _short(err: Exception) -> str:
+    """One line for the log: the innermost reason of a urllib3 retry chain."""
+    reason = getattr(err, "reason", None) or err
+    if isinstance(err, ApiException):
+        return f"HTTP {err.status} {err.reason}"
+    return str(reason).splitlines()[0][:200]
 
 
 def main(argv: list[str] | None = None) -> int:

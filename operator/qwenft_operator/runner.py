@@ -258,13 +258,22 @@ class Runner:
         started = time.monotonic()
         try:
             return await self._reconcile_once(key, body)
-        except (ApiException, OSError) as err:
-            reason = f"api{err.status}" if isinstance(err, ApiException) else "connection"
-            self.metrics.reconcile_errors.labels(reason=reason).inc()
-            self._later(key, API_RETRY_SECONDS)
+        except ApiException as err:
+            if not kube.namespace_terminating(err):
+                self._count_and_retry(key, err)
+                raise
+            log.debug("%s/%s: namespace is being deleted; leaving the run alone", *key)
+            return None
+        except OSError as err:
+            self._count_and_retry(key, err)
             raise
         finally:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
+
+    def _count_and_retry(self, key: RunKey, err: ApiException | OSError) -> None:
+        reason = f"api{err.status}" if isinstance(err, ApiException) else "connection"
+        self.metrics.reconcile_errors.labels(reason=reason).inc()
+        self._later(key, API_RETRY_SECONDS)
 
     async def _reconcile_once(
         self, key: RunKey, given: Mapping[str, Any] | None

@@ -235,6 +235,11 @@ class OperatorProcess:
         return self.log_dir / f"operator-{self.starts}.log"
 
     def start(self) -> None:
+        self.launch()
+        wait_until("the operator's liveness endpoint", self.healthy, timeout=60)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to become healthy."""
         self.starts += 1
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -243,7 +248,6 @@ class OperatorProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_until("the operator's liveness endpoint", self.healthy, timeout=60)
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
