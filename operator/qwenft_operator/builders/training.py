@@ -73,7 +73,7 @@ def termination_grace_seconds(run: Run) -> int:
 
     ``spec.runPolicy.terminationGracePeriodSeconds`` when set; otherwise a default by what a
     checkpoint holds: an adapter and its optimizer state (megabytes to a few GB) or every
-    weight with its optimizer state (about 16 bytes per parameter under Adam).
+    weight with its optimizer state (about 14 bytes per parameter under mixed-precision Adam).
     """
     chosen = run.spec.run_policy.termination_grace_period_seconds
     if chosen is not None:
