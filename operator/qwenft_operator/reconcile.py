@@ -215,8 +215,30 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
         d.status.start_time = d.status.start_time or job.start_time or d.now
     else:
         message = f"{job.ready}/{job.completions} training pods ready"
+        stopped = _last_stopped(observed.pods_of("train"))
+        if stopped is not None and stopped.failure is not None:
+            message += f"; pod {stopped.name} {report_message(stopped.failure.message)}".rstrip()
         d.set(cond.TRAINING, "True", cond.PODS_PENDING, message)
     return False
+
+
+def _stopped(pod: PodFacts) -> bool:
+    """The pod's trainer stopped on SIGTERM after a complete checkpoint (not a failure)."""
+    return pod.failure is not None and pod.failure.exit_code == training.STOPPED_EXIT_CODE
+
+
+def _last_stopped(pods: list[PodFacts]) -> PodFacts | None:
+    """The training pod that stopped last (preempted, evicted, deleted), if any."""
+    stopped = [p for p in pods if _stopped(p)]
+    if not stopped:
+        return None
+    never = datetime.min.replace(tzinfo=None)
+
+    def key(pod: PodFacts) -> datetime:
+        at = pod.failure.finished_at if pod.failure else None
+        return at.replace(tzinfo=None) if at else never
+
+    return max(stopped, key=key)
 
 
 def _report_stopped(d: Draft, run: Run, *, suspended: bool, queued: bool) -> None:
@@ -244,7 +266,9 @@ def _clear_suspended(d: Draft) -> None:
 
 
 def _train_failed(d: Draft, run: Run, job: JobFacts, observed: Observed) -> None:
-    pod = first_failure(observed.pods_of("train"))
+    pods = observed.pods_of("train")
+    # a pod that stopped with a checkpoint is not why the Job failed; name a real failure
+    pod = first_failure([p for p in pods if not _stopped(p)]) or first_failure(pods)
     if _waiting_for_pod(job, pod, d.now):
         d.actions.append(Requeue(POD_REPORT_RETRY))
         return

@@ -159,6 +159,14 @@ class RunPolicySpec(SpecObject):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete finished Jobs (not the results) after this."
     )
+    termination_grace_period_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description="Seconds a stopping training pod (preempted, evicted, drained, deleted, "
+        "suspended) gets to finish its step and write a checkpoint before it is killed; "
+        "default 300 for lora and qlora, 1800 for full.",
+    )
 
 
 class MergeSpec(SpecObject):

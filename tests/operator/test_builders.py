@@ -6,7 +6,8 @@ every object passes the Kubernetes 1.37 OpenAPI schema (kubernetes-validate, str
 owner references and labels on every child and pod template; the restricted security
 context; the rendered trainer config (valid TrainConfig, paths as the pods see them, no
 token anywhere); torchrun arguments; GPUs only where they belong; Kueue; the pod failure
-policy; URL datasets; the vLLM decision for unmerged adapters; no torch imported.
+policy (stopped trainers not counted); the training pods' grace period (spec or method
+default); URL datasets; the vLLM decision for unmerged adapters; no torch imported.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from qwenft_operator import labels
 from qwenft_operator.builders import config, merge, paths, serving, training, validation
 from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
+from qwenft_trainer import exit_codes
 from qwenft_trainer.config import TrainConfig
 
 HERE = Path(__file__).parent
@@ -278,6 +280,15 @@ def test_pod_failure_policy_and_run_policy() -> None:
     assert spec["activeDeadlineSeconds"] == 86400
     assert spec["podFailurePolicy"]["rules"] == [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        # a trainer stopped with a checkpoint (a deleted pod has no DisruptionTarget)
+        {
+            "action": "Ignore",
+            "onExitCodes": {
+                "containerName": "trainer",
+                "operator": "In",
+                "values": [training.STOPPED_EXIT_CODE],
+            },
+        },
         {
             "action": "FailJob",
             "onExitCodes": {
@@ -287,8 +298,28 @@ def test_pod_failure_policy_and_run_policy() -> None:
             },
         },
     ]
+    assert training.STOPPED_EXIT_CODE == exit_codes.STOPPED
     ttl = training.build_train_job(load_run("qlora-multinode-zero2"))["spec"]
     assert ttl["ttlSecondsAfterFinished"] == 86400 and "activeDeadlineSeconds" not in ttl
+
+
+@pytest.mark.parametrize(
+    ("example", "policy", "seconds"),
+    [
+        ("lora-single-gpu", {}, training.ADAPTER_GRACE_SECONDS),
+        ("qlora-multinode-zero2", {}, training.ADAPTER_GRACE_SECONDS),
+        ("full-finetune", {}, training.FULL_GRACE_SECONDS),
+        ("full-finetune", {"terminationGracePeriodSeconds": 90}, 90),
+        ("lora-single-gpu", {"terminationGracePeriodSeconds": 0}, 0),
+    ],
+)
+def test_training_pods_get_the_grace_period_of_the_spec_or_their_method(
+    example: str, policy: dict[str, int], seconds: int
+) -> None:
+    body = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
+    body["spec"].setdefault("runPolicy", {}).update(policy)
+    pod = training.build_train_job(Run.from_body(body))["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == seconds
 
 
 def test_validation_job_runs_the_validator() -> None:

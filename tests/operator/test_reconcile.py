@@ -9,6 +9,8 @@ with phase Failed and a Warning event; waiting briefly for a failed pod the watc
 shown yet; suspend and resume (the Job is suspended/unsuspended, conditions and events);
 Kueue-queued Jobs left for Kueue to admit; idempotence (children present -> nothing
 created, the same state twice -> no status patch, no event); terminal phases stay put;
+a training pod that stopped with a checkpoint (exit 75) shown in the Training condition and
+never named as the failure;
 the merge skipped for a full fine-tune; the smoke test of a Ready run with
 evaluationPrompts (asked for once per generation while it runs, its outcome recorded in
 status.smokeTest and SmokeTested True/False with SmokeTestFailed or EndpointUnreachable
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from qwenft_operator.actions import (
     RunSmokeTest,
     SetJobSuspended,
 )
+from qwenft_operator.builders import training
 from qwenft_operator.observe import (
     DeploymentFacts,
     JobFacts,
@@ -387,6 +391,57 @@ def test_multi_node_job_is_running_only_when_every_pod_is_ready() -> None:
     training = cond.get_condition(decision.status.conditions, cond.TRAINING)
     assert training is not None and training.reason == cond.PODS_PENDING
     assert "1/2" in training.message
+
+
+STOPPED_REPORT = json.dumps(
+    {
+        "status": "stopped",
+        "reason": "Stopped",
+        "message": "stopped at step 8 (stop file); /output/support-lora/checkpoint-8 is "
+        "complete and a restart resumes from it",
+        "step": 8,
+    }
+)
+
+
+def stopped_pod(name: str, seconds_ago: int) -> PodFacts:
+    term = Termination(
+        "trainer",
+        training.STOPPED_EXIT_CODE,
+        "Error",
+        STOPPED_REPORT,
+        NOW - timedelta(seconds=seconds_ago),
+    )
+    return PodFacts(name=name, component="train", phase="Failed", failure=term)
+
+
+def test_a_stopped_training_pod_is_reported_and_not_a_failure() -> None:
+    """A pod stopped with a checkpoint (deleted, preempted): the Job makes a new one."""
+    pods = (stopped_pod(f"{RUN}-train-0-old", 300), stopped_pod(f"{RUN}-train-0-new", 20))
+    observed = Observed(train_job=job(f"{RUN}-train", active=1, ready=0), pods=pods)
+    decision = decide(make_run(), VALIDATED, observed, NOW)
+    assert decision.status.phase == Phase.TRAINING
+    assert cond.get_condition(decision.status.conditions, cond.FAILED) is None
+    training_cond = cond.get_condition(decision.status.conditions, cond.TRAINING)
+    assert training_cond is not None and training_cond.reason == cond.PODS_PENDING
+    assert training_cond.message == (
+        f"0/1 training pods ready; pod {RUN}-train-0-new stopped at step 8 (stop file); "
+        "/output/support-lora/checkpoint-8 is complete and a restart resumes from it"
+    )
+
+
+def test_a_failed_job_names_a_real_failure_before_a_stopped_pod() -> None:
+    pods = (
+        failed_pod(f"{RUN}-train-0-oom", "train", 137, "OOMKilled"),
+        stopped_pod(f"{RUN}-train-0-stopped", 60),  # finished earlier than the OOM pod
+    )
+    failed_job = job(
+        f"{RUN}-train", "Failed", reason="BackoffLimitExceeded", failed=4, finished_at=ENDED
+    )
+    decision = decide(make_run(), VALIDATED, Observed(train_job=failed_job, pods=pods), NOW)
+    message = failure_message(decision)
+    assert f"{RUN}-train-0-oom" in message and "code 137" in message
+    assert "stopped" not in message
 
 
 def test_suspend_and_resume() -> None:

@@ -191,3 +191,97 @@ class InProcessRun:
 
     def losses(self) -> list[float]:
         return [float(e["loss"]) for e in events(self.stdout, "train_log")]
+
+
+class LiveRun:
+    """A training command running in the background, its stdout lines collected as they come.
+
+    For tests that act while a run is in progress: wait for a JSON log line with a deadline
+    (:meth:`wait_for`), signal the process, then time how long it takes to exit.
+    """
+
+    def __init__(self, cmd: list[str], *, env: Mapping[str, str] | None = None) -> None:
+        import tempfile
+        import threading
+
+        self.lines: list[str] = []
+        # open as long as the run object: tests read it after the process ended
+        self._stderr = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd,
+            env=dict(env or train_env()),
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def wait_for(
+        self, name: str, condition: Callable[[dict[str, Any]], bool], *, timeout: float
+    ) -> dict[str, Any]:
+        """The first ``name`` event meeting ``condition``; fails if the run ends without one."""
+
+        def found() -> dict[str, Any] | None:
+            match = next((e for e in events(self.stdout, name) if condition(e)), None)
+            if match is None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the run exited {self.proc.returncode} before that {name} event\n"
+                    f"{self.stdout[-3000:]}\n{self.stderr[-6000:]}"
+                )
+            return match
+
+        return poll(found, timeout=timeout, what=f"a {name} event", interval=0.02)
+
+    def stop(self, sig: int, *, timeout: float, pid: int | None = None) -> float:
+        """Send ``sig`` (to ``pid``, by default the command itself); seconds until it exited."""
+        import os
+
+        sent = time.monotonic()
+        os.kill(pid or self.proc.pid, sig)
+        self.proc.wait(timeout=timeout)
+        elapsed = time.monotonic() - sent
+        self._reader.join(timeout=10)
+        return elapsed
+
+    def kill(self) -> None:
+        """SIGKILL whatever is left of the process tree (cleanup after a failed test)."""
+        import contextlib
+        import signal
+
+        import psutil
+
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family = psutil.Process(self.proc.pid).children(recursive=True)
+            for member in [*family, psutil.Process(self.proc.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+def assert_same_adapter(output_dir: Path, reference_dir: Path) -> float:
+    """Both adapters hold the same tensors (rtol 1e-5, atol 1e-6); the largest abs difference."""
+    import torch
+    from safetensors.torch import load_file
+
+    got = load_file(output_dir / "adapter_model.safetensors")
+    want = load_file(reference_dir / "adapter_model.safetensors")
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    return max(float((got[n] - t).abs().max()) for n, t in want.items())

@@ -4,9 +4,12 @@
 Trainer on it the way every rank must agree on: process group first (ZeRO-3 partitions the
 model while it loads), then the model, then resume from the newest complete checkpoint,
 train, save on rank 0, and end with a barrier so no rank leaves while another writes.
-A session that fails after the start still writes its reason to the termination log.
+A session that fails after the start still writes its reason to the termination log. A
+session asked to stop (:mod:`qwenft_trainer.stopping`) ends with a complete checkpoint,
+a ``train_stopped`` line and a ``Stopped`` termination log instead of the final adapter
+and ``summary.json``, and returns :data:`~qwenft_trainer.exit_codes.STOPPED`.
 
-    run_training(config, env, tokenizer, train_items, eval_items, started=time.time())
+    run_training(config, env, tokenizer, train_items, eval_items, started=time.time(), stop=request)
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwenft_trainer import checkpoints, distributed
+from qwenft_trainer import checkpoints, distributed, exit_codes
 from qwenft_trainer.arguments import build_training_arguments
 from qwenft_trainer.config import TrainConfig
 from qwenft_trainer.deepspeed_config import build_deepspeed_config
 from qwenft_trainer.distributed import DistributedEnv
 from qwenft_trainer.modeling import count_parameters, load_model, prepare_model
+from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
 from qwenft_trainer.summary import (
     TrainSummary,
     last_logged,
@@ -98,7 +102,7 @@ def _build_trainer(
     eval_items: list[dict[str, list[int]]] | None,
     *,
     cuda: bool,
-    telemetry: TelemetryCallback,
+    callbacks: list[Any],
 ) -> Trainer:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
@@ -130,7 +134,7 @@ def _build_trainer(
         eval_dataset=eval_items,
         data_collator=build_collator(config, tokenizer),
         processing_class=tokenizer,
-        callbacks=[checkpoints.CheckpointCallback(keep=config.checkpoint.keep), telemetry],
+        callbacks=[checkpoints.CheckpointCallback(keep=config.checkpoint.keep), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -145,6 +149,7 @@ def run_training(
     eval_items: list[dict[str, list[int]]] | None,
     *,
     started: float,
+    stop: StopRequest | None = None,
 ) -> int:
     """Train, save and summarise; returns the process exit code."""
     import torch
@@ -165,8 +170,15 @@ def run_training(
             resumed_from_step=resumed_from,
             progress_bar=env.is_main,
         )
+        stopper = StopCallback(stop or StopRequest())
         trainer = _build_trainer(
-            config, env, tokenizer, train_items, eval_items, cuda=cuda, telemetry=telemetry
+            config,
+            env,
+            tokenizer,
+            train_items,
+            eval_items,
+            cuda=cuda,
+            callbacks=[telemetry, stopper],
         )
         resume = checkpoints.Checkpoint(
             Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
@@ -175,8 +187,13 @@ def run_training(
         eval_loss = telemetry.last_eval_loss
         if resumed_from and checkpoints.is_final(resume, config.training.max_steps):
             _export_finished(trainer, resume, config, env)
+        elif any_rank(stopper.request.requested, distributed.device_of(env, cuda=cuda)):
+            # asked to stop while loading: nothing new to save, the newest checkpoint stands
+            return _report_stopped(config, env, stopper, resumed_from)
         else:
             trainer.train(resume_from_checkpoint=str(resume.path) if resumed_from else None)
+            if stopper.stopped_at is not None:
+                return _report_stopped(config, env, stopper, stopper.stopped_at)
             if eval_items is not None:
                 eval_loss = float(trainer.evaluate()["eval_loss"])
             trainer.save_model(config.output_dir)
@@ -200,6 +217,27 @@ def run_training(
         distributed.finish(deepspeed=config.deepspeed.enabled)
     log.info("done in %.1fs; output in %s", time.time() - started, config.output_dir)
     return 0
+
+
+def _report_stopped(
+    config: TrainConfig, env: DistributedEnv, stopper: StopCallback, step: int
+) -> int:
+    """Tell the launcher, the operator and the logs where a stopped run can resume."""
+    path = Path(config.output_dir) / f"{checkpoints.PREFIX}{step}"
+    saved = step > 0 and (path / checkpoints.MARKER).is_file()
+    cause = stopper.request.cause or "another rank"
+    where = f"{path} is complete and a restart resumes from it" if saved else "nothing to save"
+    message = f"stopped at step {step} ({cause}); {where}"
+    checkpoint = str(path) if saved else None
+    emit(build_log_record("rank_end", rank=env.rank, step=step, stopped=True))
+    if env.is_main:
+        log.warning("%s", message)
+        emit(build_log_record("train_stopped", step=step, checkpoint=checkpoint, cause=cause))
+    if env.local_rank == 0:
+        # every pod (node) reports it: its launcher turns this into the "stopped" exit code
+        fields = {"status": "stopped", "reason": "Stopped", "message": message, "step": step}
+        write_termination_log(config.termination_log, {**fields, "checkpoint": checkpoint})
+    return exit_codes.STOPPED
 
 
 def _export_finished(

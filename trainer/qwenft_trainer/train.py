@@ -5,7 +5,9 @@ work), tokenize and pack it, start the process group, load and wrap the model, r
 the newest complete checkpoint in ``output_dir``, train with the Hugging Face Trainer
 (DDP, or DeepSpeed ZeRO-2/3 from a generated config), then save the adapter or the
 weights, the tokenizer and ``summary.json``. Rank and world size come from torchrun's
-environment, so the same command runs on a laptop and on a multi-node GPU job.
+environment, so the same command runs on a laptop and on a multi-node GPU job. SIGTERM
+or Ctrl-C stops it after the current step with a complete checkpoint (exit code 75); the
+same command then resumes from that checkpoint.
 
 One process (CPU or one GPU):
 
@@ -27,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwenft_trainer import exit_codes
 from qwenft_trainer.config import ConfigError, TrainConfig, format_validation_error, load_config
 from qwenft_trainer.distributed import DistributedEnv
 from qwenft_trainer.summary import write_termination_log
@@ -41,10 +45,9 @@ from qwenft_trainer.telemetry import build_log_record, emit
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-log = logging.getLogger("qwenft_trainer.train")
+    from qwenft_trainer.stopping import StopRequest
 
-# Exit codes: 1 = the dataset or config can't be trained on, 2 = usage error.
-EXIT_INVALID = 1
+log = logging.getLogger("qwenft_trainer.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +148,7 @@ def fail(config: TrainConfig | None, reason: str, message: str) -> int:
     if config is not None:
         fields = {"status": "failed", "reason": reason, "message": message}
         write_termination_log(config.termination_log, fields)
-    return EXIT_INVALID
+    return exit_codes.INVALID
 
 
 def setup_logging(env: DistributedEnv) -> None:
@@ -154,7 +157,17 @@ def setup_logging(env: DistributedEnv) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes (:mod:`qwenft_trainer.exit_codes`): 0 trained, 1 invalid config or data,
+    2 usage error, 75 stopped on request with a complete checkpoint to resume from."""
     args = build_parser().parse_args(argv)
+    from qwenft_trainer.stopping import StopRequest
+
+    # a stop asked for while the data loads still counts: the session checks it first
+    with StopRequest.installed(stop_file=os.environ.get(exit_codes.STOP_FILE_ENV)) as stop:
+        return _train(args, stop)
+
+
+def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     env = DistributedEnv.from_environ()
     setup_logging(env)
     try:
@@ -175,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from qwenft_trainer.session import run_training
 
-    return run_training(config, env, tokenizer, train_items, eval_items, started=time.time())
+    return run_training(
+        config, env, tokenizer, train_items, eval_items, started=time.time(), stop=stop
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def build_job(
     pod_spec: dict[str, Any],
     backoff_limit: int,
     fail_on_exit_codes: list[int],
+    ignore_exit_codes: list[int] | None = None,
     extra_labels: dict[str, str] | None = None,
     extra_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -29,10 +30,20 @@ def build_job(
     Its ``podFailurePolicy`` ignores disruptions (preemption, eviction, node drain: the pod
     is recreated without counting against ``backoff_limit``) and fails the Job at once
     when the first container exits with one of ``fail_on_exit_codes``, the codes that mean
-    a retry can't help.
+    a retry can't help. A container exiting with one of ``ignore_exit_codes`` (a trainer
+    that stopped on SIGTERM with a complete checkpoint) is replaced without counting either,
+    also when nothing marked its pod as disrupted (a deleted pod, a node shutdown).
     """
     container = pod_spec["containers"][0]["name"]
     pod_labels = labels.build_labels(run.name, component)
+    rules: list[dict[str, Any]] = [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    ]
+    if ignore_exit_codes:
+        codes = {"containerName": container, "operator": "In", "values": ignore_exit_codes}
+        rules.append({"action": "Ignore", "onExitCodes": codes})
+    codes = {"containerName": container, "operator": "In", "values": fail_on_exit_codes}
+    rules.append({"action": "FailJob", "onExitCodes": codes})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -40,19 +51,7 @@ def build_job(
         "spec": {
             "backoffLimit": backoff_limit,
             **(extra_spec or {}),
-            "podFailurePolicy": {
-                "rules": [
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": container,
-                            "operator": "In",
-                            "values": fail_on_exit_codes,
-                        },
-                    },
-                ]
-            },
+            "podFailurePolicy": {"rules": rules},
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {"restartPolicy": "Never", **pod_spec},

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenft_trainer import exit_codes
+
 from qwenft_operator import labels
 from qwenft_operator.builders import fetch, jobs, paths, pods
 from qwenft_operator.builders.config import TRAINER_METRICS_PORT, config_hash
@@ -24,25 +26,59 @@ from qwenft_operator.runs import Run
 MASTER_PORT = 29500
 # Exit code of a training pod whose trainer refused its config or data: retrying can't help.
 INVALID_INPUT_EXIT_CODE = 3
+# Exit code of a training pod stopped (SIGTERM: preemption, eviction, drain, deletion) after
+# its trainer wrote a complete checkpoint; the Job ignores it and a new pod resumes.
+STOPPED_EXIT_CODE = exit_codes.STOPPED
 # torchrun exits 1 whatever its workers' exit codes were, so a small shell wrapper runs it
-# (forwarding SIGTERM so a stopping pod still writes its checkpoint) and turns the
-# trainer's own verdict, the reason in its termination log, into INVALID_INPUT_EXIT_CODE.
-LAUNCHER = """set -u
+# and turns the trainer's own verdict, the reason in its termination log, into
+# INVALID_INPUT_EXIT_CODE or STOPPED_EXIT_CODE. SIGTERM is not forwarded to torchrun, which
+# would SIGKILL the ranks 30 s later (a fixed time in older torch) whatever the pod's grace
+# period: the wrapper creates the stop file instead, which every rank checks at each step
+# (qwenft_trainer.stopping), so the ranks finish the step and checkpoint in the grace period.
+_LAUNCHER_TEMPLATE = """set -u
+stop="${STOP_FILE_ENV:-${TMPDIR:-/tmp}/qwenft-stop-$$}"
+rm -f "$stop"
+export STOP_FILE_ENV="$stop"
+trap ': > "$stop"' TERM INT
 torchrun "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT
 while :; do
   wait "$child"; rc=$?
   kill -0 "$child" 2>/dev/null || break
 done
+rm -f "$stop"
 log="${QWENFT_TERMINATION_LOG:-/dev/termination-log}"
 if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"Invalid(Config|Dataset)"' "$log"; then
   exit INVALID_INPUT_EXIT_CODE
 fi
+if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"Stopped"' "$log"; then
+  exit STOPPED_EXIT_CODE
+fi
 exit "$rc"
-""".replace("INVALID_INPUT_EXIT_CODE", str(INVALID_INPUT_EXIT_CODE))
+"""
+LAUNCHER = (
+    _LAUNCHER_TEMPLATE.replace("STOP_FILE_ENV", exit_codes.STOP_FILE_ENV)
+    .replace("INVALID_INPUT_EXIT_CODE", str(INVALID_INPUT_EXIT_CODE))
+    .replace("STOPPED_EXIT_CODE", str(STOPPED_EXIT_CODE))
+)
 LAUNCHER_COMMAND = ["/bin/sh", "-c", LAUNCHER, "torchrun"]
-TERMINATION_GRACE_SECONDS = 60  # time to finish writing a checkpoint on SIGTERM
+# Default grace periods (spec.runPolicy.terminationGracePeriodSeconds unset), see
+# termination_grace_seconds and docs/qwenfinetune.md.
+ADAPTER_GRACE_SECONDS = 300
+FULL_GRACE_SECONDS = 1800
+
+
+def termination_grace_seconds(run: Run) -> int:
+    """Seconds a stopping training pod gets to finish its step and write a checkpoint.
+
+    ``spec.runPolicy.terminationGracePeriodSeconds`` when set; otherwise a default by what a
+    checkpoint holds: an adapter and its optimizer state (megabytes to a few GB) or every
+    weight with its optimizer state (about 14 bytes per parameter under mixed-precision Adam).
+    """
+    chosen = run.spec.run_policy.termination_grace_period_seconds
+    if chosen is not None:
+        return chosen
+    return FULL_GRACE_SECONDS if run.spec.method == "full" else ADAPTER_GRACE_SECONDS
 
 
 def needs_rendezvous_service(run: Run) -> bool:
@@ -94,7 +130,7 @@ def build_train_job(run: Run) -> dict[str, Any]:
     pod_spec = pods.pod_spec_base(run, mounts)
     if needs_rendezvous_service(run):
         pod_spec["subdomain"] = run.names.train_service
-    pod_spec["terminationGracePeriodSeconds"] = TERMINATION_GRACE_SECONDS
+    pod_spec["terminationGracePeriodSeconds"] = termination_grace_seconds(run)
     fetcher = fetch.build_fetch_container(run)
     if fetcher is not None:
         pod_spec["initContainers"] = [fetcher]
@@ -139,6 +175,7 @@ def build_train_job(run: Run) -> dict[str, Any]:
         pod_spec=pod_spec,
         backoff_limit=policy.backoff_limit,
         fail_on_exit_codes=[INVALID_INPUT_EXIT_CODE],
+        ignore_exit_codes=[STOPPED_EXIT_CODE],
         extra_labels={labels.KUEUE_QUEUE_KEY: queue} if queue else None,
         extra_spec=extra,
     )
