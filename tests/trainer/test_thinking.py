@@ -14,7 +14,7 @@ at inference, and that every reply is trained exactly once; the same dialogue re
 messages, ShareGPT and dialogue_sequence formats with either reasoning form; reasoning on a
 template without thinking refused; malformed inline reasoning reported with its field;
 the validator's samples, reasoning vs answer tokens and thinking policy (report, text and
-``qwenft data validate --thinking --json``).
+``qwenft data validate --thinking --json``); tokenize_all's sample count and its log line.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from qwenft_trainer.data import (
     Message,
     TemplateError,
     TokenizedSample,
+    tokenize_all,
     tokenize_dialogue,
 )
 from qwenft_trainer.formats import read_conversations
@@ -411,3 +412,41 @@ def test_cli_thinking_option(
     assert default["template_thinking"] == "hybrid"
     assert default["reasoning_tokens"] == in_reply["reasoning_tokens"] > 0
     assert in_reply["trained_tokens"] > default["trained_tokens"]  # the empty blocks
+
+
+def test_tokenize_all_counts_and_logs_the_per_reply_samples(
+    tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="qwenft_trainer.data")
+    samples = tokenize_all([PLAIN, REASONING], use(tokenizer, "qwen3"), 4096)
+    assert len(samples) == 5  # one per reply: 2 + 3
+    assert sum(s.trained_tokens for s in samples) == sum(
+        len(tokenizer(expected_reply("qwen3", m, "empty-in-prompt")).input_ids)
+        for c in (PLAIN, REASONING)
+        for m in c.messages
+        if m.role == "assistant"
+    )
+    assert "2 dialogue(s) make 5 samples" in caplog.text
+    assert "hybrid template, training.thinking=empty-in-prompt" in caplog.text
+    caplog.clear()
+    assert len(tokenize_all([PLAIN], use(tokenizer, "qwen2_5"), 4096)) == 1
+    assert "make" not in caplog.text
+
+
+@pytest.mark.slow
+def test_tiny_qwen3_trains_on_multi_turn_reasoning(tmp_path: Path) -> None:
+    """The trainer runs end to end on reasoning data with the real Qwen3 template."""
+    from qwenft_trainer.tiny import TinyModelSpec, build_tiny_qwen
+    from qwenft_trainer.train import main
+    from trainrun import write_config
+
+    model = build_tiny_qwen(tmp_path / "tiny-qwen3", TinyModelSpec(arch="qwen3"))
+    data = tmp_path / "train.jsonl"
+    records = [RECORDS["messages"], RECORDS["sharegpt"], RECORDS["dialogue_sequence"]] * 4
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    training = {"max_steps": 2, "thinking": "empty-in-reply", "max_seq_length": 256}
+    config = write_config(tmp_path / "train.yaml", model, data, tmp_path / "out", training=training)
+    assert main(["--config", str(config)]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert summary["trained_tokens"] > 0 and summary["train_loss"] > 0

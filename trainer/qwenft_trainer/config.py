@@ -29,6 +29,7 @@ DataFormat = Literal["auto", "dialogue_sequence", "conversations", "sharegpt", "
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 # What a reply without reasoning teaches on a hybrid-thinking template (qwenft_trainer.thinking).
 ThinkingPolicy = Literal["empty-in-prompt", "empty-in-reply"]
+DEFAULT_THINKING: ThinkingPolicy = "empty-in-prompt"
 
 # Every linear projection of a Qwen2 decoder layer: attention and MLP.
 QWEN2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -118,7 +119,7 @@ class TrainingSettings(_Section):
     )
     logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
     thinking: ThinkingPolicy = Field(
-        default="empty-in-prompt",
+        default=DEFAULT_THINKING,
         description="Replies without reasoning on a hybrid-thinking template (Qwen3, Qwen3.5): "
         "'empty-in-prompt' trains them after the empty <think></think> block that the "
         "enable_thinking=False prompt ends with, so the model keeps its thinking switch; "

@@ -37,14 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from qwenft_trainer.config import ThinkingPolicy
+from qwenft_trainer.config import DEFAULT_THINKING, ThinkingPolicy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-DEFAULT_POLICY: ThinkingPolicy = "empty-in-prompt"
+DEFAULT_POLICY: ThinkingPolicy = DEFAULT_THINKING
 
 TemplateKind = Literal["hybrid", "always", "none"]
 

@@ -98,7 +98,7 @@ def check_dataset(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> st
         )
         if not report.ok:
             return report.to_text()
-        log.info("dataset %s: %s", path, report.message)
+        log.info("dataset %s: %s (%s)", path, report.message, report.thinking_summary)
     return None
 
 
