@@ -384,6 +384,7 @@ def test_validator_reports_reasoning_answer_tokens_and_policy(
         for a in ("5.", "20.")
     )
     assert answers == plain_answers + (empty_blocks if policy == "empty-in-reply" else 0)
+    assert report.message.startswith("2 dialogues (4 samples), ")
     text = report.to_text()
     assert f"thinking         hybrid template, replies without reasoning: {policy}" in text
     assert f"reasoning        {report.reasoning_tokens:>10,}  trained tokens in 2 replies" in text

@@ -1,7 +1,7 @@
 """The dataset report (qwenft_trainer.validate) and ``qwenft data validate``.
 
-Covers: counts of a clean file (records, turns, tokens = trained + masked, longest sample,
-matching the tokenizer); truncation share at a small max_seq_length and the warning for a
+Covers: counts of a clean file (records, turns, samples, tokens = trained + masked, longest
+sample, matching the tokenizer); truncation share at a small max_seq_length and the warning for a
 dialogue left without a trained token; every bad-record case reported with file:line and
 the problem while the good records are still counted; a control token written inside a
 message; the text report; the CLI through the ``qwenft`` dispatcher with exit status 0 on a

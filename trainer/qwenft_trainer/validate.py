@@ -88,8 +88,9 @@ class ValidationReport(BaseModel):
             return f"{len(self.problems)} bad record(s); first: {first}{more}"
         if not self.conversations:
             return f"{self.path} holds no usable dialogue"
+        split = f" ({self.samples} samples)" if self.samples != self.conversations else ""
         return (
-            f"{self.conversations} dialogues, {self.tokens} tokens ({self.trained_tokens} "
+            f"{self.conversations} dialogues{split}, {self.tokens} tokens ({self.trained_tokens} "
             f"trained), {self.truncated_share:.1%} truncated at {self.max_seq_length}"
         )
 
