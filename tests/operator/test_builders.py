@@ -328,7 +328,7 @@ def test_validation_job_runs_the_validator() -> None:
     assert pod["containers"][0]["command"] == [
         "qwenft", "data", "validate", "/data/train.jsonl",
         "--model", "Qwen/Qwen2.5-7B-Instruct", "--max-seq-length", "2048",
-        "--format", "auto", "--json", "--revision", "main",
+        "--format", "auto", "--thinking", "empty-in-prompt", "--json", "--revision", "main",
     ]  # fmt: skip
     assert {v["name"] for v in pod["volumes"]} == {"tmp", "data"}
 

@@ -4,10 +4,11 @@ Covers: the token ids are exactly the chat template's rendering; labels cover ev
 assistant reply of a multi-turn dialogue plus its end-of-turn token and nothing else
 (system prompt, user turns, role headers, the template's default system prompt and the
 newline between turns are -100); English, Chinese, code and replies with leading spaces;
-templates whose prefixes don't line up (a generation prompt that differs from the history
-header) and templates with other markers; truncation to max_seq_length; tokenize_all
-dropping samples left without a trained token; clear errors for a tokenizer with no chat
-template or without offsets.
+a template whose history doesn't continue its generation prompt (each reply then is its
+own sample, after that prompt) and templates with other markers; truncation to
+max_seq_length; tokenize_all dropping samples left without a trained token; clear errors
+for a tokenizer with no chat template or without offsets. The real Qwen templates, with and
+without thinking, are covered in test_thinking.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from qwenft_trainer.data import (
     TokenizedSample,
     load_conversations,
     tokenize_all,
-    tokenize_conversation,
+    tokenize_dialogue,
 )
 from qwenft_trainer.tiny import IM_END
 
@@ -46,17 +47,6 @@ QWEN25_TEMPLATE = (
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-# Like Qwen3 with thinking off: the generation prompt opens an empty think block that the
-# history never shows, so prefixes of the dialogue don't line up with the full text.
-THINKING_OFF_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
 )
 
 # Like Qwen3's history turns: replies stripped of surrounding newlines, and a generation
@@ -102,6 +92,13 @@ def trained_segments(sample: TokenizedSample, tokenizer: Any) -> list[str]:
             segments[-1].append(label)
         previous = label
     return [tokenizer.decode(ids) for ids in segments]
+
+
+def tokenize_conversation(dialogue: Conversation, tokenizer: Any, max_seq_length: int) -> Any:
+    """The one sample of a dialogue whose template keeps the history as it was written."""
+    samples = tokenize_dialogue(dialogue, tokenizer, max_seq_length)
+    assert len(samples) == 1
+    return samples[0]
 
 
 def replies(conv: Conversation) -> list[str]:
@@ -155,18 +152,14 @@ def test_replies_with_leading_space_newline_or_code(tokenizer: Any) -> None:
     assert trained_segments(sample, tokenizer) == [r + IM_END for r in replies(dialogue)]
 
 
-@pytest.mark.parametrize(
-    "template", [QWEN25_TEMPLATE, THINKING_OFF_TEMPLATE], ids=["qwen2.5", "thinking-off"]
-)
-def test_real_qwen_style_templates(template: str, tokenizer: Any) -> None:
-    tokenizer.chat_template = template
+def test_template_with_a_default_system_prompt(tokenizer: Any) -> None:
+    tokenizer.chat_template = QWEN25_TEMPLATE
     dialogue = conv(
         ("user", "Hello!"), ("assistant", "Hi!"), ("user", "Bye"), ("assistant", "再见")
     )
     sample = tokenize_conversation(dialogue, tokenizer, max_seq_length=1024)
     assert trained_segments(sample, tokenizer) == ["Hi!" + IM_END, "再见" + IM_END]
-    if template is QWEN25_TEMPLATE:
-        assert "You are Qwen" in tokenizer.decode(sample.input_ids)
+    assert "You are Qwen" in tokenizer.decode(sample.input_ids)
 
 
 def test_template_that_strips_replies(tokenizer: Any) -> None:
@@ -174,8 +167,16 @@ def test_template_that_strips_replies(tokenizer: Any) -> None:
     dialogue = conv(
         ("user", "Hi"), ("assistant", "\nHello.\n"), ("user", "Bye"), ("assistant", "Bye.")
     )
-    sample = tokenize_conversation(dialogue, tokenizer, max_seq_length=1024)
-    assert trained_segments(sample, tokenizer) == ["Hello." + IM_END, "Bye." + IM_END]
+    samples = tokenize_dialogue(dialogue, tokenizer, max_seq_length=1024)
+    assert [trained_segments(s, tokenizer) for s in samples] == [
+        ["Hello." + IM_END],
+        ["Bye." + IM_END],
+    ]
+    # Each reply follows the generation prompt (with its think block), as at inference.
+    assert tokenizer.decode(samples[1].input_ids).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nBye." + IM_END + "\n"
+    )
+    assert "assistant\nHello." + IM_END in tokenizer.decode(samples[1].input_ids)
 
 
 def test_template_without_chatml_uses_its_own_end_token(tokenizer: Any) -> None:
@@ -209,10 +210,10 @@ def test_tokenize_all_skips_samples_without_trained_tokens(
 def test_tokenizer_without_chat_template_is_refused(tokenizer: Any) -> None:
     tokenizer.chat_template = None
     with pytest.raises(TemplateError, match="no chat template"):
-        tokenize_conversation(conv(("user", "Hi"), ("assistant", "Yo")), tokenizer, 64)
+        tokenize_dialogue(conv(("user", "Hi"), ("assistant", "Yo")), tokenizer, 64)
 
 
 def test_template_that_fails_to_render_names_the_cause(tokenizer: Any) -> None:
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(TemplateError, match="roles must alternate"):
-        tokenize_conversation(conv(("user", "Hi"), ("assistant", "Yo")), tokenizer, 64)
+        tokenize_dialogue(conv(("user", "Hi"), ("assistant", "Yo")), tokenizer, 64)

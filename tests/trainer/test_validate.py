@@ -1,7 +1,7 @@
 """The dataset report (qwenft_trainer.validate) and ``qwenft data validate``.
 
-Covers: counts of a clean file (records, turns, tokens = trained + masked, longest sample,
-matching the tokenizer); truncation share at a small max_seq_length and the warning for a
+Covers: counts of a clean file (records, turns, samples, tokens = trained + masked, longest
+sample, matching the tokenizer); truncation share at a small max_seq_length and the warning for a
 dialogue left without a trained token; every bad-record case reported with file:line and
 the problem while the good records are still counted; a control token written inside a
 message; the text report; the CLI through the ``qwenft`` dispatcher with exit status 0 on a
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from qwenft_operator.cli import main as qwenft
-from qwenft_trainer.data import load_conversations, tokenize_conversation
+from qwenft_trainer.data import load_conversations, tokenize_dialogue
 from qwenft_trainer.validate import validate_dataset
 
 DATA = Path(__file__).parent / "data"
@@ -34,9 +34,10 @@ def tokenizer(tiny_model_dir: Path) -> Any:
 def test_clean_file_counts(tokenizer: Any) -> None:
     path = DATA / "dialogue_sequence.jsonl"
     report = validate_dataset(path, tokenizer, max_seq_length=1024)
-    samples = [tokenize_conversation(c, tokenizer, 1024) for c in load_conversations(path)]
+    samples = [s for c in load_conversations(path) for s in tokenize_dialogue(c, tokenizer, 1024)]
     assert report.ok and not report.problems
     assert (report.records, report.conversations, report.turns) == (3, 3, 11)
+    assert report.samples == len(samples) == 3  # the Qwen2 template keeps history as written
     assert report.tokens == sum(len(s.input_ids) for s in samples)
     assert report.trained_tokens == sum(s.trained_tokens for s in samples)
     assert report.trained_tokens + report.masked_tokens == report.tokens

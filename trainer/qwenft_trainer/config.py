@@ -27,6 +27,9 @@ Precision = Literal["bf16", "fp16", "fp32"]
 QuantType = Literal["nf4", "fp4"]
 DataFormat = Literal["auto", "dialogue_sequence", "conversations", "sharegpt", "messages"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+# What a reply without reasoning teaches on a hybrid-thinking template (qwenft_trainer.thinking).
+ThinkingPolicy = Literal["empty-in-prompt", "empty-in-reply"]
+DEFAULT_THINKING: ThinkingPolicy = "empty-in-prompt"
 
 # Every linear projection of a Qwen2 decoder layer: attention and MLP.
 QWEN2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -115,6 +118,15 @@ class TrainingSettings(_Section):
         "attention across samples) instead of padding each one.",
     )
     logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
+    thinking: ThinkingPolicy = Field(
+        default=DEFAULT_THINKING,
+        description="Replies without reasoning on a hybrid-thinking template (Qwen3, Qwen3.5): "
+        "'empty-in-prompt' trains them after the empty <think></think> block that the "
+        "enable_thinking=False prompt ends with, so the model keeps its thinking switch; "
+        "'empty-in-reply' trains the empty block as part of the reply, so the model learns to "
+        "answer without thinking even when thinking is on. Replies with reasoning are always "
+        "trained after the enable_thinking=True prompt; templates without thinking ignore this.",
+    )
 
 
 class DeepSpeedSettings(_Section):

@@ -5,6 +5,8 @@ Fine-tuning data arrives in several shapes (the seed's ``dialogue_sequence`` and
 OpenAI / Qwen2 ``messages``), as a JSON array or as JSONL. This module reads any of them
 into one :class:`Conversation` type, and collects *every* bad record with its file line
 so a user can fix a dataset in one pass instead of one error per training launch.
+An assistant turn's reasoning, given as ``reasoning_content`` or inline as
+``<think>…</think>`` in its content, is kept apart from its answer in every format.
 It imports neither torch nor transformers.
 
     from qwenft_trainer.formats import load_conversations
@@ -21,11 +23,16 @@ from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict
 
+from qwenft_trainer import thinking
 from qwenft_trainer.config import DataFormat
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = get_args(Role)
 FORMATS: tuple[str, ...] = tuple(f for f in get_args(DataFormat) if f != "auto")
+
+# An assistant turn's reasoning apart from its answer (the field Qwen's templates, vLLM and
+# DeepSeek's API use); inline <think>…</think> in the content works as well.
+REASONING_KEY = "reasoning_content"
 
 # ShareGPT (Qwen's original finetune.py data) speaker names -> chat roles.
 SHAREGPT_ROLES = {
@@ -39,10 +46,22 @@ SHAREGPT_ROLES = {
 
 @dataclass(frozen=True)
 class Message:
-    """One turn of a dialogue."""
+    """One turn of a dialogue; an assistant reply may carry its reasoning apart from the answer.
+
+    ``content`` is the answer only: reasoning written inline as ``<think>…</think>`` is moved
+    to ``reasoning`` when the record is read (qwenft_trainer.thinking).
+    """
 
     role: Role
     content: str
+    reasoning: str | None = None
+
+    def as_template_message(self) -> dict[str, str]:
+        """The dict a chat template renders (``reasoning_content`` as Qwen's templates read it)."""
+        message = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            message["reasoning_content"] = self.reasoning
+        return message
 
 
 @dataclass(frozen=True)
@@ -264,7 +283,36 @@ def _parse_turns(turns: Any, key: str, sharegpt: bool) -> Iterator[Message]:
             )
         if not content.strip():
             raise RecordError(f"empty content in {where}.{content_key}")
-        yield Message(role=cast(Role, allowed[speaker]), content=content)
+        role = cast(Role, allowed[speaker])
+        reasoning, content = _reasoning(turn, role, content, f"{where}.{content_key}")
+        yield Message(role=role, content=content, reasoning=reasoning)
+
+
+def _reasoning(
+    turn: dict[str, Any], role: Role, content: str, where: str
+) -> tuple[str | None, str]:
+    """An assistant reply's reasoning (``reasoning_content`` or inline ``<think>``) and answer."""
+    field = turn.get(REASONING_KEY)
+    base = where.rsplit(".", 1)[0]
+    if field is not None and role != "assistant":
+        raise RecordError(f"'{REASONING_KEY}' in {base} is only for assistant turns (role {role})")
+    if field is not None and not isinstance(field, str):
+        raise RecordError(
+            f"wrong type: {base}.{REASONING_KEY} must be a string, not {_kind(field)}"
+        )
+    if role != "assistant":
+        return None, content
+    try:
+        inline, answer = thinking.split_reasoning(content)
+    except thinking.ReasoningError as err:
+        raise RecordError(f"reasoning in {where} {err}") from err
+    if inline is not None and field is not None:
+        raise RecordError(
+            f"{base} gives reasoning twice ('{REASONING_KEY}' and <think> in its content); keep one"
+        )
+    if not answer.strip():
+        raise RecordError(f"empty answer in {where} after its reasoning")
+    return inline if field is None else thinking.clean_reasoning(field), answer
 
 
 def _kind(value: Any) -> str:

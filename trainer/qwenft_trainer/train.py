@@ -93,11 +93,15 @@ def check_dataset(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> st
     files = [config.data.path] + ([config.evaluation.file] if config.evaluation.file else [])
     for path in files:
         report = validate_dataset(
-            path, tokenizer, config.training.max_seq_length, config.data.format
+            path,
+            tokenizer,
+            config.training.max_seq_length,
+            config.data.format,
+            thinking=config.training.thinking,
         )
         if not report.ok:
             return report.to_text()
-        log.info("dataset %s: %s", path, report.message)
+        log.info("dataset %s: %s (%s)", path, report.message, report.thinking_summary)
     return None
 
 
@@ -121,7 +125,7 @@ def build_datasets(
         convs = [convs[i] for i in sorted(order[held:])]
 
     def features(items: list[Any]) -> list[dict[str, list[int]]]:
-        samples = tokenize_all(items, tokenizer, t.max_seq_length)
+        samples = tokenize_all(items, tokenizer, t.max_seq_length, thinking=t.thinking)
         return build_features(samples, t.max_seq_length, packing=t.packing)
 
     train = features(convs)

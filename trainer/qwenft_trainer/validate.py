@@ -3,12 +3,14 @@
 A bad record found after the model loaded wastes a GPU allocation; one found after hours
 of training wastes the run. This command (and :func:`validate_dataset`, which training
 calls first) reads every record, tokenizes it with the model's own chat template, and
-reports sizes, the share of tokens that carry loss, truncation, and each bad record with
-its line and the problem. The operator's validation Job runs it with ``--json`` and puts
+reports sizes, the share of tokens that carry loss, truncation, the chat template's thinking
+and the trained reasoning vs answer tokens, and each bad record with its line and the
+problem. The operator's validation Job runs it with ``--json`` and puts
 the one-line ``message`` in the run's status.
 
     qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct --max-seq-length 2048
     qwenft data validate data.json --model /models/qwen --format sharegpt --json
+    qwenft data validate reasoning.jsonl --model Qwen/Qwen3-8B --thinking empty-in-prompt
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import TYPE_CHECKING, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
-from qwenft_trainer.config import DataFormat, TrainingSettings
-from qwenft_trainer.data import TemplateError, tokenize_conversation
+from qwenft_trainer.config import DataFormat, ThinkingPolicy, TrainingSettings
+from qwenft_trainer.data import TemplateError, tokenize_dialogue
 from qwenft_trainer.formats import Conversation, RecordProblem, read_conversations
+from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateKind, describe, probe_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -50,8 +53,23 @@ class ValidationReport(BaseModel):
     masked_tokens: int = Field(0, description="Tokens without loss (system, user, headers).")
     truncated_samples: int = 0
     truncated_share: float = 0.0
-    longest_sample_tokens: int = Field(0, description="Longest dialogue before truncation.")
+    longest_sample_tokens: int = Field(0, description="Longest sample before truncation.")
     longest_sample_source: str | None = None
+    samples: int = Field(
+        0,
+        description="Training samples: one per dialogue, or one per reply where the chat "
+        "template renders earlier replies differently from how they were written (Qwen3).",
+    )
+    thinking: ThinkingPolicy = Field(
+        DEFAULT_POLICY, description="training.thinking: replies without reasoning."
+    )
+    template_thinking: TemplateKind = Field(
+        "none", description="The chat template's thinking: hybrid, always or none."
+    )
+    thinking_summary: str = Field("", description="What training.thinking does here.")
+    reasoning_turns: int = Field(0, description="Assistant replies that carry reasoning.")
+    reasoning_tokens: int = Field(0, description="Trained tokens inside reasoning blocks.")
+    answer_tokens: int = Field(0, description="Trained tokens outside reasoning blocks.")
     problems: list[RecordProblem] = Field(default_factory=list)
     warnings: list[RecordProblem] = Field(default_factory=list)
 
@@ -70,8 +88,9 @@ class ValidationReport(BaseModel):
             return f"{len(self.problems)} bad record(s); first: {first}{more}"
         if not self.conversations:
             return f"{self.path} holds no usable dialogue"
+        split = f" ({self.samples} samples)" if self.samples != self.conversations else ""
         return (
-            f"{self.conversations} dialogues, {self.tokens} tokens ({self.trained_tokens} "
+            f"{self.conversations} dialogues{split}, {self.tokens} tokens ({self.trained_tokens} "
             f"trained), {self.truncated_share:.1%} truncated at {self.max_seq_length}"
         )
 
@@ -85,6 +104,11 @@ class ValidationReport(BaseModel):
             f"  tokens           {self.tokens:>10,}",
             f"  trained tokens   {self.trained_tokens:>10,}  ({trained:.1%} of tokens)",
             f"  masked tokens    {self.masked_tokens:>10,}",
+            f"  samples          {self.samples:>10,}",
+            f"  reasoning        {self.reasoning_tokens:>10,}  trained tokens in "
+            f"{self.reasoning_turns:,} replies with reasoning",
+            f"  answer tokens    {self.answer_tokens:>10,}",
+            f"  thinking         {self.thinking_summary or self.thinking}",
             f"  truncated        {self.truncated_share:>10.1%}  "
             f"({self.truncated_samples:,} samples longer than {self.max_seq_length} tokens)",
             f"  longest sample   {self.longest_sample_tokens:>10,}  tokens"
@@ -105,7 +129,7 @@ def _control_token_in(conv: Conversation, tokenizer: PreTrainedTokenizerBase) ->
     tokens = [t for t in tokenizer.all_special_tokens if t]
     for i, message in enumerate(conv.messages):
         for token in tokens:
-            if token in message.content:
+            if token in message.content or token in (message.reasoning or ""):
                 return f"message {i} ({message.role}) contains the control token {token!r}"
     return None
 
@@ -115,10 +139,19 @@ def validate_dataset(
     tokenizer: PreTrainedTokenizerBase,
     max_seq_length: int,
     fmt: DataFormat = "auto",
+    thinking: ThinkingPolicy = DEFAULT_POLICY,
 ) -> ValidationReport:
     """Read and tokenize the whole dataset; the report lists every problem found."""
     conversations, problems = read_conversations(path, fmt)
-    report = ValidationReport(path=str(path), format=fmt, max_seq_length=max_seq_length)
+    support = probe_template(tokenizer)
+    report = ValidationReport(
+        path=str(path),
+        format=fmt,
+        max_seq_length=max_seq_length,
+        thinking=thinking,
+        template_thinking=support.kind,
+        thinking_summary=describe(support, thinking),
+    )
     report.records = len(conversations) + sum(1 for p in problems if p.index is not None)
     usable = 0
     for count, conv in enumerate(conversations, start=1):
@@ -130,33 +163,39 @@ def validate_dataset(
             problems.append(RecordProblem(source=conv.source, line=line, message=forged))
             continue
         try:
-            sample = tokenize_conversation(conv, tokenizer, max_seq_length=1 << 62)
+            samples = tokenize_dialogue(conv, tokenizer, 1 << 62, thinking, support)
         except TemplateError as err:
             problems.append(RecordProblem(source=conv.source, line=line, message=str(err)))
             continue
         usable += 1
-        length = len(sample.input_ids)
-        if length > report.longest_sample_tokens:
-            report.longest_sample_tokens, report.longest_sample_source = length, conv.source
-        labels = sample.labels[:max_seq_length]
-        trained = sum(1 for label in labels if label != -100)
         report.turns += len(conv.messages)
-        report.tokens += len(labels)
-        report.trained_tokens += trained
-        report.masked_tokens += len(labels) - trained
-        if length > max_seq_length:
-            report.truncated_samples += 1
-            if not trained:
-                report.warnings.append(
-                    RecordProblem(
-                        source=conv.source,
-                        line=line,
-                        message=f"no assistant token within max_seq_length={max_seq_length} "
-                        f"(dialogue has {length} tokens); it will be skipped",
+        report.reasoning_turns += sum(m.reasoning is not None for m in conv.messages)
+        report.samples += len(samples)
+        for sample in samples:
+            length = len(sample.input_ids)
+            if length > report.longest_sample_tokens:
+                report.longest_sample_tokens, report.longest_sample_source = length, conv.source
+            labels = sample.labels[:max_seq_length]
+            trained = sum(1 for label in labels if label != -100)
+            reasoning = sample.cut(max_seq_length).reasoning_tokens
+            report.tokens += len(labels)
+            report.trained_tokens += trained
+            report.masked_tokens += len(labels) - trained
+            report.reasoning_tokens += reasoning
+            report.answer_tokens += trained - reasoning
+            if length > max_seq_length:
+                report.truncated_samples += 1
+                if not trained:
+                    report.warnings.append(
+                        RecordProblem(
+                            source=conv.source,
+                            line=line,
+                            message=f"no assistant token within max_seq_length={max_seq_length} "
+                            f"(sample has {length} tokens); it will be skipped",
+                        )
                     )
-                )
     report.conversations = usable
-    report.truncated_share = report.truncated_samples / usable if usable else 0.0
+    report.truncated_share = report.truncated_samples / report.samples if report.samples else 0.0
     report.problems = sorted(problems, key=lambda p: p.line or 0)
     return report
 
@@ -181,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=get_args(DataFormat),
         default="auto",
         help="record format; 'auto' detects it per record (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--thinking",
+        choices=get_args(ThinkingPolicy),
+        default=TrainingSettings.model_fields["thinking"].default,
+        help="training.thinking: what replies without reasoning teach on a hybrid-thinking "
+        "template (default: %(default)s)",
     )
     parser.add_argument(
         "--revision",
@@ -210,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"qwenft data validate: {message}", file=sys.stderr)
         return 2
-    report = validate_dataset(args.file, tokenizer, args.max_seq_length, args.format)
+    report = validate_dataset(
+        args.file, tokenizer, args.max_seq_length, args.format, thinking=args.thinking
+    )
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 

@@ -26,6 +26,7 @@ def build_validation_args(run: Run) -> list[str]:
         "--model", paths.model_location(run),
         "--max-seq-length", str(spec.training.max_seq_length),
         "--format", spec.dataset.format,
+        "--thinking", spec.training.thinking,
         "--json",
     ]  # fmt: skip
     hub = spec.model.hub
