@@ -177,6 +177,15 @@ def _expected_base_shape(adapter_key: str, shape: tuple[int, ...]) -> tuple[str,
     return name, "full", -1, 0
 
 
+# transformers writes a Qwen3.5 checkpoint's text model under ``model.language_model.`` (also
+# from the text-only class), while an adapter trained on the text model names ``model.layers``.
+def _base_names(name: str) -> list[str]:
+    """``name`` as the base checkpoint spells it: as is, or under the text-model prefix."""
+    if name.startswith("model.") and not name.startswith("model.language_model."):
+        return [name, "model.language_model." + name.removeprefix("model.")]
+    return [name]
+
+
 def _tensor_target_problems(adapter: AdapterInfo, base: BaseInfo, keys: list[str]) -> list[str]:
     """Problems with LoRA pairs on bare tensors (peft ``target_parameters``: fused MoE
     experts). A pair's key names the module holding the tensor, wrapped once per adapted
@@ -192,7 +201,8 @@ def _tensor_target_problems(adapter: AdapterInfo, base: BaseInfo, keys: list[str
         pairs.setdefault(stem, {})[part] = adapter.shapes[key]
     for stem, pair in sorted(pairs.items()):
         module = stem.removeprefix(ADAPTER_PREFIX).replace(".base_layer", "")
-        if not any(name.startswith(module + ".") for name in base.shapes):
+        holders = _base_names(module)
+        if not any(name.startswith(h + ".") for name in base.shapes for h in holders):
             problems.append(f"adapter weights {stem}.lora_A/B adapt {module}, which the base lacks")
         elif "lora_A" in pair and "lora_B" in pair and isinstance(hidden, int):
             size_in, size_out = pair["lora_A"][1], pair["lora_B"][0]
@@ -217,7 +227,7 @@ def check_compatible(adapter: AdapterInfo, base: BaseInfo) -> None:
     tensor_targets = []
     for key, shape in sorted(adapter.shapes.items()):
         base_key, part, dim, size = _expected_base_shape(key, shape)
-        base_shape = base.shapes.get(base_key)
+        base_shape = next((base.shapes[n] for n in _base_names(base_key) if n in base.shapes), None)
         module = base_key.removesuffix(".weight").replace(".base_layer", "")
         if part != "full" and any(module == h or module.endswith(f".{h}") for h in holders):
             tensor_targets.append(key)  # a pair on a bare tensor, not on a module's weight

@@ -14,9 +14,12 @@ Defaults, per ``config.model_type`` (``*_text`` variants share their parent's):
 | --- | --- | --- |
 | qwen2, qwen3 | attention q/k/v/o, MLP gate/up/down | none |
 | qwen3_moe | attention q/k/v/o | experts gate_up_proj, down_proj |
-| qwen3_next | attention, in_proj_qkvz, out_proj, shared expert gate/up/down | experts |
+| qwen3_next | attention, in_proj_qkvz, out_proj, shared expert gate/up/down (*) | experts |
 | qwen3_5 | attention, in_proj_qkv, in_proj_z, out_proj, MLP gate/up/down | none |
 | qwen3_5_moe | attention, in_proj_qkv, in_proj_z, out_proj, shared expert | experts |
+
+(*) adapted as tensors (``gate_proj.weight`` ...), since peft retargets those module names to
+the experts on Qwen3-MoE and Qwen3-Next (see ``PEFT_RETARGETED_MODEL_TYPES``).
 
 Not adapted by default: the router (``mlp.gate``) and the shared-expert gate, which
 ``lora.train_router`` trains in full instead (a 1- or ``num_experts``-wide projection is
@@ -54,6 +57,13 @@ ROUTER = "mlp.gate"
 SHARED_EXPERT_GATE = "mlp.shared_expert_gate"
 # peft's default dropout for linear modules when the config leaves lora.dropout unset.
 DEFAULT_DROPOUT = 0.05
+# On these model types peft reads target_modules entries ending in these names as the
+# transformers-4 per-expert linears and retargets them to the fused expert tensors
+# (peft/utils/transformers_weight_conversion.py, _convert_peft_config_moe), so a shared
+# expert's gate_proj/up_proj/down_proj can't be reached as a module there; its weight is
+# adapted as a tensor instead (target_parameters ``<name>.weight``: the same low-rank update).
+PEFT_RETARGETED_MODEL_TYPES = frozenset({"qwen3_moe", "qwen3_next"})
+PEFT_RETARGETED_NAMES = frozenset({"gate_proj", "up_proj", "down_proj", "gate"})
 
 
 @dataclass(frozen=True)
@@ -229,8 +239,12 @@ def resolve_targets(model: nn.Module, lora: LoraSettings) -> ResolvedTargets:
     if problems:
         raise TargetError(
             f"LoRA targets don't fit this {inventory.class_name}: {'; '.join(problems)}. "
-            f"{inventory.describe().capitalize()}"
+            f"{inventory.describe()[0].upper()}{inventory.describe()[1:]}"
         )
+    if str(getattr(model.config, "model_type", "")) in PEFT_RETARGETED_MODEL_TYPES:
+        moved = tuple(n for n in modules if n.rsplit(".", 1)[-1] in PEFT_RETARGETED_NAMES)
+        modules = tuple(n for n in modules if n not in moved)
+        parameters += tuple(f"{name}.weight" for name in moved)
     if lora.dropout is not None:
         dropout = lora.dropout
         if parameters and dropout > 0:
