@@ -155,7 +155,7 @@ def test_explicit_dropout_and_expert_tensors_do_not_mix(
     tiny_arch_dir: Callable[[str], Path],
 ) -> None:
     model = _load(tiny_arch_dir("qwen3_moe"))
-    with pytest.raises(TargetError, match=r"lora.dropout 0.1 can't apply.*lora.dropout: 0"):
+    with pytest.raises(TargetError, match=r"lora.dropout 0.1 can't apply.*lora.dropout: 0\b"):
         resolve_targets(model, LoraSettings(dropout=0.1))
     # attention-only on a MoE model keeps the dropout it asks for
     kept = resolve_targets(model, LoraSettings(dropout=0.1, target_parameters=[]))
@@ -165,3 +165,16 @@ def test_explicit_dropout_and_expert_tensors_do_not_mix(
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_default_modules_are_ones_vllm_applies_lora_to(arch: str) -> None:
     assert set(ARCH_TARGETS[arch].modules) <= serving.VLLM_QWEN_LORA_MODULES
+
+
+def test_qwen3_next_shared_expert_tensors_also_refuse_dropout(
+    tiny_arch_dir: Callable[[str], Path],
+) -> None:
+    model = _load(tiny_arch_dir("qwen3_next"))
+    with pytest.raises(
+        TargetError, match=r"target_modules \['gate_proj', 'up_proj', 'down_proj'\]"
+    ):
+        resolve_targets(model, LoraSettings(dropout=0.1, target_parameters=[]))
+    kept = resolve_targets(model, LoraSettings(target_parameters=[]))
+    assert kept.target_parameters == ("gate_proj.weight", "up_proj.weight", "down_proj.weight")
+    assert kept.dropout == 0.0

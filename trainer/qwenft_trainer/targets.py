@@ -237,10 +237,12 @@ def resolve_targets(model: nn.Module, lora: LoraSettings) -> ResolvedTargets:
                 f"({ROUTER}); set lora.train_router: false"
             )
     if problems:
+        has = inventory.describe()
         raise TargetError(
             f"LoRA targets don't fit this {inventory.class_name}: {'; '.join(problems)}. "
-            f"{inventory.describe()[0].upper()}{inventory.describe()[1:]}"
+            f"{has[0].upper()}{has[1:]}"
         )
+    moved: tuple[str, ...] = ()
     if str(getattr(model.config, "model_type", "")) in PEFT_RETARGETED_MODEL_TYPES:
         moved = tuple(n for n in modules if n.rsplit(".", 1)[-1] in PEFT_RETARGETED_NAMES)
         modules = tuple(n for n in modules if n not in moved)
@@ -248,10 +250,12 @@ def resolve_targets(model: nn.Module, lora: LoraSettings) -> ResolvedTargets:
     if lora.dropout is not None:
         dropout = lora.dropout
         if parameters and dropout > 0:
+            note = f" (on {arch}, target_modules {list(moved)} are adapted as tensors)"
             raise TargetError(
-                f"lora.dropout {dropout:g} can't apply to lora.target_parameters "
-                f"{list(parameters)}: peft's LoRA on a bare tensor takes no dropout; set "
-                "lora.dropout: 0 (or leave it unset), or lora.target_parameters: []"
+                f"lora.dropout {dropout:g} can't apply to the tensors {list(parameters)}"
+                f"{note if moved else ''}: peft's LoRA on a bare tensor takes no dropout; "
+                "set lora.dropout: 0 (or leave it unset)"
+                + ("" if moved else ", or lora.target_parameters: []")
             )
     else:
         dropout = 0.0 if parameters else DEFAULT_DROPOUT
