@@ -259,6 +259,14 @@ def resolve_targets(model: nn.Module, lora: LoraSettings) -> ResolvedTargets:
             )
     else:
         dropout = 0.0 if parameters else DEFAULT_DROPOUT
+    log.info(
+        "LoRA on %s: modules %s, tensors %s, trained in full %s, dropout %g",
+        arch or inventory.class_name,
+        list(modules),
+        list(parameters),
+        list(lora.modules_to_save) + list(routers),
+        dropout,
+    )
     return ResolvedTargets(
         arch=arch,
         target_modules=modules,
