@@ -412,6 +412,32 @@ def test_vllm_decision_forces_a_merge_for_unservable_adapters() -> None:
     )
 
 
+def test_vllm_decision_merges_when_expert_targets_are_left_to_the_architecture() -> None:
+    run = load_run("kueue-queued")  # sets lora.targetParameters: []
+    lora = run.spec.lora.model_copy(update={"target_parameters": None})
+    auto = Run(
+        name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": lora})
+    )
+    decision = serving.build_vllm_decision(auto)
+    assert decision.requires_merge
+    assert decision.reasons == (
+        "lora.targetParameters is unset: on a MoE base the adapter holds expert tensors, "
+        "which vLLM serves only merged; set lora.targetParameters: [] (a dense base, or "
+        "experts left frozen) to serve the adapter unmerged",
+    )
+    assert serving.needs_merge(auto)
+    experts = lora.model_copy(update={"target_parameters": ["mlp.experts.gate_up_proj"]})
+    explicit = Run(
+        name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": experts})
+    )
+    assert "target_parameters" in serving.build_vllm_decision(explicit).reasons[0]
+    router = run.spec.lora.model_copy(update={"train_router": True})
+    routed = Run(
+        name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": router})
+    )
+    assert "modules_to_save ['mlp.gate']" in serving.build_vllm_decision(routed).reasons[0]
+
+
 def test_builtin_adapter_target_and_probes() -> None:
     run = load_run("lora-single-gpu")
     spec = run.spec.model_copy(

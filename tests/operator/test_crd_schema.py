@@ -18,7 +18,7 @@ import pytest
 import yaml
 from qwenft_operator import crd, sources, spec, workloads
 from qwenft_operator.rules import SpecObject
-from qwenft_trainer.config import QWEN2_LINEAR_MODULES, LoraSettings
+from qwenft_trainer.config import LoraSettings
 
 ROOT = Path(__file__).parents[2]
 COMMITTED = ROOT / crd.CRD_PATH
@@ -144,8 +144,13 @@ def test_bounds_enums_and_defaults_come_from_the_trainer_config(schema: dict[str
     assert (lr["minimum"], lr["exclusiveMinimum"]) == (0, True)
     assert props["resources"]["properties"]["nodes"]["minimum"] == 1
     assert props["resources"]["properties"]["sharedMemorySize"]["x-kubernetes-int-or-string"]
-    assert props["lora"]["default"] == LoraSettings().model_dump(mode="json", by_alias=True)
-    assert props["lora"]["default"]["targetModules"] == QWEN2_LINEAR_MODULES
+    default = LoraSettings().model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert props["lora"]["default"] == default
+    # Unset targets mean the architecture's defaults, so the CRD spells out none.
+    assert "targetModules" not in props["lora"]["default"]
+    assert "default" not in props["lora"]["properties"]["targetModules"]
+    assert props["lora"]["properties"]["targetModules"]["minItems"] == 1
+    assert "default" not in props["lora"]["properties"]["targetParameters"]
     assert props["inference"]["default"] == {
         "enabled": True, "engine": "builtin", "replicas": 1, "gpus": 1,
     }  # fmt: skip

@@ -6,16 +6,28 @@ import json
 from pathlib import Path
 
 import pytest
-from qwenft_trainer.config import QWEN2_LINEAR_MODULES, ConfigError, TrainConfig, load_config
+from qwenft_trainer.config import ConfigError, TrainConfig, load_config
 
 BASE = {"model": {"name_or_path": "/m"}, "data": {"path": "/d.jsonl"}, "output_dir": "/out"}
 
 
-def test_defaults_target_every_qwen2_linear_projection() -> None:
+def test_defaults_leave_targets_to_the_architecture() -> None:
     config = TrainConfig.model_validate(BASE)
     assert config.method == "lora"
-    assert config.lora.target_modules == QWEN2_LINEAR_MODULES
+    # None: resolved against the loaded model (qwenft_trainer.targets, test_targets.py)
+    assert config.lora.target_modules is None
+    assert config.lora.target_parameters is None
+    assert config.lora.dropout is None
+    assert config.lora.train_router is False
     assert config.quantization is None
+
+
+def test_explicit_targets_are_kept_as_written() -> None:
+    lora = {"target_modules": ["q_proj"], "target_parameters": [], "dropout": 0.1}
+    config = TrainConfig.model_validate({**BASE, "lora": lora})
+    assert config.lora.target_modules == ["q_proj"]
+    assert config.lora.target_parameters == []
+    assert config.lora.dropout == 0.1
 
 
 def test_qlora_gets_a_4bit_quantization_block_by_default() -> None:

@@ -4,7 +4,9 @@ Covers: adapters from real trainer runs (LoRA and Q-LoRA of ranks 8 and 40, and 
 modules_to_save); rank rounding to vLLM's allowed --max-lora-rank values for adapters of several
 ranks; the rendered vllm arguments; adapters that must be merged first (modules_to_save,
 DoRA, rank above 512, LoRA on the output head); per-module rank_pattern; unreadable
-adapter configs; the module imports without torch.
+adapter configs; the module imports without torch; the decision for each architecture's
+default adapter (dense: served as LoRA; MoE with fused-expert tensors: merged first, and a
+MoE adapter without experts served as LoRA).
 """
 
 from __future__ import annotations
@@ -162,3 +164,58 @@ def test_serving_module_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'serving imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _default_adapter(model_dir: Path, out: Path, **lora: object) -> Path:
+    """The adapter the trainer's default targets give on ``model_dir`` (untrained)."""
+    from peft import get_peft_model
+    from qwenft_trainer.config import TrainConfig
+    from qwenft_trainer.modeling import build_lora_config
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    config = TrainConfig.model_validate(
+        {
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"path": "/unused.jsonl"},
+            "output_dir": "/unused",
+            "lora": {"r": 8, "alpha": 16, **lora},
+        }
+    )
+    get_peft_model(model, build_lora_config(config, model)).save_pretrained(str(out))
+    return out
+
+
+# Dense architectures: attention, MLP and linear-attention LoRA, which vLLM serves unmerged.
+# MoE ones: fused-expert tensors, which no vLLM Qwen MoE model serves as a PEFT LoRA yet.
+VLLM_MODES = {
+    "qwen2": "lora",
+    "qwen3": "lora",
+    "qwen3_5": "lora",
+    "qwen3_moe": "merged",
+    "qwen3_next": "merged",
+    "qwen3_5_moe": "merged",
+}
+
+
+@pytest.mark.parametrize("arch", sorted(VLLM_MODES))
+def test_vllm_decision_per_architecture(tiny_arch_dir, tmp_path: Path, arch: str) -> None:
+    model_dir = tiny_arch_dir(arch)
+    adapter = _default_adapter(model_dir, tmp_path / "adapter")
+    decision = build_vllm_decision(adapter, served_model_name="demo", base_model=str(model_dir))
+    assert decision.mode == VLLM_MODES[arch], decision.reasons
+    if decision.requires_merge:
+        assert len(decision.reasons) == 1
+        assert "target_parameters" in decision.reasons[0]
+        assert arch in decision.reasons[0]  # the base's model_type, read from its config
+    else:
+        assert decision.max_lora_rank == 8
+
+
+def test_moe_adapter_without_experts_is_served_unmerged(tiny_arch_dir, tmp_path: Path) -> None:
+    model_dir = tiny_arch_dir("qwen3_moe")
+    adapter = _default_adapter(model_dir, tmp_path / "adapter", target_parameters=[])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert not config.get("target_parameters")
+    decision = build_vllm_decision(adapter, served_model_name="demo", base_model=str(model_dir))
+    assert decision.mode == "lora", decision.reasons

@@ -31,7 +31,8 @@ Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 ThinkingPolicy = Literal["empty-in-prompt", "empty-in-reply"]
 DEFAULT_THINKING: ThinkingPolicy = "empty-in-prompt"
 
-# Every linear projection of a Qwen2 decoder layer: attention and MLP.
+# Every linear projection of a Qwen2 decoder layer: attention and MLP (other architectures'
+# defaults: qwenft_trainer.targets).
 QWEN2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Tuning table (Qwen fine-tuning practice): outside these bounds we warn, we don't refuse.
@@ -77,11 +78,31 @@ class ModelSource(_Section):
 class LoraSettings(_Section):
     r: int = Field(default=64, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r).")
-    dropout: float = Field(default=0.05, ge=0.0, le=1.0, description="Dropout on LoRA inputs.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: list(QWEN2_LINEAR_MODULES),
+    dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Dropout on LoRA inputs; unset: 0.05, or 0 when expert parameters are "
+        "adapted (LoRA on a fused expert tensor takes no dropout).",
+    )
+    target_modules: list[str] | None = Field(
+        default=None,
         min_length=1,
-        description="Module names to adapt; defaults to every Qwen2 linear projection.",
+        description="Module names to adapt (a name matches a module whose path ends with "
+        "it); unset: the architecture's attention, MLP, shared-expert and linear-attention "
+        "projections. A name that matches nothing stops the run before training.",
+    )
+    target_parameters: list[str] | None = Field(
+        default=None,
+        description="Parameters adapted as tensors (peft target_parameters), for fused MoE "
+        "experts; unset: mlp.experts.gate_up_proj and mlp.experts.down_proj on MoE "
+        "architectures, none on dense ones; [] adapts no expert.",
+    )
+    train_router: bool = Field(
+        default=False,
+        description="Train the MoE router (mlp.gate, and mlp.shared_expert_gate where there "
+        "is one) in full, saved with the adapter; it stays frozen otherwise. The router's "
+        "load-balancing loss is on either way.",
     )
     modules_to_save: list[str] = Field(
         default_factory=list,

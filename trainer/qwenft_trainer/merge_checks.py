@@ -177,6 +177,43 @@ def _expected_base_shape(adapter_key: str, shape: tuple[int, ...]) -> tuple[str,
     return name, "full", -1, 0
 
 
+# transformers writes a Qwen3.5 checkpoint's text model under ``model.language_model.`` (also
+# from the text-only class), while an adapter trained on the text model names ``model.layers``.
+def _base_names(name: str) -> list[str]:
+    """``name`` as the base checkpoint spells it: as is, or under the text-model prefix."""
+    if name.startswith("model.") and not name.startswith("model.language_model."):
+        return [name, "model.language_model." + name.removeprefix("model.")]
+    return [name]
+
+
+def _tensor_target_problems(adapter: AdapterInfo, base: BaseInfo, keys: list[str]) -> list[str]:
+    """Problems with LoRA pairs on bare tensors (peft ``target_parameters``: fused MoE
+    experts). A pair's key names the module holding the tensor, wrapped once per adapted
+    tensor (``mlp.experts.base_layer.lora_A.weight``), and a checkpoint may store that
+    tensor fused or split per expert; so the checks are that the module exists in the base
+    and that each pair maps from or to the model's hidden size, as expert projections do."""
+    text = base.config.get("text_config", base.config)
+    hidden = text.get("hidden_size", base.config.get("hidden_size"))
+    problems: list[str] = []
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key in keys:
+        stem, _, part = key.removesuffix(".weight").rpartition(".")
+        pairs.setdefault(stem, {})[part] = adapter.shapes[key]
+    for stem, pair in sorted(pairs.items()):
+        module = stem.removeprefix(ADAPTER_PREFIX).replace(".base_layer", "")
+        holders = _base_names(module)
+        if not any(name.startswith(h + ".") for name in base.shapes for h in holders):
+            problems.append(f"adapter weights {stem}.lora_A/B adapt {module}, which the base lacks")
+        elif "lora_A" in pair and "lora_B" in pair and isinstance(hidden, int):
+            size_in, size_out = pair["lora_A"][1], pair["lora_B"][0]
+            if hidden not in (size_in, size_out):
+                problems.append(
+                    f"{module}: adapter maps {size_in} -> {size_out} features, but the base's "
+                    f"hidden size is {hidden}"
+                )
+    return problems
+
+
 def check_compatible(adapter: AdapterInfo, base: BaseInfo) -> None:
     """Raise if the adapter was trained on a different architecture or vocabulary size."""
     problems: list[str] = []
@@ -186,10 +223,15 @@ def check_compatible(adapter: AdapterInfo, base: BaseInfo) -> None:
             want, have = recorded.get(key), base.config.get(key)
             if want is not None and have is not None and want != have:
                 problems.append(f"{key}: adapter trained on {want}, base has {have}")
+    holders = [t.rpartition(".")[0] for t in adapter.config.get("target_parameters") or []]
+    tensor_targets = []
     for key, shape in sorted(adapter.shapes.items()):
         base_key, part, dim, size = _expected_base_shape(key, shape)
-        base_shape = base.shapes.get(base_key)
-        if base_shape is None:
+        base_shape = next((base.shapes[n] for n in _base_names(base_key) if n in base.shapes), None)
+        module = base_key.removesuffix(".weight").replace(".base_layer", "")
+        if part != "full" and any(module == h or module.endswith(f".{h}") for h in holders):
+            tensor_targets.append(key)  # a pair on a bare tensor, not on a module's weight
+        elif base_shape is None:
             problems.append(f"adapter weight {key} targets {base_key}, which the base lacks")
         elif part == "full" and base_shape != shape:
             what = "vocabulary size" if "embed" in base_key or "lm_head" in base_key else "shape"
@@ -202,6 +244,7 @@ def check_compatible(adapter: AdapterInfo, base: BaseInfo) -> None:
             )
         if len(problems) >= 5:
             break
+    problems += _tensor_target_problems(adapter, base, tensor_targets)
     if problems:
         raise MergeError(
             f"adapter {adapter.path} does not match base {base.path} (trained on another "

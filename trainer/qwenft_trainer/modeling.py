@@ -22,6 +22,7 @@ from qwenft_trainer.config import (
     QuantizationSettings,
     TrainConfig,
 )
+from qwenft_trainer.router_loss import keep_router_aux_loss
 
 if TYPE_CHECKING:
     import torch
@@ -62,17 +63,24 @@ def build_quantization_config(settings: QuantizationSettings) -> BitsAndBytesCon
     )
 
 
-def build_lora_config(config: TrainConfig) -> LoraConfig:
-    """The peft adapter the run trains."""
+def build_lora_config(config: TrainConfig, model: PreTrainedModel) -> LoraConfig:
+    """The peft adapter the run trains on ``model`` (targets: :mod:`qwenft_trainer.targets`).
+
+    Raises :class:`~qwenft_trainer.targets.TargetError` when a target matches nothing.
+    """
     from peft import LoraConfig, TaskType
 
+    from qwenft_trainer.targets import resolve_targets
+
     lora = config.lora
+    targets = resolve_targets(model, lora)
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        modules_to_save=list(lora.modules_to_save) or None,
+        lora_dropout=targets.dropout,
+        target_modules=list(targets.target_modules),
+        target_parameters=list(targets.target_parameters) or None,
+        modules_to_save=list(targets.modules_to_save) or None,
         bias="none",
         task_type=TaskType.CAUSAL_LM,
     )
@@ -130,6 +138,7 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMode
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model.config.use_cache = False
+    keep_router_aux_loss(model)
     checkpointing = config.training.gradient_checkpointing
     if config.method == "full":
         model.requires_grad_(True)
@@ -140,7 +149,7 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMode
             use_gradient_checkpointing=checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    peft_model: PreTrainedModel = get_peft_model(model, build_lora_config(config))
+    peft_model: PreTrainedModel = get_peft_model(model, build_lora_config(config, model))
     return peft_model
 
 

@@ -28,6 +28,23 @@ VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_QWEN2_LORA_MODULES = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
+# ... and the Gated DeltaNet projections of Qwen3-Next and Qwen3.5, which vLLM lists in
+# packed_modules_mapping (vllm/model_executor/models/qwen3_next.py: in_proj_qkvz and
+# in_proj_ba as themselves; qwen3_5.py with LoRA on: in_proj_qkv, in_proj_z, in_proj_ba
+# packed from in_proj_b + in_proj_a), plus out_proj, a plain row-parallel linear.
+VLLM_QWEN_LORA_MODULES = VLLM_QWEN2_LORA_MODULES | frozenset(
+    {"in_proj_qkvz", "in_proj_ba", "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj"}
+)
+# model_types whose fused-expert LoRA (peft target_parameters: 3-D ``experts.gate_up_proj`` /
+# ``experts.down_proj`` pairs) vLLM serves over the base. None, as of vLLM's main branch:
+# - Qwen3MoeForCausalLM and Qwen3NextForCausalLM keep SupportsLoRA's default
+#   ``is_3d_moe_weight = False``, so their FusedMoE LoRA (vllm/lora/layers/fused_moe.py,
+#   FusedMoEWithLoRA) loads only per-expert 2-D keys (``experts.{e}.gate_proj.lora_A``);
+# - Qwen3_5MoeForConditionalGeneration sets ``is_3d_moe_weight = True`` (FusedMoE3DWithLoRA),
+#   but PEFT target_parameters adapters are refused or silently dropped there
+#   (vllm-project/vllm issue #40005 open; fix PR #41384 closed unmerged).
+# An adapter with expert tensors is therefore merged before vLLM serves it.
+VLLM_EXPERT_LORA_MODEL_TYPES: frozenset[str] = frozenset()
 
 # PEFT inits that only set the adapter's starting weights; the saved adapter is plain LoRA.
 _PLAIN_INITS = frozenset({"gaussian", "eva", "orthogonal", "mica", "lora_ga"})
@@ -114,8 +131,12 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     return raw
 
 
-def unsupported_features(config: dict[str, Any]) -> list[str]:
-    """Reasons vLLM can't load this adapter as a LoRA, from its PEFT config (empty if none)."""
+def unsupported_features(config: dict[str, Any], *, model_type: str | None = None) -> list[str]:
+    """Reasons vLLM can't load this adapter as a LoRA, from its PEFT config (empty if none).
+
+    ``model_type`` is the base's (``config.json``), when known: it decides whether expert
+    tensors can be served unmerged.
+    """
     reasons: list[str] = []
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
@@ -140,12 +161,18 @@ def unsupported_features(config: dict[str, Any]) -> list[str]:
             reasons.append(f"{key} is set; vLLM does not support it")
     targets = config.get("target_modules")
     if isinstance(targets, list):
-        outside = sorted(set(targets) - VLLM_QWEN2_LORA_MODULES)
+        outside = sorted(set(targets) - VLLM_QWEN_LORA_MODULES)
         if outside:
             reasons.append(
-                f"target_modules {outside} are outside the attention and MLP projections "
-                "vLLM applies LoRA to"
+                f"target_modules {outside} are outside the attention, MLP and linear-attention "
+                "projections vLLM applies LoRA to"
             )
+    tensors = config.get("target_parameters")
+    if tensors and str(model_type) not in VLLM_EXPERT_LORA_MODEL_TYPES:
+        reasons.append(
+            f"target_parameters {list(tensors)} adapt fused MoE expert tensors; vLLM serves "
+            f"no such LoRA for {model_type or 'this model'} (see VLLM_EXPERT_LORA_MODEL_TYPES)"
+        )
     return reasons
 
 
@@ -174,7 +201,8 @@ def build_vllm_decision(
         raise ValueError("served_model_name must not be empty")
     config = read_adapter_config(adapter_dir)
     rank = adapter_rank(config)
-    reasons = unsupported_features(config)
+    base = base_model or config.get("base_model_name_or_path") or None
+    reasons = unsupported_features(config, model_type=local_model_type(base))
     max_rank = round_up_lora_rank(rank)
     if max_rank is None:
         reasons.append(
@@ -186,9 +214,22 @@ def build_vllm_decision(
         adapter_path=adapter_path or str(adapter_dir),
         adapter_rank=rank,
         max_lora_rank=None if reasons else max_rank,
-        base_model=base_model or config.get("base_model_name_or_path") or None,
+        base_model=base,
         reasons=tuple(reasons),
     )
+
+
+def local_model_type(base: str | None) -> str | None:
+    """``model_type`` of a base checkpoint directory (``*_text`` folded into its parent);
+    None for a hub id or an unreadable config."""
+    if not base:
+        return None
+    try:
+        raw = json.loads((Path(base) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    return str(model_type).removesuffix("_text") if model_type else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,22 +42,37 @@ def predicted_adapter_config(run: Run) -> dict[str, Any]:
     """The ``adapter_config.json`` the trainer will write for this spec (the fields the
     serving decision reads), so the operator decides without reading the output volume."""
     lora = run.spec.lora
+    # Unset targets are the architecture's defaults (qwenft_trainer.targets), which vLLM
+    # serves; unset target_parameters may be expert tensors, which it doesn't (see below).
+    router = ["mlp.gate"] if lora.train_router else []
     return {
         "peft_type": "LORA",
         "r": lora.r,
         "lora_alpha": lora.alpha,
-        "target_modules": list(lora.target_modules),
-        "modules_to_save": list(lora.modules_to_save) or None,
+        "target_modules": list(lora.target_modules) if lora.target_modules else None,
+        "target_parameters": lora.target_parameters,
+        "modules_to_save": list(lora.modules_to_save) + router or None,
         "bias": "none",
         "base_model_name_or_path": paths.model_location(run),
     }
 
 
 def build_vllm_decision(run: Run) -> serving.VllmDecision:
-    """How vLLM would serve this run's adapter (``qwenft_trainer.serving``'s rules)."""
+    """How vLLM would serve this run's adapter (``qwenft_trainer.serving``'s rules).
+
+    The operator never sees the base's config, so with ``lora.targetParameters`` unset it
+    can't tell a dense base (nothing to adapt) from a MoE one (experts adapted, which vLLM
+    serves only merged) and merges to be safe.
+    """
     config = predicted_adapter_config(run)
     rank = serving.adapter_rank(config)
     reasons = serving.unsupported_features(config)
+    if config["target_parameters"] is None:
+        reasons.append(
+            "lora.targetParameters is unset: on a MoE base the adapter holds expert tensors, "
+            "which vLLM serves only merged; set lora.targetParameters: [] (a dense base, or "
+            "experts left frozen) to serve the adapter unmerged"
+        )
     max_rank = serving.round_up_lora_rank(rank)
     if max_rank is None:
         reasons.append(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank")
