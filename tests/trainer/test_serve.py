@@ -518,3 +518,33 @@ def test_any_bytes_get_a_4xx(in_process: TestClient, data: bytes) -> None:
     response = in_process.post("/v1/chat/completions", content=data, headers=headers)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_revision_reaches_the_model_and_tokenizer_loaders(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``qwenft serve --revision`` loads the hub snapshot the run was trained on."""
+    import transformers
+    from qwenft_trainer import serve, serve_app
+
+    asked: dict[str, list[object]] = {"tokenizer": [], "model": []}
+
+    def recording(kind: str, plain: Callable[..., Any]) -> Callable[..., Any]:
+        def load(name: str, **kwargs: Any) -> Any:
+            asked[kind].append(kwargs.pop("revision", None))
+            return plain(str(tiny_model_dir), **kwargs)  # the hub is offline in tests
+
+        return load
+
+    tokenizer, model = transformers.AutoTokenizer, transformers.AutoModelForCausalLM
+    monkeypatch.setattr(
+        tokenizer, "from_pretrained", recording("tokenizer", tokenizer.from_pretrained)
+    )
+    monkeypatch.setattr(model, "from_pretrained", recording("model", model.from_pretrained))
+    loaded: list[Engine] = []
+    monkeypatch.setattr(serve_app, "create_app", lambda loader, limits: loaded.append(loader()))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    assert serve.main(["--model", "Qwen/Qwen2.5-7B-Instruct", "--revision", "0123abc"]) == 0
+    assert serve.main(["--model", "Qwen/Qwen2.5-7B-Instruct"]) == 0
+    assert asked == {"tokenizer": ["0123abc", None], "model": ["0123abc", None]}
+    assert loaded[0].model_names[0] == "Qwen/Qwen2.5-7B-Instruct"
