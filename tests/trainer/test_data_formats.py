@@ -286,8 +286,11 @@ def test_huge_values_are_cut_in_messages(tmp_path: Path) -> None:
 PROPERTY_SETTINGS = settings(
     max_examples=60, derandomize=True, database=None, deadline=None, print_blob=True
 )
-# Any text, lone surrogates included (written as \u escapes or as CESU-8 bytes).
-ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+# Any text, lone surrogates included (written as \u escapes or as CESU-8 bytes); they are
+# rare among all characters, so some are added.
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12) | st.sampled_from(
+    ["\ud800", "a\udfff", "\ud83d\ude00"]
+)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ANY_TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
@@ -308,6 +311,10 @@ RECORD_LIKE = st.dictionaries(
     min_size=1,
     max_size=2,
 )
+# A good record whose reply is any text at all.
+ANY_REPLY = ANY_TEXT.map(
+    lambda text: {"messages": [GOOD["messages"][0], {"role": "assistant", "content": text}]}
+)
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=20).filter(
     lambda s: bool(s.strip())
 )
@@ -316,6 +323,8 @@ TEXT = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=2
 def check_answer(path: Path, lines: int) -> tuple[list[Conversation], list[RecordProblem]]:
     """The reader's contract: no exception, problems on real lines, printable messages."""
     convs, problems = read_conversations(path)
+    for conv in convs:  # text a tokenizer can encode
+        assert all(m.content.encode("utf-8") for m in conv.messages)
     for problem in problems:
         assert problem.line is None or 1 <= problem.line <= lines, problem
         str(problem).encode("utf-8")
@@ -328,7 +337,10 @@ def check_answer(path: Path, lines: int) -> tuple[list[Conversation], list[Recor
 
 
 @PROPERTY_SETTINGS
-@given(values=st.lists(JSON_VALUES | RECORD_LIKE, min_size=1, max_size=5), ascii=st.booleans())
+@given(
+    values=st.lists(JSON_VALUES | RECORD_LIKE | ANY_REPLY, min_size=1, max_size=5),
+    ascii=st.booleans(),
+)
 def test_any_json_values_get_one_verdict_per_record(
     tmp_path_factory: pytest.TempPathFactory, values: list[object], ascii: bool
 ) -> None:
