@@ -373,8 +373,8 @@ class Runner:
     async def read_progress(self, key: RunKey, body: Mapping[str, Any]) -> None:
         """Scrape the rank-0 trainer of a training run into its status.
 
-        ``status.progress`` and ``status.resumedFromStep`` follow the trainer; a checkpoint
-        step not seen before is appended to ``status.checkpoints``.
+        ``status.progress``, ``status.resumedFromStep`` and ``status.checkpoints`` (the
+        complete checkpoints on disk) follow the trainer.
         """
         pod = progress.rank_zero(_store_values(self.indexes.pods.get(key, ())))
         if pod is None:
@@ -388,14 +388,18 @@ class Runner:
         update: dict[str, Any] = {"progress": found.progress}
         if found.resumed_from_step is not None:
             update["resumed_from_step"] = found.resumed_from_step
-        if found.last_checkpoint_step is not None:
+        if found.checkpoints is not None or found.last_checkpoint_step is not None:
             try:
-                output_dir = paths.output_dir(self._run_of(key, body))
+                run = self._run_of(key, body)
             except ValidationError:  # the next reconcile reports the spec
-                output_dir = None
-            if output_dir is not None:
+                run = None
+            if run is not None:
                 update["checkpoints"] = progress.build_checkpoints(
-                    current.checkpoints, found.last_checkpoint_step, output_dir, datetime.now(UTC)
+                    current.checkpoints,
+                    found,
+                    paths.output_dir(run),
+                    datetime.now(UTC),
+                    keep=run.spec.checkpoint.keep,
                 )
         before, after = dump_status(current), dump_status(current.model_copy(update=update))
         patch = {

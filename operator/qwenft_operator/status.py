@@ -17,6 +17,8 @@ from qwenft_operator.phases import Phase
 from qwenft_operator.rules import SpecObject
 
 _CAMEL_CASE = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+# status.checkpoints holds at most this many (the newest).
+MAX_CHECKPOINT_RECORDS = 1000
 
 
 class StatusObject(SpecObject):
@@ -137,7 +139,9 @@ class QwenFineTuneStatus(StatusObject):
     )
     progress: Progress | None = Field(default=None, description="Training progress.")
     checkpoints: list[CheckpointRecord] = Field(
-        default_factory=list, max_length=1000, description="Complete checkpoints, oldest first."
+        default_factory=list,
+        max_length=MAX_CHECKPOINT_RECORDS,
+        description="Complete checkpoints, oldest first.",
     )
     start_time: datetime | None = Field(default=None, description="When training started.")
     completion_time: datetime | None = Field(

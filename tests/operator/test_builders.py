@@ -7,7 +7,8 @@ owner references and labels on every child and pod template; the restricted secu
 context; the rendered trainer config (valid TrainConfig, paths as the pods see them, no
 token anywhere); torchrun arguments; GPUs only where they belong; Kueue; the pod failure
 policy (stopped trainers not counted); the training pods' grace period (spec or method
-default); URL datasets; the vLLM decision for unmerged adapters; no torch imported.
+default); URL datasets; the vLLM decision for unmerged adapters; a pinned hub revision in the
+merge Job and the servers that read the hub base; no torch imported.
 """
 
 from __future__ import annotations
@@ -367,6 +368,36 @@ def test_merge_job_command() -> None:
     ]  # fmt: skip
 
 
+def pinned(run: Run, revision: str) -> Run:
+    """``run`` with its hub model pinned to ``revision``."""
+    hub = run.spec.model.hub
+    assert hub is not None
+    model = run.spec.model.model_copy(update={"hub": hub.model_copy(update={"revision": revision})})
+    return Run(
+        name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"model": model})
+    )
+
+
+def test_merge_job_reads_the_base_at_the_pinned_revision() -> None:
+    run = pinned(load_run("qlora-multinode-zero2"), "5d0f2e8a")
+    command = merge.build_merge_job(run)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-2:] == ["--revision", "5d0f2e8a"]
+    assert "--revision" not in merge.build_merge_args(load_run("qlora-multinode-zero2"))
+
+
+def test_vllm_over_a_hub_base_reads_model_and_tokenizer_at_the_pinned_revision() -> None:
+    run = pinned(load_run("kueue-queued"), "5d0f2e8a")
+    assert serve_command(run)[3:9] == [
+        "--model", "Qwen/Qwen2.5-7B-Instruct",
+        "--revision", "5d0f2e8a", "--tokenizer-revision", "5d0f2e8a",
+    ]  # fmt: skip
+    assert "--revision" not in serve_command(load_run("kueue-queued"))  # not pinned
+    # A merged model is a directory of the run's own: no hub revision applies to it.
+    merged = pinned(load_run("qlora-multinode-zero2"), "5d0f2e8a")
+    assert serving.build_serve_target(merged).revision is None
+    assert "--revision" not in serve_command(merged)
+
+
 def serve_command(run: Run) -> list[str]:
     deployment = serving.build_serve_deployment(run, serving.build_serve_target(run))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -446,10 +477,13 @@ def test_builtin_adapter_target_and_probes() -> None:
     unmerged = Run(name=run.name, namespace="ml", uid="u", spec=spec)
     target = serving.build_serve_target(unmerged)
     assert target == serving.ServeTarget(
-        model="Qwen/Qwen2.5-7B-Instruct", adapter="/output/support-lora"
+        model="Qwen/Qwen2.5-7B-Instruct", adapter="/output/support-lora", revision="main"
     )
     args = serving.build_builtin_args(unmerged, target)
-    assert args[4:6] == ["--adapter", "support-assistant=/output/support-lora"]
+    assert args[2:8] == [
+        "--model", "Qwen/Qwen2.5-7B-Instruct", "--revision", "main",
+        "--adapter", "support-assistant=/output/support-lora",
+    ]  # fmt: skip
     container = serving.build_serve_deployment(unmerged, target)["spec"]["template"]["spec"][
         "containers"
     ][0]

@@ -2,12 +2,14 @@
 
 Covers: parsing a /metrics page (the run label filter, gauges still at 0 read as "not
 logged yet", integers for steps, the Progress column text, resumedFromStep, the last
-checkpoint step); status.checkpoints gaining a record per new checkpoint step (path in the
-output dir, time, no duplicates, bounded to the newest); picking the rank-0 training pod;
-an unreachable trainer reads as None; and, marked slow, a REAL local training run (tiny
-model, ``qwenft_trainer.train`` in a subprocess serving its metrics endpoint) scraped with
-:func:`fetch_progress` until it reports steps and a complete checkpoint, with the totals,
-learning rate and loss the trainer publishes.
+checkpoint step, the checkpoints on disk); status.checkpoints mirroring the trainer's list
+of complete checkpoints on disk (pruned ones gone, time written, path in the output dir),
+and for a trainer without that list a record per new step cut to checkpoint.keep; picking
+the rank-0 training pod; an unreachable trainer reads as None; and, marked slow, a REAL
+local training run (tiny model, ``qwenft_trainer.train`` in a subprocess serving its
+metrics endpoint) scraped with :func:`fetch_progress` until it reports steps and a complete
+checkpoint, with the totals, learning rate and loss the trainer publishes, and the
+checkpoints it lists all complete on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import aiohttp
 import pytest
 from qwenft_operator.observe import PodFacts
 from qwenft_operator.progress import (
-    MAX_CHECKPOINT_RECORDS,
     TrainerProgress,
     build_checkpoints,
     fetch_progress,
@@ -31,6 +32,7 @@ from qwenft_operator.progress import (
     parse_progress,
     rank_zero,
 )
+from qwenft_operator.status import CheckpointRecord, Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 from trainrun import free_port, train_env, write_config, write_dialogues
@@ -79,16 +81,59 @@ def test_parse_progress() -> None:
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def test_checkpoint_records_grow_once_per_step_and_stay_bounded() -> None:
-    records = build_checkpoints([], 100, "/output/demo", T0)
+ON_DISK = """\
+# HELP qwenft_train_checkpoint_time_seconds Unix time each complete checkpoint was written.
+# TYPE qwenft_train_checkpoint_time_seconds gauge
+qwenft_train_checkpoint_time_seconds{run="demo",step="600"} 1767225900.0
+qwenft_train_checkpoint_time_seconds{run="demo",step="400"} 1767225600.0
+qwenft_train_checkpoint_time_seconds{run="demo",step="500"} 1767225750.0
+qwenft_train_checkpoint_time_seconds{run="other",step="7"} 1767225000.0
+"""
+
+
+def test_parse_checkpoints_on_disk() -> None:
+    found = parse_progress(PAGE + ON_DISK, run="demo")
+    assert found.checkpoints == ((400, 1767225600.0), (500, 1767225750.0), (600, 1767225900.0))
+    assert parse_progress(PAGE, run="demo").checkpoints is None  # the trainer lists none
+    listed_empty = parse_progress(PAGE + "".join(ON_DISK.splitlines(True)[:2]), run="demo")
+    assert listed_empty.checkpoints == ()  # listed: none on disk
+
+
+def steps(records: list[CheckpointRecord]) -> list[int]:
+    return [r.step for r in records]
+
+
+def test_status_checkpoints_mirror_the_trainers_list_after_pruning() -> None:
+    """keep=3 on disk: status names exactly what exists, never a pruned path."""
+    seen = [
+        CheckpointRecord(step=step, path=f"/output/demo/checkpoint-{step}", time=T0)
+        for step in (100, 200, 300, 400)
+    ]
+    found = parse_progress(PAGE + ON_DISK, run="demo")
+    records = build_checkpoints(seen, found, "/output/demo", T0, keep=3)
+    assert [(r.step, r.path) for r in records] == [
+        (step, f"/output/demo/checkpoint-{step}") for step in (400, 500, 600)
+    ]
+    assert records[0].time == datetime.fromtimestamp(1767225600, UTC)  # when it was written
+    nothing = TrainerProgress(progress=found.progress, checkpoints=())
+    assert build_checkpoints(records, nothing, "/output/demo", T0, keep=3) == []
+
+
+def test_checkpoint_records_of_an_older_trainer_follow_checkpoint_keep() -> None:
+    """A trainer that exports no list: each new step appended, cut to checkpoint.keep."""
+
+    def newest(step: int | None) -> TrainerProgress:
+        return TrainerProgress(progress=Progress(), last_checkpoint_step=step)
+
+    records = build_checkpoints([], newest(100), "/output/demo", T0, keep=3)
     assert [(r.step, r.path, r.time) for r in records] == [(100, "/output/demo/checkpoint-100", T0)]
     # the same step on the next scrape: unchanged, time kept
-    assert build_checkpoints(records, 100, "/output/demo", T0 + timedelta(minutes=1)) == records
-    assert build_checkpoints(records, None, "/output/demo", T0) == records
-    for step in range(200, 100 * (MAX_CHECKPOINT_RECORDS + 3), 100):
-        records = build_checkpoints(records, step, "/output/demo", T0)
-    assert len(records) == MAX_CHECKPOINT_RECORDS
-    assert records[0].step == 300 and records[-1].step == 100 * (MAX_CHECKPOINT_RECORDS + 2)
+    later = T0 + timedelta(minutes=1)
+    assert build_checkpoints(records, newest(100), "/output/demo", later, keep=3) == records
+    assert build_checkpoints(records, newest(None), "/output/demo", T0, keep=3) == records
+    for step in range(200, 700, 100):
+        records = build_checkpoints(records, newest(step), "/output/demo", T0, keep=3)
+    assert steps(records) == [400, 500, 600]
 
 
 def test_rank_zero_pod() -> None:
@@ -155,3 +200,6 @@ def test_reads_progress_of_a_real_training_run(tiny_model_dir: Path, tmp_path: P
     step = found.last_checkpoint_step
     assert step % 2 == 0 and 2 <= step <= (progress.step or 0)
     assert (tmp_path / "out" / f"checkpoint-{step}" / "qwenft-complete").is_file()
+    assert found.checkpoints is not None and step in dict(found.checkpoints)
+    for listed, _ in found.checkpoints:  # keep=100: none pruned since the scrape
+        assert (tmp_path / "out" / f"checkpoint-{listed}" / "qwenft-complete").is_file()

@@ -4,11 +4,11 @@ Covers, on adapters from a short real trainer run: LoRA merge equivalence (the m
 checkpoint, loaded without peft, gives the logits of base + adapter) with sharded
 safetensors, index, tokenizer, chat template and generation config carried over; a Q-LoRA
 adapter (detected from the trainer's summary.json) merged into the un-quantized base in
-bf16, said so in merge_report.json. On PEFT-built adapters: a fully trained lm_head on a
-model with tied embeddings; failures with a clear message, exit code 1 and no output or
-partial directory left behind: missing base, vocabulary and architecture mismatch,
-unreadable adapter, not enough disk space, an existing output, and a merge whose logits
-disagree.
+bf16, said so in merge_report.json; a hub base fetched at ``--revision``. On PEFT-built
+adapters: a fully trained lm_head on a model with tied embeddings; failures with a clear
+message, exit code 1 and no output or partial directory left behind: missing base,
+vocabulary and architecture mismatch, unreadable adapter, not enough disk space, an
+existing output, and a merge whose logits disagree.
 """
 
 from __future__ import annotations
@@ -138,6 +138,29 @@ def test_missing_base_fails_clearly(
     with pytest.raises(MergeError, match="can't be fetched from the hub"):
         merge(MergeOptions(adapter=adapter, output=output, base="qwenft-tests/no-such-model"))
     assert _leftovers(tmp_path) == []
+
+
+def test_hub_base_is_downloaded_at_the_pinned_revision(
+    make_adapter, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--revision`` reaches the hub download, so the merge reads the snapshot trained on."""
+    import huggingface_hub
+
+    asked: list[dict[str, object]] = []
+
+    def snapshot(**kwargs: object) -> str:
+        asked.append(kwargs)
+        return str(tiny_model_dir)  # the hub is offline in tests: this stands for its cache
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    adapter = make_adapter("merge-lora", r=8)
+    args = ["--adapter", str(adapter), "--output", str(tmp_path / "merged")]
+    assert main([*args, "--base", "Qwen/Qwen2.5-7B-Instruct", "--revision", "0123abc"]) == 0
+    assert [(a["repo_id"], a["revision"]) for a in asked] == [
+        ("Qwen/Qwen2.5-7B-Instruct", "0123abc")
+    ]
+    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    assert report["base"] == str(tiny_model_dir) and report["passed"]
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,16 @@ that equal a direct ``generate`` over the tokenizer's chat template; multi-turn 
 adapter selection by model name, also with concurrent requests for different adapters;
 stop sequences; seeded sampling; OpenAI-style errors 400 (malformed JSON, invalid fields,
 prompt longer than the context), 404 (unknown model), 429 (saturated) and 503 (model still
-loading, /readyz), and the Prometheus series of docs/metrics.md.
+loading, /readyz), and the Prometheus series of docs/metrics.md. Malformed bodies (lone
+surrogate escapes in content, text parts and stop, nesting 100k deep, bytes that are not
+UTF-8, numbers too long to convert, seeds out of range) get a 400 naming the cause; a UTF-8
+byte-order mark is accepted. Properties (Hypothesis, derandomized, in process through
+FastAPI's TestClient): any JSON body gets 2xx or an OpenAI-style 4xx, any bytes a 4xx.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -25,6 +30,9 @@ import openai
 import pytest
 import torch
 import uvicorn
+from fastapi.testclient import TestClient
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from qwenft_trainer.generation import Engine, EngineConfig, load_engine
 from qwenft_trainer.serve_app import ServerLimits, create_app
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -248,6 +256,47 @@ def test_bad_requests_get_openai_errors(server: str) -> None:
     assert unknown.value.code == "model_not_found"
 
 
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "Hi\\ud800"}]}',
+         "messages.0.content", "the escape \\ud800 is half of a UTF-16 surrogate pair"),
+        (b'{"model": "tiny", "messages": [{"role": "user", '
+         b'"content": [{"type": "text", "text": "\\udfff"}]}]}',
+         "messages.0.content.0.text", "the escape \\udfff is half"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "stop": ["\\ud83d"]}',
+         "stop", "surrogate pair"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "nested too deeply"),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, None, "nested too deeply"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "Ol\xe1"}]}',
+         None, "not UTF-8 text (byte 0xE1 at offset 62)"),
+        (b'{"model": "tiny", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}",
+         None, "a number longer than 4300 digits"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "seed": -1}',
+         "seed", "greater than or equal to 0"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "seed": 4294967296}',
+         "seed", "less than or equal to 4294967295"),
+    ],
+)  # fmt: skip
+def test_malformed_bodies_get_400_naming_the_cause(
+    server: str, body: bytes, param: str | None, words: str
+) -> None:
+    url = f"{server}/v1/chat/completions"
+    error = _error(httpx.post(url, content=body, headers={"content-type": "application/json"}), 400)
+    assert error["param"] == param
+    assert words in str(error["message"])
+
+
+def test_utf8_byte_order_mark_in_a_body_is_accepted(server: str) -> None:
+    body = json.dumps({"model": "tiny", "messages": HELLO, "max_tokens": 2}).encode()
+    reply = httpx.post(
+        f"{server}/v1/chat/completions",
+        content=b"\xef\xbb\xbf" + body,
+        headers={"content-type": "application/json"},
+    )
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 2
+
+
 def test_metrics_use_the_documented_names(server: str) -> None:
     api = client(server)
     api.chat.completions.create(model="sql", messages=HELLO, **GREEDY)
@@ -360,3 +409,142 @@ def test_command_line_rejects_bad_adapters(
     assert "must be unique" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", model, "--adapter", "no-equals-sign"])
+
+
+# Properties: whatever JSON a client sends, the answer is 2xx or an OpenAI-style 4xx.
+
+# Any text; surrogates (lone or paired) are rare among all characters, so some are added.
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=8) | st.sampled_from(
+    ["\ud800", "a\udfff", "\ud83d\ude00"]
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+PART = st.fixed_dictionaries(
+    {}, optional={"type": st.just("text") | JSON_VALUES, "text": ANY_TEXT | JSON_VALUES}
+)
+MESSAGE = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.sampled_from(["system", "developer", "user", "assistant", "tool"]) | JSON_VALUES,
+        "content": ANY_TEXT | st.lists(PART, max_size=2) | JSON_VALUES,
+    },
+)
+REQUEST_FIELDS = {
+    "model": st.sampled_from(["tiny", "gpt-4o"]) | JSON_VALUES,
+    "messages": st.lists(MESSAGE, max_size=3) | JSON_VALUES,
+    "temperature": st.floats() | JSON_VALUES,
+    "top_p": st.floats() | JSON_VALUES,
+    "max_tokens": st.integers(-1, 6) | st.integers() | JSON_VALUES,
+    "max_completion_tokens": st.integers(-1, 6) | JSON_VALUES,
+    "stop": ANY_TEXT | st.lists(ANY_TEXT, max_size=5) | JSON_VALUES,
+    "seed": st.integers() | JSON_VALUES,
+    "stream": st.booleans() | JSON_VALUES,
+    "stream_options": st.fixed_dictionaries(
+        {}, optional={"include_usage": st.booleans() | JSON_VALUES}
+    )
+    | JSON_VALUES,
+    "n": st.integers(0, 2) | JSON_VALUES,
+    "ignore_eos": st.booleans() | JSON_VALUES,
+}
+REQUEST = st.fixed_dictionaries({}, optional=REQUEST_FIELDS)
+
+
+# Requests of the right shape; text may hold lone surrogates and seeds any integer.
+CHAT_MESSAGE = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["system", "developer", "user", "assistant"]),
+        "content": ANY_TEXT
+        | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": ANY_TEXT})),
+    }
+)
+CHAT_REQUEST = st.fixed_dictionaries(
+    {"model": st.just("tiny"), "messages": st.lists(CHAT_MESSAGE, min_size=1, max_size=3)},
+    optional={
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0.01, 1),
+        "max_tokens": st.integers(1, 4),
+        "stop": ANY_TEXT | st.lists(ANY_TEXT, max_size=4),
+        "seed": st.integers() | st.sampled_from([-1, 2**32, 2**64]),
+        "stream": st.booleans(),
+        "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+        "ignore_eos": st.booleans(),
+    },
+)
+# A chat request with one field replaced by anything at all.
+ONE_FIELD_OFF = st.tuples(CHAT_REQUEST, st.sampled_from(sorted(REQUEST_FIELDS)), JSON_VALUES).map(
+    lambda case: {**case[0], case[1]: case[2]}
+)
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_model_dir: Path) -> Iterator[TestClient]:
+    """The app in this process (no sockets: each example costs milliseconds)."""
+    config = EngineConfig(model=str(tiny_model_dir), served_model_name="tiny", max_model_len=256)
+    app = create_app(lambda: load_engine(config), ServerLimits(default_max_tokens=4))
+    with TestClient(app) as api:  # unhandled exceptions in the app fail the test
+        deadline = time.monotonic() + 60
+        while api.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "model never loaded"
+            time.sleep(0.05)
+        yield api
+
+
+@settings(max_examples=40, derandomize=True, database=None, deadline=None)
+@given(body=CHAT_REQUEST | ONE_FIELD_OFF | REQUEST | JSON_VALUES, ascii=st.booleans())
+def test_any_json_body_gets_2xx_or_4xx(in_process: TestClient, body: object, ascii: bool) -> None:
+    # ensure_ascii=False writes a lone surrogate as CESU-8 bytes, which aren't UTF-8.
+    data = json.dumps(body, ensure_ascii=ascii).encode("utf-8", "surrogatepass")
+    headers = {"content-type": "application/json"}
+    response = in_process.post("/v1/chat/completions", content=data, headers=headers)
+    event(f"status {response.status_code}")
+    if response.status_code == 400:
+        event(str(response.json()["error"]["message"])[:40])
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    elif response.headers["content-type"].startswith("text/event-stream"):
+        assert "server_error" not in response.text and response.text.endswith("[DONE]\n\n")
+    else:
+        assert response.json()["object"] == "chat.completion"
+
+
+@settings(max_examples=30, derandomize=True, database=None, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_any_bytes_get_a_4xx(in_process: TestClient, data: bytes) -> None:
+    headers = {"content-type": "application/json"}
+    response = in_process.post("/v1/chat/completions", content=data, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_revision_reaches_the_model_and_tokenizer_loaders(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``qwenft serve --revision`` loads the hub snapshot the run was trained on."""
+    import transformers
+    from qwenft_trainer import serve, serve_app
+
+    asked: dict[str, list[object]] = {"tokenizer": [], "model": []}
+
+    def recording(kind: str, plain: Callable[..., Any]) -> Callable[..., Any]:
+        def load(name: str, **kwargs: Any) -> Any:
+            asked[kind].append(kwargs.pop("revision", None))
+            return plain(str(tiny_model_dir), **kwargs)  # the hub is offline in tests
+
+        return load
+
+    tokenizer, model = transformers.AutoTokenizer, transformers.AutoModelForCausalLM
+    monkeypatch.setattr(
+        tokenizer, "from_pretrained", recording("tokenizer", tokenizer.from_pretrained)
+    )
+    monkeypatch.setattr(model, "from_pretrained", recording("model", model.from_pretrained))
+    loaded: list[Engine] = []
+    monkeypatch.setattr(serve_app, "create_app", lambda loader, limits: loaded.append(loader()))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    assert serve.main(["--model", "Qwen/Qwen2.5-7B-Instruct", "--revision", "0123abc"]) == 0
+    assert serve.main(["--model", "Qwen/Qwen2.5-7B-Instruct"]) == 0
+    assert asked == {"tokenizer": ["0123abc", None], "model": ["0123abc", None]}
+    assert loaded[0].model_names[0] == "Qwen/Qwen2.5-7B-Instruct"

@@ -4,7 +4,8 @@ Covers: the exported series names are exactly the trainer table of docs/metrics.
 memory only with CUDA) and every sample carries ``run``; the callback turns Trainer logs
 into gauge values, a counter of tokens and one parseable ``train_log`` line per logging
 step (and ``eval`` lines); the last-checkpoint gauge moves only to a checkpoint carrying
-the complete marker (and starts at the resumed step); rates and ETA from
+the complete marker (and starts at the resumed step); one series per complete checkpoint on
+disk, dropped when pruned, listed again after a restart; rates and ETA from
 ``build_progress``; non-finite values become null; the ``/metrics`` endpoint serves over
 HTTP. The endpoint during a real run
 is covered in test_train_distributed.py.
@@ -53,10 +54,12 @@ def exported_series(metrics: TrainMetrics) -> dict[str, dict[str, str]]:
 
 def test_series_names_match_docs_and_carry_run_label() -> None:
     documented = documented_trainer_series()
-    assert len(documented) == 14
+    assert len(documented) == 15
     with_gpu = _every_gauge_set(TrainMetrics(run="r1", cuda=True))
-    assert set(exported_series(with_gpu)) == documented
-    assert all(labels == {"run": "r1"} for labels in exported_series(with_gpu).values())
+    series = exported_series(with_gpu)
+    assert set(series) == documented
+    assert series.pop("qwenft_train_checkpoint_time_seconds") == {"run": "r1", "step": "4"}
+    assert all(labels == {"run": "r1"} for labels in series.values())
     without_gpu = _every_gauge_set(TrainMetrics(run="r1", cuda=False))
     assert set(exported_series(without_gpu)) == {n for n in documented if "gpu_memory" not in n}
 
@@ -64,6 +67,7 @@ def test_series_names_match_docs_and_carry_run_label() -> None:
 def _every_gauge_set(metrics: TrainMetrics) -> TrainMetrics:
     for name in metrics.families:
         metrics.set(name, 1.0)
+    metrics.set_checkpoints({4: 1.0})
     return metrics
 
 
@@ -154,15 +158,66 @@ def test_checkpoint_gauge_follows_complete_checkpoints(tmp_path: Path) -> None:
     ]
 
 
-def test_fresh_run_has_no_checkpoint_series() -> None:
+def test_fresh_run_has_no_checkpoint_series(tmp_path: Path) -> None:
     metrics = TrainMetrics(run="r", cuda=False)
     callback = TelemetryCallback(metrics, samples_per_step=1, progress_bar=False)
     state = SimpleNamespace(
         is_world_process_zero=True, global_step=0, max_steps=9, epoch=0.0, num_input_tokens_seen=0
     )
-    callback.on_train_begin(SimpleNamespace(), state, SimpleNamespace())  # type: ignore[arg-type]
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    callback.on_train_begin(args, state, SimpleNamespace())  # type: ignore[arg-type]
     sample = metrics.registry.get_sample_value("qwenft_train_last_checkpoint_step", {"run": "r"})
     assert sample is None
+    assert on_disk(metrics) == {}  # listed: none on disk
+    assert (
+        "# TYPE qwenft_train_checkpoint_time_seconds gauge"
+        in generate_latest(metrics.registry).decode()
+    )
+
+
+def on_disk(metrics: TrainMetrics) -> dict[int, float]:
+    """The checkpoint series: step -> value."""
+    return {
+        int(sample.labels["step"]): sample.value
+        for family in metrics.registry.collect()
+        if family.name == "qwenft_train_checkpoint_time_seconds"
+        for sample in family.samples
+    }
+
+
+def test_checkpoint_series_mirror_the_complete_checkpoints_on_disk(tmp_path: Path) -> None:
+    """Pruned checkpoints drop out; half-written ones never appear; a restart lists the disk."""
+    from qwenft_trainer.checkpoints import CheckpointCallback
+
+    metrics = TrainMetrics(run="r", cuda=False)
+    assert on_disk(metrics) == {}
+    assert "checkpoint_time" not in generate_latest(metrics.registry).decode()  # not listed yet
+    pruner = CheckpointCallback(keep=2)
+    callback = TelemetryCallback(
+        metrics, samples_per_step=1, progress_bar=False, stream=io.StringIO()
+    )
+    state = SimpleNamespace(
+        is_world_process_zero=True, global_step=0, max_steps=9, epoch=0.0, num_input_tokens_seen=0
+    )
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace()
+    callback.on_train_begin(args, state, control)  # type: ignore[arg-type]
+    for step in (2, 4, 6):
+        state.global_step = step
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        pruner.on_save(args, state, control)  # type: ignore[arg-type]
+        callback.on_save(args, state, control)  # type: ignore[arg-type]
+    (tmp_path / "checkpoint-8").mkdir()  # being written: no marker yet
+    written = on_disk(metrics)
+    assert sorted(written) == [4, 6]  # keep=2 pruned checkpoint-2
+    marker = tmp_path / "checkpoint-6" / "qwenft-complete"
+    assert written[6] == marker.stat().st_mtime
+
+    restarted = TrainMetrics(run="r", cuda=False)
+    again = TelemetryCallback(
+        restarted, samples_per_step=1, progress_bar=False, stream=io.StringIO()
+    )
+    again.on_train_begin(args, state, control)  # type: ignore[arg-type]
+    assert on_disk(restarted) == written
 
 
 def test_callback_is_silent_on_other_ranks() -> None:

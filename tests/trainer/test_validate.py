@@ -6,7 +6,10 @@ dialogue left without a trained token; every bad-record case reported with file:
 the problem while the good records are still counted; a control token written inside a
 message; the text report; the CLI through the ``qwenft`` dispatcher with exit status 0 on a
 clean file, 1 on bad records, 2 on a tokenizer that can't load; ``--json`` output with
-``ok`` and ``message``; ``--format`` forcing a format.
+``ok`` and ``message``; ``--format`` forcing a format; a dataset truncation leaves with nothing
+to train on fails with the max_seq_length that fixes it; the CLI's verdict on deep nesting,
+lone surrogates and non-UTF-8 bytes (JSONL and JSON arrays) names the line; a UTF-8
+byte-order mark is accepted.
 """
 
 from __future__ import annotations
@@ -141,3 +144,104 @@ def test_cli_revision_reaches_the_tokenizer_loader(
     assert qwenft([*args, "--revision", "0123abc", "--json"]) == 0
     assert qwenft([*args, "--json"]) == 0
     assert [a.get("revision") for a in asked] == ["0123abc", None]
+
+
+def long_prompts(tmp_path: Path, words: list[int]) -> Path:
+    """Dialogues whose first reply comes after a user prompt of ``words`` words each."""
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": " ".join(["question"] * count)},
+                    {"role": "assistant", "content": "A short answer."},
+                ]
+            }
+        )
+        for count in words
+    ]
+    path = tmp_path / "long_prompts.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_nothing_left_to_train_fails_with_the_length_that_fixes_it(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    path = long_prompts(tmp_path, [40, 60])
+    report = validate_dataset(path, tokenizer, max_seq_length=16)
+    assert not report.ok and report.trained_tokens == 0
+    assert len(report.warnings) == 2  # each dialogue is named too
+    message = report.problems[0].message
+    assert message.startswith("nothing to train on: every dialogue loses all assistant tokens")
+    assert "raise training.max_seq_length (--max-seq-length) to at least" in message
+    assert report.message == f"{path}: {message}"
+    assert report.to_text().splitlines()[-1] == f"FAILED: {path}: {message}"
+
+    needed = int(message.split("to at least ")[1].split()[0])
+    fixed = validate_dataset(path, tokenizer, max_seq_length=needed)
+    assert fixed.ok and fixed.trained_tokens > 0 and not fixed.warnings
+    short = validate_dataset(path, tokenizer, max_seq_length=needed - 1)
+    assert [w.source for w in short.warnings] == ["long_prompts.jsonl:2"]  # the longer prompt
+
+
+def test_dataset_problem_comes_before_the_bad_record_count(tokenizer: Any, tmp_path: Path) -> None:
+    path = long_prompts(tmp_path, [40])
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("{}\n")
+    report = validate_dataset(path, tokenizer, max_seq_length=16)
+    assert report.message.startswith(f"{path}: nothing to train on")
+    assert report.message.endswith(
+        "; 1 bad record(s); first: long_prompts.jsonl:2: unknown format"
+        ": expected a 'dialogue_sequence', 'training_sample', "
+        "'conversations' or 'messages' key (found keys: none)"
+    )
+
+
+GOOD = json.dumps(
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+)
+DEEP_OBJECT = '{"a":' * 100_000 + "1" + "}" * 100_000
+MALFORMED = {
+    "deep.jsonl": (f"{GOOD}\n{'[' * 100_000}{']' * 100_000}\n").encode(),
+    "deep.json": f"[{GOOD},\n{DEEP_OBJECT}]".encode(),
+    "surrogate.jsonl": (GOOD + "\n" + GOOD.replace("Hello!", "Hello\\ud800!")).encode(),
+    "surrogate.json": ("[" + GOOD + ",\n" + GOOD.replace("Hi", "\\udfffHi") + "]").encode(),
+    "latin1.jsonl": GOOD.encode() + b"\n" + GOOD.replace("Hi", "Ol\u00e1").encode("latin-1"),
+    "latin1.json": b"["
+    + GOOD.encode()
+    + b",\n"
+    + GOOD.replace("Hi", "\u00e9").encode("latin-1")
+    + b"]",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_names_the_line_of_each_malformed_record(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    as_json: bool,
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(MALFORMED[name])
+    args = ["data", "validate", str(path), "--model", str(tiny_model_dir)]
+    assert qwenft([*args, "--json"] if as_json else args) == 1
+    out = capsys.readouterr().out
+    out.encode("utf-8")  # printable on a UTF-8 terminal or log
+    verdict = json.loads(out)["message"] if as_json else out.splitlines()[-1]
+    assert f"1 bad record(s); first: {name}:2: " in verdict
+    reason = {"deep": "nested too deeply", "surrogate": "surrogate pair", "latin1": "not UTF-8"}
+    assert reason[name.split(".")[0]] in verdict
+
+
+@pytest.mark.parametrize("body", [f"{GOOD}\n{GOOD}\n", f"[{GOOD},\n{GOOD}]"])
+def test_cli_accepts_a_utf8_byte_order_mark(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str
+) -> None:
+    path = tmp_path / "excel-export.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    args = ["data", "validate", str(path), "--model", str(tiny_model_dir), "--json"]
+    assert qwenft(args) == 0
+    assert json.loads(capsys.readouterr().out)["conversations"] == 2

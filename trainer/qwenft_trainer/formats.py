@@ -4,7 +4,8 @@ Fine-tuning data arrives in several shapes (the seed's ``dialogue_sequence`` and
 ``training_sample`` records, Qwen's original ShareGPT-style ``conversations``, and the
 OpenAI / Qwen2 ``messages``), as a JSON array or as JSONL. This module reads any of them
 into one :class:`Conversation` type, and collects *every* bad record with its file line
-so a user can fix a dataset in one pass instead of one error per training launch.
+so a user can fix a dataset in one pass instead of one error per training launch (reading
+the file itself, and what makes one unreadable, is :mod:`qwenft_trainer.records`).
 An assistant turn's reasoning, given as ``reasoning_content`` or inline as
 ``<think>…</think>`` in its content, is kept apart from its answer in every format.
 It imports neither torch nor transformers.
@@ -15,16 +16,15 @@ It imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
-from pydantic import BaseModel, ConfigDict
-
 from qwenft_trainer import thinking
 from qwenft_trainer.config import DataFormat
+from qwenft_trainer.records import RecordProblem as RecordProblem
+from qwenft_trainer.records import iter_records, shorten
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -72,20 +72,6 @@ class Conversation:
     source: str
 
 
-class RecordProblem(BaseModel):
-    """Why one record (or the whole file) can't be used, and where it is."""
-
-    model_config = ConfigDict(frozen=True)
-
-    source: str
-    line: int | None = None
-    index: int | None = None
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.message}"
-
-
 class DatasetError(Exception):
     """The dataset has records that can't be trained on; ``problems`` lists each one."""
 
@@ -104,104 +90,8 @@ class DatasetError(Exception):
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class RawRecord:
-    """One parsed JSON value with its position in the file."""
-
-    value: Any
-    index: int
-    line: int
-    source: str
-
-
 class RecordError(ValueError):
     """A record that doesn't describe a usable conversation."""
-
-
-def iter_records(path: Path) -> tuple[list[RawRecord], list[RecordProblem]]:
-    """Parse a JSON array or a JSONL file, keeping each record's line number."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) else f"not UTF-8 text ({err.reason})"
-        return [], [RecordProblem(source=str(path), message=f"can't read file: {reason}")]
-    stripped = text.lstrip()
-    if not stripped:
-        return [], [RecordProblem(source=str(path), message="file is empty")]
-    if stripped.startswith("[") and not _first_line_is_a_record(stripped):
-        return _parse_array(path, text)
-    return _parse_jsonl(path, text)
-
-
-def _first_line_is_a_record(text: str) -> bool:
-    """A JSONL file whose first record is a list, rather than a JSON array of records."""
-    first, _, rest = text.partition("\n")
-    if not rest.strip():
-        return False
-    try:
-        json.loads(first)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _parse_array(path: Path, text: str) -> tuple[list[RawRecord], list[RecordProblem]]:
-    decoder = json.JSONDecoder()
-    records: list[RawRecord] = []
-    pos = text.index("[") + 1
-    try:
-        while True:
-            pos = _skip_space(text, pos)
-            if text.startswith("]", pos) and not records:
-                break
-            value, end = decoder.raw_decode(text, pos)
-            line = _line_of(text, pos)
-            records.append(RawRecord(value, len(records), line, f"{path.name}:{line}"))
-            pos = _skip_space(text, end)
-            if text.startswith(",", pos):
-                pos += 1
-                continue
-            if text.startswith("]", pos):
-                break
-            raise json.JSONDecodeError("expected ',' or ']' after a record", text, pos)
-    except json.JSONDecodeError as err:
-        where = f"{path.name}:{err.lineno}"
-        message = f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        return records, [RecordProblem(source=where, line=err.lineno, message=message)]
-    if _skip_space(text, pos + 1) < len(text):
-        line = _line_of(text, pos + 1)
-        message = "invalid JSON: extra data after the closing ']'"
-        return records, [RecordProblem(source=f"{path.name}:{line}", line=line, message=message)]
-    return records, []
-
-
-def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
-def _parse_jsonl(path: Path, text: str) -> tuple[list[RawRecord], list[RecordProblem]]:
-    records: list[RawRecord] = []
-    problems: list[RecordProblem] = []
-    index = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        source = f"{path.name}:{number}"
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            message = f"invalid JSON (column {err.colno}): {err.msg}"
-            problems.append(RecordProblem(source=source, line=number, index=index, message=message))
-        else:
-            records.append(RawRecord(value, index, number, source))
-        index += 1
-    return records, problems
 
 
 def detect_format(record: Any) -> str:
@@ -220,7 +110,9 @@ def detect_format(record: Any) -> str:
         return "conversations"
     if "messages" in record:
         return "messages"
-    keys = ", ".join(sorted(map(str, record))) or "none"
+    names = sorted(map(str, record))
+    keys = ", ".join(shorten(name, 40) for name in names[:10]) or "none"
+    keys += f" and {len(names) - 10} more" if len(names) > 10 else ""
     raise RecordError(
         "unknown format: expected a 'dialogue_sequence', 'training_sample', 'conversations' "
         f"or 'messages' key (found keys: {keys})"
@@ -273,10 +165,8 @@ def _parse_turns(turns: Any, key: str, sharegpt: bool) -> Iterator[Message]:
         speaker, content = turn[role_key], turn[content_key]
         allowed = SHAREGPT_ROLES if sharegpt else {r: r for r in ROLES}
         if not isinstance(speaker, str) or speaker not in allowed:
-            names = ", ".join(allowed)
-            raise RecordError(
-                f"unknown role {speaker!r} in {where}.{role_key} (use one of {names})"
-            )
+            names, shown = ", ".join(allowed), shorten(repr(speaker), 60)
+            raise RecordError(f"unknown role {shown} in {where}.{role_key} (use one of {names})")
         if not isinstance(content, str):
             raise RecordError(
                 f"wrong type: {where}.{content_key} must be a string, not {_kind(content)}"

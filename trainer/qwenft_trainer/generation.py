@@ -27,7 +27,8 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What to load: a base or merged model, optional named adapters, where and how."""
+    """What to load: a base or merged model (a hub id at ``revision``, or a directory),
+    optional named adapters, where and how."""
 
     model: str
     served_model_name: str
@@ -35,6 +36,7 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_model_len: int | None = None
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,8 +269,11 @@ def load_engine(config: EngineConfig) -> Engine:
     elif device.startswith("cuda"):
         dtype = torch.bfloat16
     print(f"[serve] loading {config.model} on {device}", file=sys.stderr, flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(config.model)
-    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype, device_map=device)
+    pinned = {"revision": config.revision} if config.revision else {}
+    tokenizer = AutoTokenizer.from_pretrained(config.model, **pinned)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.model, dtype=dtype, device_map=device, **pinned
+    )
     if config.adapters:
         from peft import PeftModel
 

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="merged or base model: a directory or a hub id"
     )
     parser.add_argument(
+        "--revision", help="hub branch, tag or commit of --model when it is a hub id"
+    )
+    parser.add_argument(
         "--served-model-name",
         help="name clients put in 'model' (default: the directory name or hub id)",
     )
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = EngineConfig(
         model=args.model,
+        revision=args.revision,
         served_model_name=served,
         adapters=adapters,
         device=args.device,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import threading
 import time
@@ -23,9 +24,11 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
 
 from qwenft_trainer import serve_schemas as schemas
 from qwenft_trainer.batching import Batcher
@@ -148,8 +151,9 @@ def create_app(loader: Callable[[], Engine], limits: ServerLimits | None = None)
         return JSONResponse(body, status_code=err.status)
 
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0]
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        # Of the errors a union field reports (one per branch), the deepest names the cause.
+        first = max(err.errors(), key=lambda error: len(error.get("loc", ())))
+        loc = [str(part) for part in first.get("loc", ()) if not _is_branch(part)]
         param = ".".join(loc) or None
         if first.get("type") == "json_invalid":
             message = "request body is not valid JSON"
@@ -158,6 +162,12 @@ def create_app(loader: Callable[[], Engine], limits: ServerLimits | None = None)
         else:
             message = f"{param}: {first.get('msg')}"
         return await api_error(request, APIError(400, message, param=param))
+
+    async def unparsable(request: Request, err: HTTPException) -> Response:
+        """FastAPI's 400 for a body ``json.loads`` raised on, with the reason in OpenAI's form."""
+        if err.status_code != 400 or err.__cause__ is None:
+            return await http_exception_handler(request, err)
+        return await api_error(request, APIError(400, _unparsable_body(err.__cause__)))
 
     async def healthz() -> JSONResponse:
         if state.load_error:
@@ -230,12 +240,34 @@ def create_app(loader: Callable[[], Engine], limits: ServerLimits | None = None)
     app.middleware("http")(timer)
     app.exception_handler(APIError)(api_error)
     app.exception_handler(RequestValidationError)(invalid)
+    app.exception_handler(HTTPException)(unparsable)
     app.get("/healthz")(healthz)
     app.get("/readyz")(readyz)
     app.get("/metrics")(metrics)
     app.get("/v1/models")(models)
     app.post(CHAT_PATH, response_model=None)(chat)
     return app
+
+
+# pydantic names the branch of a union that failed, e.g. ``str`` or ``list[TextPart]``.
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none)$|\[")
+
+
+def _is_branch(part: object) -> bool:
+    """A ``loc`` part that isn't a field: the body itself, or a union branch's type name."""
+    return part == "body" or (isinstance(part, str) and _UNION_BRANCH.search(part) is not None)
+
+
+def _unparsable_body(cause: BaseException) -> str:
+    """Why a request body that isn't a syntax error still couldn't be parsed as JSON."""
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply to parse"
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex().upper()
+        return f"request body is not UTF-8 text (byte 0x{byte} at offset {cause.start})"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return f"request body has a number longer than {sys.get_int_max_str_digits()} digits"
+    return f"request body is not valid JSON ({type(cause).__name__})"
 
 
 def _sampling(

@@ -26,7 +26,7 @@ from typing import IO, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from qwenft_trainer.checkpoints import MARKER, PREFIX
+from qwenft_trainer.checkpoints import MARKER, PREFIX, list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ GPU_GAUGES: dict[str, str] = {
     "qwenft_train_gpu_memory_reserved_bytes": "torch.cuda.memory_reserved of rank 0.",
 }
 TOKENS_TOTAL = "qwenft_train_tokens_total"
+# One series per complete checkpoint on disk (label ``step``), gone once it is pruned.
+CHECKPOINTS = "qwenft_train_checkpoint_time_seconds"
 
 
 class TrainMetrics:
@@ -72,6 +74,8 @@ class TrainMetrics:
             registry=self.registry,
         ).labels(run=run)
         self.set("qwenft_train_resumed_from_step", 0)
+        self.checkpoints: Gauge | None = None  # registered once the trainer lists them
+        self._checkpoint_steps: set[int] = set()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> bool:
         """Start the ``/metrics`` HTTP endpoint; False (with a warning) if the port is taken."""
@@ -91,6 +95,25 @@ class TrainMetrics:
         """
         if value is not None and name in self.families:
             self.families[name].labels(run=self.run).set(value)
+
+    def set_checkpoints(self, written: Mapping[int, float]) -> None:
+        """Export exactly the complete checkpoints on disk: step -> Unix time written.
+
+        The family appears on the first call, so a reader can tell "not listed yet" (no
+        family) from "none on disk" (a family without samples).
+        """
+        if self.checkpoints is None:
+            self.checkpoints = Gauge(
+                CHECKPOINTS,
+                "Unix time each complete checkpoint still on disk was written (label step).",
+                ["run", "step"],
+                registry=self.registry,
+            )
+        for step in self._checkpoint_steps - set(written):
+            self.checkpoints.remove(self.run, str(step))
+        for step, seconds in written.items():
+            self.checkpoints.labels(run=self.run, step=str(step)).set(seconds)
+        self._checkpoint_steps = set(written)
 
     def update_gpu_memory(self) -> None:
         if not self.cuda:
@@ -148,6 +171,17 @@ def emit(line: str, stream: IO[str] | None = None) -> None:
     out.flush()
 
 
+def complete_checkpoints(output_dir: str | Path) -> dict[int, float]:
+    """Step -> Unix time of its complete marker, for every complete checkpoint on disk."""
+    written: dict[int, float] = {}
+    for checkpoint in list_checkpoints(output_dir):
+        try:
+            written[checkpoint.step] = (checkpoint.path / MARKER).stat().st_mtime
+        except OSError:  # no marker (half written), or pruned while listing
+            continue
+    return written
+
+
 class TelemetryCallback(TrainerCallback):
     """Feeds metrics, JSON log lines and the tqdm bar from the Trainer's events (rank 0)."""
 
@@ -187,6 +221,7 @@ class TelemetryCallback(TrainerCallback):
             self.metrics.set("qwenft_train_resumed_from_step", float(self.resumed_from_step))
             if self.resumed_from_step > 0:
                 self.metrics.set("qwenft_train_last_checkpoint_step", float(self.resumed_from_step))
+            self.metrics.set_checkpoints(complete_checkpoints(args.output_dir))
             self.metrics.tokens_total.inc(tokens)
             self.metrics.update_gpu_memory()
         if self.progress_bar:
@@ -292,6 +327,8 @@ class TelemetryCallback(TrainerCallback):
         self._write(build_log_record("checkpoint", step=state.global_step, path=path))
         if self.metrics and (Path(path) / MARKER).is_file():
             self.metrics.set("qwenft_train_last_checkpoint_step", float(state.global_step))
+        if self.metrics:  # after CheckpointCallback pruned the old ones
+            self.metrics.set_checkpoints(complete_checkpoints(args.output_dir))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any

@@ -5,8 +5,9 @@ of training wastes the run. This command (and :func:`validate_dataset`, which tr
 calls first) reads every record, tokenizes it with the model's own chat template, and
 reports sizes, the share of tokens that carry loss, truncation, the chat template's thinking
 and the trained reasoning vs answer tokens, and each bad record with its line and the
-problem. The operator's validation Job runs it with ``--json`` and puts
-the one-line ``message`` in the run's status.
+problem. A dataset that truncation would leave with nothing to train on fails, naming the
+``max_seq_length`` that keeps every dialogue. The operator's validation Job runs it with
+``--json`` and puts the one-line ``message`` in the run's status.
 
     qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct --max-seq-length 2048
     qwenft data validate data.json --model /models/qwen --format sharegpt --json
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, get_args
 from pydantic import BaseModel, Field, computed_field
 
 from qwenft_trainer.config import DataFormat, ThinkingPolicy, TrainingSettings
-from qwenft_trainer.data import TemplateError, tokenize_dialogue
+from qwenft_trainer.data import IGNORE_INDEX, TemplateError, tokenize_dialogue
 from qwenft_trainer.formats import Conversation, RecordProblem, read_conversations
 from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateKind, describe, probe_template
 
@@ -83,9 +84,13 @@ class ValidationReport(BaseModel):
     def message(self) -> str:
         """One line for a status field or a log."""
         if self.problems:
-            first = self.problems[0]
-            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-            return f"{len(self.problems)} bad record(s); first: {first}{more}"
+            # Problems of the whole file (no line) first, then the count of bad records.
+            parts = [str(p) for p in self.problems if p.line is None]
+            records = [p for p in self.problems if p.line is not None]
+            if records:
+                more = f" (and {len(records) - 1} more)" if len(records) > 1 else ""
+                parts.append(f"{len(records)} bad record(s); first: {records[0]}{more}")
+            return "; ".join(parts)
         if not self.conversations:
             return f"{self.path} holds no usable dialogue"
         split = f" ({self.samples} samples)" if self.samples != self.conversations else ""
@@ -154,6 +159,7 @@ def validate_dataset(
     )
     report.records = len(conversations) + sum(1 for p in problems if p.index is not None)
     usable = 0
+    needed = 0  # the max_seq_length at which every dialogue keeps its first trained token
     for count, conv in enumerate(conversations, start=1):
         if count % PROGRESS_EVERY == 0:
             log.info("validated %d/%d dialogues", count, len(conversations))
@@ -176,7 +182,7 @@ def validate_dataset(
             if length > report.longest_sample_tokens:
                 report.longest_sample_tokens, report.longest_sample_source = length, conv.source
             labels = sample.labels[:max_seq_length]
-            trained = sum(1 for label in labels if label != -100)
+            trained = sum(1 for label in labels if label != IGNORE_INDEX)
             reasoning = sample.cut(max_seq_length).reasoning_tokens
             report.tokens += len(labels)
             report.trained_tokens += trained
@@ -185,19 +191,39 @@ def validate_dataset(
             report.answer_tokens += trained - reasoning
             if length > max_seq_length:
                 report.truncated_samples += 1
-                if not trained:
+                first = _first_trained_token(sample.labels)
+                if not trained and first is not None:
+                    needed = max(needed, first + 1)
                     report.warnings.append(
                         RecordProblem(
                             source=conv.source,
                             line=line,
                             message=f"no assistant token within max_seq_length={max_seq_length} "
-                            f"(sample has {length} tokens); it will be skipped",
+                            f"(sample has {length} tokens, its first reply starts at token "
+                            f"{first + 1}); it will be skipped",
                         )
                     )
     report.conversations = usable
     report.truncated_share = report.truncated_samples / report.samples if report.samples else 0.0
+    if usable and not report.trained_tokens:
+        problems.append(RecordProblem(source=str(path), message=_nothing_to_train(report, needed)))
     report.problems = sorted(problems, key=lambda p: p.line or 0)
     return report
+
+
+def _first_trained_token(labels: list[int]) -> int | None:
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+
+
+def _nothing_to_train(report: ValidationReport, needed: int) -> str:
+    """The verdict on a dataset whose every dialogue would be skipped, and the fix."""
+    if not needed:
+        return "nothing to train on: no dialogue has a token that carries loss"
+    return (
+        f"nothing to train on: every dialogue loses all assistant tokens to truncation at "
+        f"max_seq_length={report.max_seq_length}; raise training.max_seq_length "
+        f"(--max-seq-length) to at least {needed} or shorten the prompts"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,9 +17,9 @@ MERGE_FAILURE_EXIT_CODES = [1, 2]
 
 
 def build_merge_args(run: Run) -> list[str]:
-    """The merge command line."""
+    """The merge command line; a hub base is read at the revision the run trained on."""
     spec = run.spec
-    return [
+    args = [
         "qwenft", "merge",
         "--base", paths.model_location(run),
         "--adapter", paths.adapter_dir(run),
@@ -28,6 +28,10 @@ def build_merge_args(run: Run) -> list[str]:
         "--method", "qlora" if spec.method == "qlora" else "lora",
         "--overwrite",
     ]  # fmt: skip
+    revision = paths.model_revision(run)
+    if revision:
+        args += ["--revision", revision]
+    return args
 
 
 def build_merge_job(run: Run) -> dict[str, Any]:

@@ -37,6 +37,12 @@ def model_location(run: Run) -> str:
     return model.path
 
 
+def model_revision(run: Run) -> str | None:
+    """The hub revision the run is pinned to (training, merge and serving all load it)."""
+    hub = run.spec.model.hub
+    return hub.revision if hub is not None else None
+
+
 def url_file_name(url: str) -> str:
     """File name a downloaded dataset keeps (its URL's last path segment)."""
     name = posixpath.basename(urlparse(url).path)

@@ -28,14 +28,15 @@ STARTUP_PROBE_FAILURES = 180  # 30 minutes to download and load a large model
 class ServeTarget:
     """What the server loads.
 
-    ``model`` is a directory in the pod (or a hub id); ``adapter``, when set, is an
-    adapter directory served over ``model`` under the run's served model name;
-    ``max_lora_rank`` is vLLM's ``--max-lora-rank`` for it.
+    ``model`` is a directory in the pod (or a hub id, read at ``revision``, the one the run
+    trained on); ``adapter``, when set, is an adapter directory served over ``model`` under
+    the run's served model name; ``max_lora_rank`` is vLLM's ``--max-lora-rank`` for it.
     """
 
     model: str
     adapter: str | None = None
     max_lora_rank: int | None = None
+    revision: str | None = None
 
 
 def predicted_adapter_config(run: Run) -> dict[str, Any]:
@@ -110,13 +111,18 @@ def build_serve_target(run: Run) -> ServeTarget:
     if run.spec.inference.engine == "vllm":
         rank = build_vllm_decision(run).max_lora_rank
     return ServeTarget(
-        model=paths.model_location(run), adapter=paths.adapter_dir(run), max_lora_rank=rank
+        model=paths.model_location(run),
+        adapter=paths.adapter_dir(run),
+        max_lora_rank=rank,
+        revision=paths.model_revision(run),
     )
 
 
 def build_builtin_args(run: Run, target: ServeTarget) -> list[str]:
     """``qwenft serve`` command line."""
     args = ["qwenft", "serve", "--model", target.model]
+    if target.revision:
+        args += ["--revision", target.revision]
     if target.adapter:
         args += ["--adapter", f"{run.served_model_name}={target.adapter}"]
     else:
@@ -131,6 +137,8 @@ def build_vllm_args(run: Run, target: ServeTarget) -> list[str]:
     """vLLM OpenAI server arguments (after :data:`VLLM_COMMAND`)."""
     inference = run.spec.inference
     args = ["--model", target.model]
+    if target.revision:  # vLLM reads the tokenizer at its own revision, default main
+        args += ["--revision", target.revision, "--tokenizer-revision", target.revision]
     if target.adapter:
         if target.max_lora_rank is None:
             raise ValueError("vLLM serving an adapter needs target.max_lora_rank")
