@@ -3,7 +3,9 @@
 The merged directory loads with plain ``from_pretrained`` (and in vLLM or TGI) without
 peft: safetensors weights (sharded with an index above ``--max-shard-size``), the
 tokenizer, its chat template and the generation config. Q-LoRA adapters are merged into
-the un-quantized base, never into 4-bit weights. Before the output appears, the merge
+the un-quantized base, never into 4-bit weights; one trained over a GPTQ / AWQ checkpoint
+is merged into the un-quantized release it was made from (``--base``), and a quantized
+``--base`` is refused. Before the output appears, the merge
 reloads what it wrote and compares its logits with base + adapter on a probe batch;
 ``merge_report.json`` records the difference and the tolerance, and a disagreement fails
 the merge. Work happens in ``<output>.partial-<pid>``, renamed into place only when
@@ -41,6 +43,7 @@ from qwenft_trainer.merge_checks import (
     read_adapter,
     read_base,
 )
+from qwenft_trainer.quantized import checkpoint_quantization, merge_problem
 
 DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -153,6 +156,9 @@ def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> Merge
     if not base_name:
         raise MergeError("the adapter's config names no base model: pass --base")
     base = read_base(str(base_name), revision=options.revision)
+    packed = merge_problem(checkpoint_quantization(base.config), name=str(base_name))
+    if packed:
+        raise MergeError(packed)
     check_compatible(adapter, base)
     method = detect_method(options, adapter)
     dtype = resolve_dtype(options.dtype, base)
