@@ -6,7 +6,8 @@ the trainer loads it with the checkpoint's own quantization (gptqmodel kernels w
 peft's GPTQ / AWQ LoRA layers, no bitsandbytes layer anywhere), training runs with a finite
 loss, the packed weights stay equal to the checkpoint's while the adapters move, the adapter
 reloads over the same base with the trained model's logits; the merge refuses the quantized
-base with the fix and merges (verified) into the un-quantized model; the validator accepts
+base with the fix and merges (verified) into the un-quantized model; the builtin server's
+engine serves the adapter over the GPTQ base (greedy answer = peft generate); the validator accepts
 ``--method qlora`` and refuses ``--method lora`` and a merge into the quantized base.
 
 Skipped, with the install command, where gptqmodel (which transformers needs to load GPTQ
@@ -154,24 +155,31 @@ def test_qlora_trains_over_the_checkpoints_own_quantization(
     assert effect > 0.1, f"the trained adapter should change the logits (max change {effect:.3g})"
 
 
-def test_merge_refuses_the_gptq_base_and_merges_into_the_unquantized_one(
-    bases: Callable[[str], tuple[Path, Path]],
-    data: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.fixture(scope="module")
+def gptq_adapter(
+    bases: Callable[[str], tuple[Path, Path]], data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, Path]:
+    """(un-quantized base, GPTQ base, adapter trained 2 steps over the GPTQ base)."""
     plain, quantized = bases("gptq")
-    out = tmp_path / "out"
+    where = tmp_path_factory.mktemp("gptq-run")
     config = write_config(
-        tmp_path / "qlora.yaml",
+        where / "qlora.yaml",
         quantized,
         data,
-        out,
+        where / "out",
         method="qlora",
         quantization={"compute_dtype": "bf16"},
         training={"max_steps": 2, "precision": "bf16"},
     )
-    assert InProcessRun(config).code == 0
+    run = InProcessRun(config)
+    assert run.code == 0, run.stderr[-3000:]
+    return plain, quantized, where / "out"
+
+
+def test_merge_refuses_the_gptq_base_and_merges_into_the_unquantized_one(
+    gptq_adapter: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain, _, out = gptq_adapter
     merged = tmp_path / "merged"
     # The adapter's own base is the GPTQ checkpoint: refused, naming the fix.
     assert qwenft(["merge", "--adapter", str(out), "--output", str(merged)]) == 1
@@ -187,6 +195,38 @@ def test_merge_refuses_the_gptq_base_and_merges_into_the_unquantized_one(
     assert report["max_abs_diff"] <= report["tolerance"]
     config_json = json.loads((merged / "config.json").read_text())
     assert "quantization_config" not in config_json
+
+
+def test_adapter_is_served_over_the_gptq_base(gptq_adapter: tuple[Path, Path, Path]) -> None:
+    """Unmerged serving: the builtin server's engine answers with base + adapter."""
+    from peft import PeftModel
+    from qwenft_trainer.generation import EngineConfig, SamplingParams, load_engine
+    from transformers import AutoModelForCausalLM
+
+    _, quantized, out = gptq_adapter
+    config = EngineConfig(
+        model=str(quantized),
+        served_model_name="tiny",
+        adapters={"tuned": str(out)},
+        device="cpu",
+        dtype="bf16",
+    )
+    engine = load_engine(config)
+    prompt = engine.encode([{"role": "user", "content": "What is the capital of France?"}])
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    answer = engine.generate("tuned", prompt, greedy)
+    assert answer.completion_tokens == 8 and answer.prompt_tokens == len(prompt)
+
+    base = AutoModelForCausalLM.from_pretrained(
+        quantized, dtype=torch.bfloat16, device_map={"": "cpu"}
+    )
+    direct = PeftModel.from_pretrained(base, out).eval()
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        tokens = direct.generate(input_ids=ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert answer.text == engine.tokenizer.decode(
+        tokens[0, len(prompt) :], skip_special_tokens=True
+    )
 
 
 def test_validator_accepts_qlora_and_refuses_lora_and_a_quantized_merge_target(
