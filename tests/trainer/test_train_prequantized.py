@@ -8,7 +8,8 @@ loss, the packed weights stay equal to the checkpoint's while the adapters move,
 reloads over the same base with the trained model's logits; the merge refuses the quantized
 base with the fix and merges (verified) into the un-quantized model; the builtin server's
 engine serves the adapter over the GPTQ base (greedy answer = peft generate); the validator accepts
-``--method qlora`` and refuses ``--method lora`` and a merge into the quantized base.
+``--method qlora`` and refuses ``--method lora`` and a merge into the quantized base; on a
+GPU (``gpu``-marked), the same training with gptqmodel's CUDA kernels in fp16.
 
 Skipped, with the install command, where gptqmodel (which transformers needs to load GPTQ
 and AWQ checkpoints) is not installed.
@@ -37,6 +38,10 @@ IDS = torch.tensor([[1, 5, 9, 42, 7, 100, 3]])
 PROJECTIONS = 7 * SPEC.num_hidden_layers
 LORA_LAYER = {"gptq": "GPTQLoraLinear", "awq": "AwqLoraLinear"}
 SUFFIX = {"gptq": "GPTQ-Int4", "awq": "AWQ"}
+# The trainer takes the GPU when there is one: fp16 there (AWQ's CUDA kernels have no bf16),
+# bf16 on the CPU (the Trainer's fp16 needs a GPU).
+PRECISION = "fp16" if torch.cuda.is_available() else "bf16"
+DTYPE = torch.float16 if PRECISION == "fp16" else torch.bfloat16
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +123,8 @@ def test_qlora_trains_over_the_checkpoints_own_quantization(
         data,
         out,
         method="qlora",
-        quantization={"compute_dtype": "bf16"},
-        training={"max_steps": 3, "precision": "bf16", "gradient_checkpointing": True},
+        quantization={"compute_dtype": PRECISION},
+        training={"max_steps": 3, "precision": PRECISION, "gradient_checkpointing": True},
     )
     run = InProcessRun(config)
     assert run.code == 0, run.stderr[-3000:]
@@ -140,16 +145,15 @@ def test_qlora_trains_over_the_checkpoints_own_quantization(
 
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(quantized)
-    base = AutoModelForCausalLM.from_pretrained(
-        quantized, dtype=torch.bfloat16, device_map={"": "cpu"}
-    )
+    device = next(model.parameters()).device
+    base = AutoModelForCausalLM.from_pretrained(quantized, dtype=DTYPE, device_map={"": device})
     reloaded = PeftModel.from_pretrained(base, out).eval()
     with torch.no_grad():
-        expected = model.eval()(input_ids=IDS).logits.float()
-        got = reloaded(input_ids=IDS).logits.float()
+        expected = model.eval()(input_ids=IDS.to(device)).logits.float()
+        got = reloaded(input_ids=IDS.to(device)).logits.float()
         with reloaded.disable_adapter():
-            without = reloaded(input_ids=IDS).logits.float()
-    # bf16 logits: one rounding step at |logit| < 4 is up to 1.6e-2.
+            without = reloaded(input_ids=IDS.to(device)).logits.float()
+    # bf16 logits: one rounding step at |logit| < 4 is up to 1.6e-2 (fp16: 2e-3).
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-2)
     effect = float((expected - without).abs().max())
     assert effect > 0.1, f"the trained adapter should change the logits (max change {effect:.3g})"
@@ -168,8 +172,8 @@ def gptq_adapter(
         data,
         where / "out",
         method="qlora",
-        quantization={"compute_dtype": "bf16"},
-        training={"max_steps": 2, "precision": "bf16"},
+        quantization={"compute_dtype": PRECISION},
+        training={"max_steps": 2, "precision": PRECISION},
     )
     run = InProcessRun(config)
     assert run.code == 0, run.stderr[-3000:]
@@ -244,3 +248,28 @@ def test_validator_accepts_qlora_and_refuses_lora_and_a_quantized_merge_target(
     assert code == 1 and "set method: qlora" in message
     code, message = validate("--method", "qlora", "--merge-into", str(quantized))
     assert code == 1 and "can't be merged into packed GPTQ weights" in message
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_qlora_over_a_prequantized_base_on_cuda(
+    bases: Callable[[str], tuple[Path, Path]], data: Path, method: str, tmp_path: Path
+) -> None:
+    """gptqmodel's trainable CUDA / Triton kernels: packed weights on the GPU, fp16."""
+    _, quantized = bases(method)
+    config = write_config(
+        tmp_path / "qlora.yaml",
+        quantized,
+        data,
+        tmp_path / "out",
+        method="qlora",
+        quantization={"compute_dtype": "fp16"},
+        training={"max_steps": 4, "precision": "fp16", "gradient_checkpointing": True},
+    )
+    run = InProcessRun(config)
+    assert run.code == 0, run.stderr[-3000:]
+    packed = packed_weights(run.model)
+    assert len(packed) == PROJECTIONS and all(w.is_cuda for w in packed.values())
+    assert [type(m).__name__ for m in run.model.modules()].count(LORA_LAYER[method]) == PROJECTIONS
+    losses = run.losses()
+    assert len(losses) == 4 and all(0 < loss < 20 for loss in losses)
