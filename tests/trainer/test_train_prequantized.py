@@ -17,6 +17,7 @@ and AWQ checkpoints) is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -73,14 +74,15 @@ def quantize(plain: Path, method: str, out: Path) -> Path:
 
     settings = {"bits": 4, "group_size": GROUP_SIZE, "offload_to_disk": False}
     config = AWQConfig(**settings) if method == "awq" else QuantizeConfig(**settings)
-    model = GPTQModel.load(str(plain), config, device="cpu")
     generator = torch.Generator().manual_seed(0)
     calibration = [
         {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         for ids in torch.randint(3, SPEC.vocab_size, (8, 1, 64), generator=generator)
     ]
-    model.quantize(calibration, batch_size=1)
-    model.save(str(out))
+    with contextlib.chdir(out.parent):  # gptqmodel writes its quantization logs to ./logs
+        model = GPTQModel.load(str(plain), config, device="cpu")
+        model.quantize(calibration, batch_size=1)
+        model.save(str(out))
     declared = json.loads((out / "config.json").read_text())["quantization_config"]
     assert declared["quant_method"] == method and declared["bits"] == 4
     return out
