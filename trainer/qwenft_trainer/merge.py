@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenft_trainer.base_checks import BaseConfigError, read_base_config
 from qwenft_trainer.merge_checks import (
     AdapterInfo,
     BaseInfo,
@@ -148,6 +149,21 @@ def _load_model(path: Path | str, dtype: str) -> Any:
     ).eval()
 
 
+def refuse_quantized_base(base: str, *, revision: str | None) -> None:
+    """Raise when ``base`` is a GPTQ / AWQ (or other quantized) checkpoint.
+
+    Only its config.json is read, so a quantized hub base is refused before its weights
+    download; one that can't be read is left to :func:`read_base`, which says why.
+    """
+    try:
+        config = read_base_config(base, **({"revision": revision} if revision else {}))
+    except BaseConfigError:
+        return
+    packed = merge_problem(checkpoint_quantization(config), name=base)
+    if packed:
+        raise MergeError(packed)
+
+
 def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> MergeReport:
     """Merge, verify and write; raises :class:`MergeError` and leaves no output on failure."""
     started = time.monotonic()
@@ -155,10 +171,8 @@ def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> Merge
     base_name = options.base or adapter.config.get("base_model_name_or_path")
     if not base_name:
         raise MergeError("the adapter's config names no base model: pass --base")
+    refuse_quantized_base(str(base_name), revision=options.revision)
     base = read_base(str(base_name), revision=options.revision)
-    packed = merge_problem(checkpoint_quantization(base.config), name=str(base_name))
-    if packed:
-        raise MergeError(packed)
     check_compatible(adapter, base)
     method = detect_method(options, adapter)
     dtype = resolve_dtype(options.dtype, base)
