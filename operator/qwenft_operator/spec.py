@@ -173,13 +173,16 @@ class QwenFineTuneSpec(SpecObject):
     model: ModelSpec = immutable("The base model to fine-tune.", "model")
     dataset: DatasetSpec = immutable("The training data.", "dataset")
     method: Method = immutable(
-        "lora (adapter over a bf16 base), qlora (adapter over a 4-bit base) or full.",
+        "lora (adapter over a bf16 base), qlora (adapter over a 4-bit base: bitsandbytes, or "
+        "a GPTQ / AWQ checkpoint's own quantization) or full.",
         "method",
         default="lora",
     )
     lora: LoraSettings = _section("LoRA adapter shape (methods lora and qlora).", LoraSettings)
     quantization: QuantizationSettings | None = Field(
-        default=None, description="4-bit quantization of the base; required for method qlora."
+        default=None,
+        description="4-bit quantization of the base; required for method qlora (on a GPTQ / "
+        "AWQ base only computeDtype applies).",
     )
     training: TrainingSettings = _section(
         "Optimisation: epochs or steps, batch, learning rate, sequence length, precision.",

@@ -176,6 +176,16 @@ class MergeSpec(SpecObject):
     dtype: Precision = Field(
         default="bf16", description="Dtype of the merged weights (Q-LoRA merges into this)."
     )
+    base: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Un-quantized model to merge into, needed when spec.model is a GPTQ or AWQ "
+        "checkpoint (an adapter can't be merged into packed weights): a hub id such as "
+        "'Qwen/Qwen2.5-7B-Instruct' for 'Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4', or a directory "
+        "the merge pod sees (e.g. /models/<dir> on the model claim). Default: spec.model; the "
+        "validation Job refuses a quantized merge target.",
+    )
     resources: ContainerResources | None = Field(
         default=None, description="CPU and memory of the merge pod (it needs no GPU)."
     )

@@ -330,8 +330,36 @@ def test_validation_job_runs_the_validator() -> None:
         "qwenft", "data", "validate", "/data/train.jsonl",
         "--model", "Qwen/Qwen2.5-7B-Instruct", "--max-seq-length", "2048",
         "--format", "auto", "--thinking", "empty-in-prompt", "--json", "--revision", "main",
+        "--method", "lora", "--merge-into", "Qwen/Qwen2.5-7B-Instruct",
     ]  # fmt: skip
     assert {v["name"] for v in pod["volumes"]} == {"tmp", "data"}
+
+
+def gptq_run(**merge_spec: Any) -> Run:
+    """The Q-LoRA example on Qwen's GPTQ-Int4 release of its base."""
+    path = EXAMPLES / "qlora-multinode-zero2.yaml"
+    manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
+    manifest["metadata"].update(namespace="ml", uid="0c2f4a1e-run-uid", generation=1)
+    manifest["spec"]["model"]["hub"]["id"] = "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4"
+    manifest["spec"].setdefault("merge", {}).update(merge_spec)
+    return Run.from_body(manifest, OperatorSettings())
+
+
+def test_validator_checks_the_merge_target_only_when_the_run_merges() -> None:
+    """A GPTQ base merges into spec.merge.base; the validator refuses a quantized target."""
+    args = validation.build_validation_args
+    assert args(gptq_run())[-4:] == [
+        "--method", "qlora", "--merge-into", "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4",
+    ]  # fmt: skip
+    into_bf16 = gptq_run(base="Qwen/Qwen2.5-72B-Instruct")
+    assert args(into_bf16)[-2:] == ["--merge-into", "Qwen/Qwen2.5-72B-Instruct"]
+    pod = merge.build_merge_job(into_bf16)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"][2:4] == ["--base", "Qwen/Qwen2.5-72B-Instruct"]
+    # Serving the adapter unmerged: nothing is merged, so no merge target is checked.
+    unmerged = gptq_run(enabled=False)
+    assert not serving.needs_merge(unmerged)
+    assert args(unmerged)[-2:] == ["--method", "qlora"]
+    assert "--merge-into" not in args(load_run("full-finetune"))
 
 
 def test_url_dataset_is_fetched_by_an_init_container() -> None:

@@ -5,7 +5,7 @@ sample, matching the tokenizer); truncation share at a small max_seq_length and 
 dialogue left without a trained token; every bad-record case reported with file:line and
 the problem while the good records are still counted; a control token written inside a
 message; the text report; the CLI through the ``qwenft`` dispatcher with exit status 0 on a
-clean file, 1 on bad records, 2 on a tokenizer that can't load; ``--json`` output with
+clean file, 1 on bad records, 2 on a model that can't load; ``--json`` output with
 ``ok`` and ``message``; ``--format`` forcing a format; a dataset truncation leaves with nothing
 to train on fails with the max_seq_length that fixes it; the CLI's verdict on deep nesting,
 lone surrogates and non-UTF-8 bytes (JSONL and JSON arrays) names the line; a UTF-8
@@ -123,7 +123,7 @@ def test_cli_model_that_cannot_load(tmp_path: Path, capsys: pytest.CaptureFixtur
     args = ["data", "validate", str(DATA / "mixed.jsonl"), "--model", str(tmp_path), "--json"]
     assert qwenft(args) == 2
     out = json.loads(capsys.readouterr().out)
-    assert out["ok"] is False and "can't load the tokenizer" in out["message"]
+    assert out["ok"] is False and "can't read the config.json of" in out["message"]
 
 
 def test_cli_revision_reaches_the_tokenizer_loader(

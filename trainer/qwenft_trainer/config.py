@@ -112,9 +112,20 @@ class LoraSettings(_Section):
 
 
 class QuantizationSettings(_Section):
-    quant_type: QuantType = Field(default="nf4", description="4-bit data type.")
-    double_quant: bool = Field(default=True, description="Quantize the quantization constants.")
-    compute_dtype: Precision = Field(default="bf16", description="Dtype of the 4-bit matmuls.")
+    quant_type: QuantType = Field(
+        default="nf4",
+        description="4-bit data type (bitsandbytes; a GPTQ / AWQ base keeps its own).",
+    )
+    double_quant: bool = Field(
+        default=True,
+        description="Quantize the quantization constants (bitsandbytes; a GPTQ / AWQ base "
+        "keeps its own).",
+    )
+    compute_dtype: Precision = Field(
+        default="bf16",
+        description="Dtype of the 4-bit matmuls; for a GPTQ / AWQ base, of its kernels (fp16 "
+        "is their fastest).",
+    )
 
 
 class TrainingSettings(_Section):
@@ -183,7 +194,12 @@ class TrainConfig(_Section):
 
     model: ModelSource
     data: DataSettings
-    method: Method = Field(default="lora", description="lora, qlora (4-bit base) or full.")
+    method: Method = Field(
+        default="lora",
+        description="lora, qlora (4-bit base) or full. On a GPTQ / AWQ checkpoint (e.g. "
+        "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4) qlora trains over its own quantization; lora and "
+        "full are refused there.",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings | None = Field(
         default=None, description="Required for method 'qlora'."

@@ -3,7 +3,9 @@
 The merged directory loads with plain ``from_pretrained`` (and in vLLM or TGI) without
 peft: safetensors weights (sharded with an index above ``--max-shard-size``), the
 tokenizer, its chat template and the generation config. Q-LoRA adapters are merged into
-the un-quantized base, never into 4-bit weights. Before the output appears, the merge
+the un-quantized base, never into 4-bit weights; one trained over a GPTQ / AWQ checkpoint
+is merged into the un-quantized release it was made from (``--base``), and a quantized
+``--base`` is refused. Before the output appears, the merge
 reloads what it wrote and compares its logits with base + adapter on a probe batch;
 ``merge_report.json`` records the difference and the tolerance, and a disagreement fails
 the merge. Work happens in ``<output>.partial-<pid>``, renamed into place only when
@@ -29,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenft_trainer.base_checks import BaseConfigError, read_base_config
 from qwenft_trainer.merge_checks import (
     AdapterInfo,
     BaseInfo,
@@ -41,6 +44,7 @@ from qwenft_trainer.merge_checks import (
     read_adapter,
     read_base,
 )
+from qwenft_trainer.quantized import checkpoint_quantization, merge_problem
 
 DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -145,6 +149,21 @@ def _load_model(path: Path | str, dtype: str) -> Any:
     ).eval()
 
 
+def refuse_quantized_base(base: str, *, revision: str | None) -> None:
+    """Raise when ``base`` is a GPTQ / AWQ (or other quantized) checkpoint.
+
+    Only its config.json is read, so a quantized hub base is refused before its weights
+    download; one that can't be read is left to :func:`read_base`, which says why.
+    """
+    try:
+        config = read_base_config(base, **({"revision": revision} if revision else {}))
+    except BaseConfigError:
+        return
+    packed = merge_problem(checkpoint_quantization(config), name=base)
+    if packed:
+        raise MergeError(packed)
+
+
 def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> MergeReport:
     """Merge, verify and write; raises :class:`MergeError` and leaves no output on failure."""
     started = time.monotonic()
@@ -152,6 +171,7 @@ def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> Merge
     base_name = options.base or adapter.config.get("base_model_name_or_path")
     if not base_name:
         raise MergeError("the adapter's config names no base model: pass --base")
+    refuse_quantized_base(str(base_name), revision=options.revision)
     base = read_base(str(base_name), revision=options.revision)
     check_compatible(adapter, base)
     method = detect_method(options, adapter)

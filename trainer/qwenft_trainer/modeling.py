@@ -22,6 +22,11 @@ from qwenft_trainer.config import (
     QuantizationSettings,
     TrainConfig,
 )
+from qwenft_trainer.quantized import (
+    CheckpointQuantization,
+    build_checkpoint_loading_config,
+    method_problems,
+)
 from qwenft_trainer.router_loss import keep_router_aux_loss
 
 if TYPE_CHECKING:
@@ -86,14 +91,29 @@ def build_lora_config(config: TrainConfig, model: PreTrainedModel) -> LoraConfig
     )
 
 
-def build_load_kwargs(config: TrainConfig, *, device: str | None) -> dict[str, Any]:
+def build_load_kwargs(
+    config: TrainConfig,
+    *,
+    device: str | None,
+    prequantized: CheckpointQuantization | None = None,
+) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for the method and precision.
 
     LoRA and Q-LoRA load the frozen base in the training precision (half the memory of
     fp32); a full fine-tune loads fp32 master weights and trains under autocast (DeepSpeed
     casts to its own precision itself). A 4-bit base is quantized while loading, on the
-    device of this rank, so ``device`` is required for Q-LoRA.
+    device of this rank, so ``device`` is required for Q-LoRA. ``prequantized`` is what
+    the checkpoint's own ``config.json`` declares (GPTQ, AWQ): Q-LoRA then loads those
+    weights with kernels that support training instead of quantizing with bitsandbytes.
     """
+    problems = method_problems(
+        prequantized,
+        name=config.model.name_or_path,
+        method=config.method,
+        quantization=config.quantization,
+    )
+    if problems:
+        raise ValueError("; ".join(problems))
     kwargs = source_kwargs(config.model)
     kwargs["attn_implementation"] = "sdpa"
     if config.method == "full":
@@ -102,10 +122,13 @@ def build_load_kwargs(config: TrainConfig, *, device: str | None) -> dict[str, A
         kwargs["dtype"] = torch_dtype(config.training.precision)
     if config.method == "qlora":
         assert config.quantization is not None  # set by TrainConfig's validator
-        kwargs["quantization_config"] = build_quantization_config(config.quantization)
+        if prequantized is not None:
+            kwargs["quantization_config"] = build_checkpoint_loading_config(prequantized)
+        else:
+            kwargs["quantization_config"] = build_quantization_config(config.quantization)
         kwargs["dtype"] = torch_dtype(config.quantization.compute_dtype)
         if device is None:
-            raise ValueError("method 'qlora' loads the 4-bit base onto a device; pass device")
+            raise ValueError("method 'qlora' loads the quantized base onto a device; pass device")
         kwargs["device_map"] = {"": device}
     return kwargs
 
@@ -127,7 +150,12 @@ def load_model(config: TrainConfig, *, device: str | None = None) -> PreTrainedM
     """The base model as the method needs it (4-bit for Q-LoRA)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = build_load_kwargs(config, device=device)
+    from qwenft_trainer.base_checks import config_kwargs, read_base_config
+    from qwenft_trainer.quantized import checkpoint_quantization
+
+    base_config = read_base_config(config.model.name_or_path, **config_kwargs(config.model))
+    prequantized = checkpoint_quantization(base_config)
+    kwargs = build_load_kwargs(config, device=device, prequantized=prequantized)
     shown = {k: v for k, v in kwargs.items() if k != "token"}
     log.info("loading %s (%s)", config.model.name_or_path, shown)
     return AutoModelForCausalLM.from_pretrained(config.model.name_or_path, **kwargs)

@@ -105,6 +105,27 @@ def check_dataset(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> st
     return None
 
 
+def check_base_model(config: TrainConfig) -> str | None:
+    """Why the base model can't be trained with this config (read from its config.json).
+
+    A config.json that can't be read now (a hub outage) is left to the model load, which
+    fails with its own error and is retried; only a refusal is final.
+    """
+    from qwenft_trainer.base_checks import BaseConfigError, base_model_problems, config_kwargs
+
+    try:
+        problems = base_model_problems(
+            config.model.name_or_path,
+            method=config.method,
+            quantization=config.quantization,
+            **config_kwargs(config.model),
+        )
+    except BaseConfigError as err:
+        log.warning("%s", err)
+        return None
+    return "; ".join(problems) or None
+
+
 def build_datasets(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]] | None]:
@@ -179,6 +200,9 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     except ConfigError as err:
         return fail(None, "InvalidConfig", str(err))
 
+    refusal = check_base_model(config)
+    if refusal:
+        return fail(config, "InvalidConfig", refusal)
     from qwenft_trainer.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(config.model)

@@ -12,6 +12,11 @@ problem. A dataset that truncation would leave with nothing to train on fails, n
     qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct --max-seq-length 2048
     qwenft data validate data.json --model /models/qwen --format sharegpt --json
     qwenft data validate reasoning.jsonl --model Qwen/Qwen3-8B --thinking empty-in-prompt
+    qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4 --method qlora \
+        --merge-into Qwen/Qwen2.5-7B-Instruct
+
+The model's ``config.json`` is checked first (:mod:`qwenft_trainer.base_checks`): a Qwen1
+checkpoint, or a method or merge its quantization rules out, fails here too.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
-from qwenft_trainer.config import DataFormat, ThinkingPolicy, TrainingSettings
+from qwenft_trainer.config import DataFormat, Method, ThinkingPolicy, TrainingSettings
 from qwenft_trainer.data import IGNORE_INDEX, TemplateError, tokenize_dialogue
 from qwenft_trainer.formats import Conversation, RecordProblem, read_conversations
 from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateKind, describe, probe_template
@@ -258,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--revision",
         help="hub branch, tag or commit of --model (the one training will use; default: main)",
     )
+    parser.add_argument(
+        "--method",
+        choices=get_args(Method),
+        help="training method; checked against the model's quantization (default: not checked)",
+    )
+    parser.add_argument(
+        "--merge-into",
+        metavar="MODEL",
+        help="model the adapter will be merged into after training; refused when quantized",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom tokenizer code"
@@ -265,9 +280,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse(args: argparse.Namespace, message: str) -> None:
+    if args.json:
+        print(json.dumps({"ok": False, "message": message}))
+    else:
+        print(f"qwenft data validate: {message}", file=sys.stderr)
+
+
+def check_model(args: argparse.Namespace) -> int | None:
+    """The exit status when ``--model`` can't be trained as asked (1) or read (2), else None."""
+    from qwenft_trainer.base_checks import BaseConfigError, base_model_problems
+
+    pinned = {"revision": args.revision} if args.revision else {}
+    try:
+        problems = base_model_problems(
+            args.model, method=args.method, merge_into=args.merge_into, **pinned
+        )
+    except BaseConfigError as err:
+        _refuse(args, str(err))
+        return 2
+    if problems:
+        _refuse(args, "; ".join(problems))
+        return 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    refused = check_model(args)
+    if refused is not None:
+        return refused
     try:
         from transformers import AutoTokenizer
 

@@ -2,7 +2,8 @@
 
 It runs on a CPU-only pod by default (the merge loads the base in the merge dtype with
 low memory use) and writes ``<output>/merged`` next to the adapter; Q-LoRA adapters are
-merged into the un-quantized base.
+merged into the un-quantized base (``spec.merge.base`` when the model is a GPTQ or AWQ
+checkpoint).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from qwenft_operator.runs import Run
 MERGE_FAILURE_EXIT_CODES = [1, 2]
 
 
+def merge_base(run: Run) -> str:
+    """The model the adapter is merged into: ``spec.merge.base``, else the trained base."""
+    return run.spec.merge.base or paths.model_location(run)
+
+
 def build_merge_args(run: Run) -> list[str]:
     """The merge command line; a hub base is read at the revision the run trained on."""
     spec = run.spec
     args = [
         "qwenft", "merge",
-        "--base", paths.model_location(run),
+        "--base", merge_base(run),
         "--adapter", paths.adapter_dir(run),
         "--output", paths.merged_dir(run),
         "--dtype", spec.merge.dtype,

@@ -1,14 +1,16 @@
 """The dataset validation Job: the trainer's ``qwenft data validate`` on a CPU-only pod.
 
 It runs before any GPU is requested, so a malformed dataset fails in seconds with the
-validator's report instead of after a training pod was scheduled.
+validator's report instead of after a training pod was scheduled. It also checks the model's
+``config.json`` against the method and, when the run merges, the merge target: a Qwen1
+checkpoint, ``method: lora`` on a GPTQ base or a merge into packed weights fail here too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from qwenft_operator.builders import fetch, jobs, paths, pods
+from qwenft_operator.builders import fetch, jobs, merge, paths, pods, serving
 from qwenft_operator.runs import Run
 
 # `qwenft data validate` exits 1 when the data is invalid: retrying can't help. (It exits 2
@@ -34,6 +36,9 @@ def build_validation_args(run: Run) -> list[str]:
         args += ["--revision", hub.revision]  # the tokenizer training will load
     if spec.model.trust_remote_code:
         args.append("--trust-remote-code")
+    args += ["--method", spec.method]
+    if serving.needs_merge(run):
+        args += ["--merge-into", merge.merge_base(run)]
     return args
 
 
