@@ -335,13 +335,14 @@ def test_validation_job_runs_the_validator() -> None:
     assert {v["name"] for v in pod["volumes"]} == {"tmp", "data"}
 
 
-def gptq_run(**merge_spec: Any) -> Run:
+def gptq_run(*, lora: dict[str, Any] | None = None, **merge_spec: Any) -> Run:
     """The Q-LoRA example on Qwen's GPTQ-Int4 release of its base."""
     path = EXAMPLES / "qlora-multinode-zero2.yaml"
     manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
     manifest["metadata"].update(namespace="ml", uid="0c2f4a1e-run-uid", generation=1)
     manifest["spec"]["model"]["hub"]["id"] = "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4"
     manifest["spec"].setdefault("merge", {}).update(merge_spec)
+    manifest["spec"].setdefault("lora", {}).update(lora or {})
     return Run.from_body(manifest, OperatorSettings())
 
 
@@ -355,8 +356,9 @@ def test_validator_checks_the_merge_target_only_when_the_run_merges() -> None:
     assert args(into_bf16)[-2:] == ["--merge-into", "Qwen/Qwen2.5-72B-Instruct"]
     pod = merge.build_merge_job(into_bf16)["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"][2:4] == ["--base", "Qwen/Qwen2.5-72B-Instruct"]
-    # Serving the adapter unmerged: nothing is merged, so no merge target is checked.
-    unmerged = gptq_run(enabled=False)
+    # Serving the adapter unmerged (no expert tensors, so vLLM can load it as a LoRA):
+    # nothing is merged, so no merge target is checked.
+    unmerged = gptq_run(enabled=False, lora={"targetParameters": []})
     assert not serving.needs_merge(unmerged)
     assert args(unmerged)[-2:] == ["--method", "qlora"]
     assert "--merge-into" not in args(load_run("full-finetune"))
