@@ -37,7 +37,7 @@ from qwenft_trainer.data import (
 )
 from qwenft_trainer.formats import read_conversations
 from qwenft_trainer.thinking import probe_template
-from qwenft_trainer.tiny import IM_END, build_tokenizer, chat_template
+from qwenft_trainer.tiny import IM_END, TinyModelSpec, build_tiny_qwen, chat_template
 from qwenft_trainer.validate import validate_dataset
 
 TEMPLATES = ["qwen2_5", "qwen3", "qwen3_instruct_2507", "qwen3_5_think", "qwen3_5_nothink"]
@@ -78,9 +78,8 @@ def template_text(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-qwen3-tokenizer")
-    build_tokenizer(path, arch="qwen3")
-    return path
+    """A whole tiny Qwen3 checkpoint: the validator reads its config.json too."""
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen3"), TinyModelSpec(arch="qwen3"))
 
 
 @pytest.fixture()
@@ -437,7 +436,6 @@ def test_tokenize_all_counts_and_logs_the_per_reply_samples(
 @pytest.mark.slow
 def test_tiny_qwen3_trains_on_multi_turn_reasoning(tmp_path: Path) -> None:
     """The trainer runs end to end on reasoning data with the real Qwen3 template."""
-    from qwenft_trainer.tiny import TinyModelSpec, build_tiny_qwen
     from qwenft_trainer.train import main
     from trainrun import write_config
 
