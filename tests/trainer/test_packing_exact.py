@@ -21,6 +21,8 @@ moves the numbers far beyond rounding), fp32 on the CPU:
   and reason reach summary.json, the log and the train_start line; qwen3_next packed with
   the rules and the probe fooled shows how far a leak moves that step (loss 7e-4 relative,
   grad norm 1e-2);
+- ``qwenft data validate`` names each architecture and the packing mode it will get, says
+  unknown (and why) when the model's config can't be read, and off with --no-packing;
 - GPU (skipped here): with flash-linear-attention on CUDA, the linear-attention
   architectures pack flattened, and whatever the probe decides, a packed mode is exact.
 """
@@ -279,6 +281,62 @@ def test_the_probe_turns_packing_off_when_the_rules_are_wrong(
     assert decision.mode == "off"
     assert decision.reason.startswith(f"start-up probe: {mode} packing {what}")
     assert "leak" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("arch", "architecture", "mode"),
+    [
+        ("qwen2", "qwen2 (Qwen2ForCausalLM)", "padded_rows"),
+        ("qwen3_moe", "qwen3_moe (Qwen3MoeForCausalLM)", "padded_rows"),
+        ("qwen3_next", "qwen3_next (Qwen3NextForCausalLM)", "off"),
+        ("qwen3_5", "qwen3_5 (Qwen3_5ForConditionalGeneration)", "off"),
+    ],
+)
+def test_the_validator_names_the_architecture_and_its_packing(
+    arch: str,
+    architecture: str,
+    mode: str,
+    tiny_arch_dir: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from qwenft_operator.cli import main as qwenft
+
+    args = ["data", "validate", str(DATA_DIR / "mixed.jsonl"), "--model", str(tiny_arch_dir(arch))]
+    capsys.readouterr()  # what building the model printed
+    assert qwenft([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["architecture"], report["packing"]) == (architecture, mode)
+    if mode == "off":  # no CUDA for flash-linear-attention on the validating machine
+        assert "linear attention (Gated DeltaNet)" in report["packing_reason"]
+    assert qwenft(args) == 0
+    text = capsys.readouterr().out
+    assert f"  architecture     {architecture}\n" in text
+    assert f"  packing          {mode} ({report['packing_reason']})\n" in text
+    assert qwenft([*args, "--no-packing", "--json"]) == 0
+    unpacked = json.loads(capsys.readouterr().out)
+    assert (unpacked["packing"], unpacked["packing_reason"]) == ("off", "training.packing is false")
+
+
+def test_the_validator_says_unknown_when_the_model_config_cannot_be_read(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from qwenft_operator.cli import main as qwenft
+
+    tokenizer_only = tmp_path / "tokenizer-only"
+    tokenizer_only.mkdir()
+    for file in tiny_model_dir.iterdir():
+        if file.name.startswith(("tokenizer", "chat_template")):
+            shutil.copy(file, tokenizer_only / file.name)
+    assert not (tokenizer_only / "config.json").exists()
+    args = ["data", "validate", str(DATA_DIR / "mixed.jsonl"), "--model", str(tokenizer_only)]
+    capsys.readouterr()
+    assert qwenft([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    assert (report["architecture"], report["packing"]) == ("unknown", "unknown")
+    assert report["packing_reason"].startswith("can't read the model config of")
 
 
 def one_step(model_dir: Path, data: Path, root: Path, *, packing: bool) -> InProcessRun:

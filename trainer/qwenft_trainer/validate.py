@@ -4,8 +4,10 @@ A bad record found after the model loaded wastes a GPU allocation; one found aft
 of training wastes the run. This command (and :func:`validate_dataset`, which training
 calls first) reads every record, tokenizes it with the model's own chat template, and
 reports sizes, the share of tokens that carry loss, truncation, and each bad record with
-its line and the problem. The operator's validation Job runs it with ``--json`` and puts
-the one-line ``message`` in the run's status.
+its line and the problem. It also reads the model's config to name its architecture and
+the packing mode training will use (or ``unknown`` when the config can't be read). The
+operator's validation Job runs it with ``--json`` and puts the one-line ``message`` in the
+run's status.
 
     qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct --max-seq-length 2048
     qwenft data validate data.json --model /models/qwen --format sharegpt --json
@@ -18,7 +20,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -54,6 +56,13 @@ class ValidationReport(BaseModel):
     longest_sample_source: str | None = None
     problems: list[RecordProblem] = Field(default_factory=list)
     warnings: list[RecordProblem] = Field(default_factory=list)
+    architecture: str = Field(
+        "unknown", description="model_type (and class) of the model; unknown if unreadable."
+    )
+    packing: str = Field(
+        "unknown", description="Packing mode training will use, before its start-up probe."
+    )
+    packing_reason: str = Field("", description="Why that packing mode.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -89,6 +98,9 @@ class ValidationReport(BaseModel):
             f"({self.truncated_samples:,} samples longer than {self.max_seq_length} tokens)",
             f"  longest sample   {self.longest_sample_tokens:>10,}  tokens"
             + (f" ({self.longest_sample_source})" if self.longest_sample_source else ""),
+            f"  architecture     {self.architecture}",
+            f"  packing          {self.packing}"
+            + (f" ({self.packing_reason})" if self.packing_reason else ""),
         ]
         for title, items in (("problems", self.problems), ("warnings", self.warnings)):
             if items:
@@ -161,6 +173,38 @@ def validate_dataset(
     return report
 
 
+def describe_model(name_or_path: str, *, packing: bool = True, **source: Any) -> dict[str, str]:
+    """Architecture and packing plan of a model from its config (``unknown`` if unreadable).
+
+    ``source`` are the ``from_pretrained`` keyword arguments of the model (revision,
+    trust_remote_code). The packing plan is the rules' decision for a CUDA run with the
+    kernels installed here, loading with sdpa as training does; the run's start-up probe
+    can still turn it off.
+    """
+    from transformers import AutoConfig
+
+    from qwenft_trainer.packing_mode import decide_packing, linear_attention_available
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **source)
+    except (OSError, ValueError, KeyError) as err:
+        reason = f"can't read the model config of {name_or_path}: {err}".splitlines()[0]
+        return {"architecture": "unknown", "packing": "unknown", "packing_reason": reason}
+    classes = getattr(config, "architectures", None) or []
+    architecture = str(config.model_type) + (f" ({', '.join(classes)})" if classes else "")
+    decision = decide_packing(
+        config,
+        requested=packing,
+        attn_implementation="sdpa",
+        linear_kernel_problem=linear_attention_available(cuda=True),
+    )
+    return {
+        "architecture": architecture,
+        "packing": decision.mode,
+        "packing_reason": decision.reason,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwenft data validate",
@@ -185,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--revision",
         help="hub branch, tag or commit of --model (the one training will use; default: main)",
+    )
+    parser.add_argument(
+        "--no-packing",
+        action="store_true",
+        help="the run sets training.packing: false (for the packing line of the report)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
@@ -211,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qwenft data validate: {message}", file=sys.stderr)
         return 2
     report = validate_dataset(args.file, tokenizer, args.max_seq_length, args.format)
+    facts = describe_model(
+        args.model,
+        packing=not args.no_packing,
+        trust_remote_code=args.trust_remote_code,
+        **pinned,
+    )
+    report = report.model_copy(update=facts)
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
