@@ -21,6 +21,8 @@ moves the numbers far beyond rounding), fp32 on the CPU:
   and reason reach summary.json, the log and the train_start line; qwen3_next packed with
   the rules and the probe fooled shows how far a leak moves that step (loss 7e-4 relative,
   grad norm 1e-2);
+- under ZeRO-3 (weights partitioned, no probe) attention-only models pack unprobed and
+  linear-attention ones train unpacked;
 - ``qwenft data validate`` names each architecture and the packing mode it will get, says
   unknown (and why) when the model's config can't be read, and off with --no-packing;
 - GPU (skipped here): with flash-linear-attention on CUDA, the linear-attention
@@ -337,6 +339,28 @@ def test_the_validator_says_unknown_when_the_model_config_cannot_be_read(
     assert report["ok"] is True
     assert (report["architecture"], report["packing"]) == ("unknown", "unknown")
     assert report["packing_reason"].startswith("can't read the model config of")
+
+
+@pytest.mark.parametrize(("arch", "mode"), [("qwen2", "padded_rows"), ("qwen3_next", "off")])
+def test_under_zero3_linear_attention_is_not_packed_unprobed(
+    arch: str, mode: str, tiny_arch_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZeRO-3 shards the weights before the probe could run (DeepSpeed marks them ds_numel)."""
+    model = load(tiny_arch_dir(arch))
+    for param in model.parameters():
+        param.ds_numel = param.numel()  # type: ignore[attr-defined]
+    monkeypatch.setattr(packing_mode, "linear_attention_available", lambda cuda: None)
+
+    def no_probe(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the probe can't run on partitioned weights")
+
+    monkeypatch.setattr(packing_mode, "probe_packing", no_probe)
+    decision = configure_model_for_packing(model, requested=True, pad_token_id=0)
+    assert decision.mode == mode
+    if mode == "off":
+        assert "ZeRO-3 partitions the weights before the start-up probe" in decision.reason
+    else:
+        assert decision.reason.endswith("start-up probe skipped (ZeRO-3)")
 
 
 def one_step(model_dir: Path, data: Path, root: Path, *, packing: bool) -> InProcessRun:
