@@ -118,7 +118,7 @@ def test_the_rules_pack_attention_and_name_why_linear_attention_is_not(
         config,
         requested=True,
         attn_implementation="sdpa",
-        linear_kernel_problem=packing_mode.linear_attention_available(cuda=False),
+        linear_kernel_problem=packing_mode.linear_kernel_problem_here(cuda=False),
     )
     assert decision.mode == MODE_ON_CPU[arch]
     if arch in LINEAR_ATTENTION_ARCHS:
@@ -273,7 +273,7 @@ def test_the_probe_turns_packing_off_when_the_rules_are_wrong(
         kinds = packing_mode.ATTENTION_LAYER_TYPES | {"linear_attention"}
         monkeypatch.setattr(packing_mode, "ATTENTION_LAYER_TYPES", kinds)
     else:  # rules that believe flash-linear-attention is here
-        monkeypatch.setattr(packing_mode, "linear_attention_available", lambda cuda: None)
+        monkeypatch.setattr(packing_mode, "linear_kernel_problem_here", lambda cuda: None)
     config = model.config
     fooled_rules = decide_packing(
         config, requested=True, attn_implementation="sdpa", linear_kernel_problem=None
@@ -349,7 +349,7 @@ def test_under_zero3_linear_attention_is_not_packed_unprobed(
     model = load(tiny_arch_dir(arch))
     for param in model.parameters():
         param.ds_numel = param.numel()  # type: ignore[attr-defined]
-    monkeypatch.setattr(packing_mode, "linear_attention_available", lambda cuda: None)
+    monkeypatch.setattr(packing_mode, "linear_kernel_problem_here", lambda cuda: None)
 
     def no_probe(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the probe can't run on partitioned weights")
@@ -457,7 +457,7 @@ def test_linear_attention_packs_flattened_and_exactly_on_cuda(
     path = tiny_arch_dir(arch)
     tokenizer, samples = tokenized(path)
     model = load(path).to("cuda")
-    assert packing_mode.linear_attention_available(cuda=True) is None
+    assert packing_mode.linear_kernel_problem_here(cuda=True) is None
     rules = decide_packing(
         model.config, requested=True, attn_implementation="sdpa", linear_kernel_problem=None
     )

@@ -104,7 +104,7 @@ def layer_types(config: Any) -> list[str]:
     return []
 
 
-def linear_attention_available(*, cuda: bool) -> str | None:
+def linear_kernel_problem_here(*, cuda: bool) -> str | None:
     """Why linear-attention layers can't run a flattened batch per segment here, or None."""
     if not cuda:
         return "flash-linear-attention, which keeps them apart, needs a CUDA device"
@@ -265,7 +265,7 @@ def configure_model_for_packing(
         model.config,
         requested=requested,
         attn_implementation=getattr(model.config, "_attn_implementation", None),
-        linear_kernel_problem=linear_attention_available(cuda=current.type == "cuda"),
+        linear_kernel_problem=linear_kernel_problem_here(cuda=current.type == "cuda"),
     )
     if not decision.packed:
         return decision

@@ -183,7 +183,7 @@ def describe_model(name_or_path: str, *, packing: bool = True, **source: Any) ->
     """
     from transformers import AutoConfig
 
-    from qwenft_trainer.packing_mode import decide_packing, linear_attention_available
+    from qwenft_trainer.packing_mode import decide_packing, linear_kernel_problem_here
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, **source)
@@ -196,7 +196,7 @@ def describe_model(name_or_path: str, *, packing: bool = True, **source: Any) ->
         config,
         requested=packing,
         attn_implementation="sdpa",
-        linear_kernel_problem=linear_attention_available(cuda=True),
+        linear_kernel_problem=linear_kernel_problem_here(cuda=True),
     )
     return {
         "architecture": architecture,
