@@ -14,8 +14,8 @@ moves the numbers far beyond rounding), fp32 on the CPU:
   of the two layouts differs by up to 1.2e-5; a leak moves them by > 1e-2);
 - where packing is off, the start-up probe sees the leak packing would cause, in padded rows
   (logits change by > 100x the tolerance) and flattened (the fallback kernel refuses
-  cu_seqlens); a model the rules wrongly call packable (qwen3_next) is caught by the probe,
-  and the run trains unpacked;
+  cu_seqlens); when the rules wrongly call a model packable (qwen3_next, in either mode),
+  the probe turns packing off and says why;
 - one optimizer step over a whole dataset through the trainer (``qwenft train``) gives the
   same loss and grad norm with training.packing on and off, to 1e-5 relative, and the mode
   and reason reach summary.json, the log and the train_start line; qwen3_next packed with
@@ -25,8 +25,10 @@ moves the numbers far beyond rounding), fp32 on the CPU:
   linear-attention ones train unpacked;
 - ``qwenft data validate`` names each architecture and the packing mode it will get, says
   unknown (and why) when the model's config can't be read, and off with --no-packing;
-- GPU (skipped here): with flash-linear-attention on CUDA, the linear-attention
-  architectures pack flattened, and whatever the probe decides, a packed mode is exact.
+- GPU (skipped here): with flash-linear-attention on CUDA the rules pick flattened packing
+  for the linear-attention architectures, and whatever the probe then decides, the batch
+  trained on gives every sample its own logits (1e-4); fla's gated delta rule with
+  cu_seqlens equals each segment run alone.
 """
 
 from __future__ import annotations
