@@ -1,7 +1,7 @@
-"""Trainer-test fixtures: tiny models of every architecture and PEFT adapters, built once
-per session.
+"""Trainer-test fixtures: tiny models of every architecture and PEFT adapters, built once.
 
-``tiny_arch_dir(arch)`` is the tiny model of one architecture (``qwenft_trainer.tiny``);
+``tiny_arch_dir(arch)`` builds the tiny random model of one Qwen architecture (qwen2,
+qwen3, qwen3_moe, qwen3_next, qwen3_5, qwen3_5_moe) the first time a test asks for it.
 ``make_adapter`` saves a LoRA adapter with ``get_peft_model(...).save_pretrained`` and
 random (non-zero) B matrices, so merging it changes the model's logits measurably.
 """
@@ -20,18 +20,16 @@ AdapterFactory = Callable[..., Path]
 
 @pytest.fixture(scope="session")
 def tiny_arch_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny_arch_dir(arch) -> Path``: the tiny model of ``arch``, built on first use."""
-    from dataclasses import replace
-
+    """``tiny_arch_dir(arch) -> Path``: the tiny model of ``arch``, built once per session."""
     from qwenft_trainer.tiny import TINY_ARCHS, TinyModelSpec, build_tiny_qwen
 
     built: dict[str, Path] = {}
 
     def build(arch: str) -> Path:
         if arch not in TINY_ARCHS:
-            raise ValueError(f"unknown tiny arch {arch!r}; one of {TINY_ARCHS}")
+            raise ValueError(f"unknown tiny arch {arch!r}; one of {', '.join(TINY_ARCHS)}")
         if arch not in built:
-            spec = replace(TinyModelSpec(), arch=arch)  # type: ignore[arg-type]
+            spec = TinyModelSpec(arch=arch)  # type: ignore[arg-type]
             built[arch] = build_tiny_qwen(tmp_path_factory.mktemp(f"tiny-{arch}"), spec)
         return built[arch]
 

@@ -7,8 +7,8 @@ collator stacks rows (a short row gets a pad segment of its own) or flattens the
 an attention mask; no leakage between packed samples: each sample's logits inside a batch
 of packed rows equal its logits run alone (tiny model, fp32, sdpa and eager, stacked and
 flattened); configure_model_for_packing turns the KV cache off (with the cache on,
-transformers ignores the packing, which the test shows) and refuses attention kernels that
-can't keep samples apart; the padding collator pads labels with -100 and builds the
+transformers ignores the packing, which the test shows) and turns packing off for attention
+kernels that can't keep samples apart; the padding collator pads labels with -100 and builds the
 attention mask, to the batch's longest sample or to max_seq_length.
 """
 
@@ -24,10 +24,10 @@ from qwenft_trainer.packing import (
     PackedCollator,
     PaddingCollator,
     build_features,
-    configure_model_for_packing,
     pack_samples,
     packing_efficiency,
 )
+from qwenft_trainer.packing_mode import configure_model_for_packing
 
 
 def fake_sample(length: int, start: int) -> TokenizedSample:
@@ -164,7 +164,9 @@ def test_packed_samples_do_not_leak_into_each_other(
     import torch
 
     model = load_tiny(tiny_model_dir, attention)
-    configure_model_for_packing(model)
+    model.config.use_cache = True
+    decision = configure_model_for_packing(model, requested=True, pad_token_id=0)
+    assert decision.mode == "padded_rows"
     assert model.config.use_cache is False
     for packed, alone in packed_and_alone_logits(model, tiny_samples, flatten=flatten):
         torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
@@ -180,11 +182,12 @@ def test_with_the_kv_cache_on_packed_samples_would_leak(
     assert max(errors) > 1e-3  # the second sample of a row attends to the first
 
 
-def test_attention_kernels_that_ignore_packing_are_refused(tiny_model_dir: Path) -> None:
+def test_attention_kernels_that_ignore_packing_turn_it_off(tiny_model_dir: Path) -> None:
     model = load_tiny(tiny_model_dir, "sdpa")
     model.config._attn_implementation = "paged_attention"
-    with pytest.raises(ValueError, match="can't keep packed samples apart"):
-        configure_model_for_packing(model)
+    decision = configure_model_for_packing(model, requested=True, pad_token_id=0)
+    assert decision.mode == "off"
+    assert "can't keep packed samples apart" in decision.reason
 
 
 def test_padding_collator_pads_to_longest_or_to_max(tiny_model_dir: Path) -> None:

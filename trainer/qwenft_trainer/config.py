@@ -147,7 +147,8 @@ class TrainingSettings(_Section):
     packing: bool = Field(
         default=True,
         description="Pack several samples per sequence (position ids restart per sample, no "
-        "attention across samples) instead of padding each one.",
+        "attention across samples) instead of padding each one, where the model packs "
+        "exactly; otherwise the run trains unpacked and logs why.",
     )
     logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
     thinking: ThinkingPolicy = Field(

@@ -118,6 +118,17 @@ def broadcast_int(value: int) -> int:
     return int(box[0])
 
 
+def broadcast_texts(values: list[str]) -> list[str]:
+    """Rank 0's ``values`` on every rank (the values themselves without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    box: list[list[str]] = [list(values)]
+    dist.broadcast_object_list(box, src=0)
+    return [str(value) for value in box[0]]
+
+
 def finish(*, deepspeed: bool) -> None:
     """Wait for every rank, drop transformers' global DeepSpeed config, end the group."""
     import torch.distributed as dist

@@ -5,9 +5,8 @@ of the compute on pad tokens. Packing puts several samples in one sequence inste
 keeps them independent: position ids restart at 0 for every sample, and with no
 ``attention_mask`` in the batch, transformers derives a block-diagonal causal mask from
 those position ids (``masking_utils.find_packed_sequence_indices`` for sdpa / eager;
-flash-attention uses the same boundaries). The model must run without a KV cache during
-training (:func:`configure_model_for_packing`), because the mask code only looks for
-packed sequences when there is no cache.
+flash-attention uses the same boundaries). Whether a model may be packed at all, and in
+which of the two batch layouts, is :mod:`qwenft_trainer.packing_mode`'s decision.
 
     rows = pack_samples(tokenize_all(convs, tok, 2048), max_seq_length=2048)
     trainer = Trainer(..., train_dataset=[r.to_features() for r in rows],
@@ -25,10 +24,7 @@ from qwenft_trainer.data import IGNORE_INDEX, TokenizedSample
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-# Attention implementations that honour packed position ids without an attention mask.
-PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -95,18 +91,6 @@ def packing_efficiency(rows: Sequence[PackedSequence], max_seq_length: int) -> f
     if not rows:
         return 0.0
     return sum(len(row.input_ids) for row in rows) / (len(rows) * max_seq_length)
-
-
-def configure_model_for_packing(model: PreTrainedModel) -> None:
-    """Turn off the KV cache and check the attention kernel can see sample boundaries."""
-    model.config.use_cache = False
-    implementation = getattr(model.config, "_attn_implementation", None) or "eager"
-    if implementation not in PACKING_ATTENTION:
-        raise ValueError(
-            f"attention implementation '{implementation}' can't keep packed samples apart; "
-            f"load the model with attn_implementation one of {', '.join(PACKING_ATTENTION)} "
-            "or set training.packing: false"
-        )
 
 
 class PackedCollator:

@@ -1,15 +1,17 @@
-"""One training session: from tokenized items to a saved adapter (or weights) and a summary.
+"""One training session: from tokenized samples to a saved adapter (or weights) and a summary.
 
 :mod:`qwenft_trainer.train` decides *what* to train on; this module runs the Hugging Face
 Trainer on it the way every rank must agree on: process group first (ZeRO-3 partitions the
-model while it loads), then the model, then resume from the newest complete checkpoint,
-train, save on rank 0, and end with a barrier so no rank leaves while another writes.
-A session that fails after the start still writes its reason to the termination log. A
-session asked to stop (:mod:`qwenft_trainer.stopping`) ends with a complete checkpoint,
-a ``train_stopped`` line and a ``Stopped`` termination log instead of the final adapter
-and ``summary.json``, and returns :data:`~qwenft_trainer.exit_codes.STOPPED`.
+model while it loads), then the model, then the packing decision (rank 0's, probed on the
+loaded model), the dataset items packed or not accordingly, then resume from the newest
+complete checkpoint, train, save on rank 0, and end with a barrier so no rank leaves while
+another writes. A session that fails after the start still writes its reason to the
+termination log. A session asked to stop (:mod:`qwenft_trainer.stopping`) ends with a
+complete checkpoint, a ``train_stopped`` line and a ``Stopped`` termination log instead of
+the final adapter and ``summary.json``, and returns :data:`~qwenft_trainer.exit_codes.STOPPED`.
 
-    run_training(config, env, tokenizer, train_items, eval_items, started=time.time(), stop=request)
+    run_training(config, env, tokenizer, train_samples, eval_samples,
+                 started=time.time(), stop=request)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from qwenft_trainer.config import TrainConfig
 from qwenft_trainer.deepspeed_config import build_deepspeed_config
 from qwenft_trainer.distributed import DistributedEnv
 from qwenft_trainer.modeling import count_parameters, load_model, prepare_model
+from qwenft_trainer.packing_mode import PackingDecision
 from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
 from qwenft_trainer.summary import (
     TrainSummary,
@@ -39,13 +42,17 @@ from qwenft_trainer.summary import (
 from qwenft_trainer.telemetry import TelemetryCallback, TrainMetrics, build_log_record, emit
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, Trainer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+    from qwenft_trainer.data import TokenizedSample
 
 log = logging.getLogger(__name__)
 
 
-def _announce(config: TrainConfig, env: DistributedEnv, resumed_from: int) -> None:
-    """Log the effective batch, tuning advice and resume point once, on rank 0."""
+def _announce(
+    config: TrainConfig, env: DistributedEnv, resumed_from: int, packing: PackingDecision
+) -> None:
+    """Log the effective batch, packing, tuning advice and resume point once, on rank 0."""
     if not env.is_main:
         return
     t = config.training
@@ -58,6 +65,7 @@ def _announce(config: TrainConfig, env: DistributedEnv, resumed_from: int) -> No
         env.world_size,
         env.nodes,
     )
+    log.info("%s", packing.log_line())
     advice = config.advice()
     for note in advice:
         log.warning("config advice: %s", note)
@@ -73,6 +81,8 @@ def _announce(config: TrainConfig, env: DistributedEnv, resumed_from: int) -> No
             effective_batch_size=effective,
             deepspeed_zero_stage=config.deepspeed.zero_stage if config.deepspeed.enabled else None,
             resumed_from_step=resumed_from,
+            packing=packing.mode,
+            packing_reason=packing.reason,
             advice=advice,
         )
     )
@@ -94,19 +104,38 @@ def _prepare_output_dir(config: TrainConfig, env: DistributedEnv) -> int:
     return distributed.broadcast_int(step)
 
 
+def _decide_packing(
+    config: TrainConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    device: str,
+) -> PackingDecision:
+    """Every rank decides and probes; rank 0's decision is the one all ranks train with."""
+    from qwenft_trainer.packing_mode import configure_model_for_packing, decision_from_text
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    mine = configure_model_for_packing(
+        model, requested=config.training.packing, pad_token_id=pad_id, device=device
+    )
+    mode, reason = distributed.broadcast_texts([mine.mode, mine.reason])
+    if mode != mine.mode:
+        log.warning("this rank's %s; rank 0 decided %s for all", mine.log_line(), mode)
+    return decision_from_text(mode, reason)
+
+
 def _build_trainer(
     config: TrainConfig,
     env: DistributedEnv,
     tokenizer: PreTrainedTokenizerBase,
-    train_items: list[dict[str, list[int]]],
-    eval_items: list[dict[str, list[int]]] | None,
+    train_samples: list[TokenizedSample],
+    eval_samples: list[TokenizedSample] | None,
     *,
     cuda: bool,
     callbacks: list[Any],
-) -> Trainer:
+) -> tuple[Trainer, PackingDecision]:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
-    from qwenft_trainer.packing import configure_model_for_packing
+    from qwenft_trainer.packing import build_features
     from qwenft_trainer.train import build_collator
 
     ds_config = build_deepspeed_config(config)
@@ -114,39 +143,44 @@ def _build_trainer(
         config,
         use_cpu=not cuda,
         deepspeed=ds_config,
-        has_eval=eval_items is not None,
+        has_eval=eval_samples is not None,
         world_size=env.world_size,
     )
     _ = args.device  # sets up the accelerator state before the model is built
     # Seed before the adapters are created: their initialisation must not depend on
     # whatever ran first, or a rerun (and every rank under ZeRO-3) starts elsewhere.
     set_seed(config.training.seed)
-    model = load_model(config, device=distributed.device_of(env, cuda=cuda))
-    if config.training.packing:
-        configure_model_for_packing(model)
+    device = distributed.device_of(env, cuda=cuda)
+    model = load_model(config, device=device)
+    packing = _decide_packing(config, model, tokenizer, device)
     model = prepare_model(model, config)
     trainable, total = count_parameters(model)
     log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
+    length = config.training.max_seq_length
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=train_items,
-        eval_dataset=eval_items,
-        data_collator=build_collator(config, tokenizer),
+        train_dataset=build_features(train_samples, length, packing=packing.packed),
+        eval_dataset=(
+            build_features(eval_samples, length, packing=packing.packed)
+            if eval_samples is not None
+            else None
+        ),
+        data_collator=build_collator(config, tokenizer, packing.mode),
         processing_class=tokenizer,
         callbacks=[checkpoints.CheckpointCallback(keep=config.checkpoint.keep), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    return trainer
+    return trainer, packing
 
 
 def run_training(
     config: TrainConfig,
     env: DistributedEnv,
     tokenizer: PreTrainedTokenizerBase,
-    train_items: list[dict[str, list[int]]],
-    eval_items: list[dict[str, list[int]]] | None,
+    train_samples: list[TokenizedSample],
+    eval_samples: list[TokenizedSample] | None,
     *,
     started: float,
     stop: StopRequest | None = None,
@@ -159,7 +193,6 @@ def run_training(
     distributed.init_process_group(env, deepspeed=config.deepspeed.enabled, cuda=cuda)
     try:
         resumed_from = _prepare_output_dir(config, env)
-        _announce(config, env, resumed_from)
         metrics = None
         if env.is_main and config.metrics_port:
             metrics = TrainMetrics(run=config.run_name, cuda=cuda)
@@ -171,15 +204,16 @@ def run_training(
             progress_bar=env.is_main,
         )
         stopper = StopCallback(stop or StopRequest())
-        trainer = _build_trainer(
+        trainer, packing = _build_trainer(
             config,
             env,
             tokenizer,
-            train_items,
-            eval_items,
+            train_samples,
+            eval_samples,
             cuda=cuda,
             callbacks=[telemetry, stopper],
         )
+        _announce(config, env, resumed_from, packing)
         resume = checkpoints.Checkpoint(
             Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
         )
@@ -194,11 +228,11 @@ def run_training(
             trainer.train(resume_from_checkpoint=str(resume.path) if resumed_from else None)
             if stopper.stopped_at is not None:
                 return _report_stopped(config, env, stopper, stopper.stopped_at)
-            if eval_items is not None:
+            if eval_samples is not None:
                 eval_loss = float(trainer.evaluate()["eval_loss"])
             trainer.save_model(config.output_dir)
         wall = time.time() - train_start
-        summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss)
+        summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss, packing)
         # Every rank says where it stopped: ranks that disagree show up in the logs.
         emit(
             build_log_record("rank_end", rank=env.rank, step=summary.steps, loss=summary.train_loss)
@@ -260,6 +294,7 @@ def _summarise(
     resumed_from: int,
     wall: float,
     eval_loss: float | None,
+    packing: PackingDecision,
 ) -> TrainSummary:
     state = trainer.state
     tokens = int(state.num_input_tokens_seen or 0)
@@ -284,4 +319,6 @@ def _summarise(
         resumed_from_step=resumed_from,
         world_size=env.world_size,
         effective_batch_size=config.effective_batch_size(env.world_size),
+        packing=packing.mode,
+        packing_reason=packing.reason,
     )

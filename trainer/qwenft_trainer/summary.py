@@ -48,6 +48,10 @@ class TrainSummary(BaseModel):
     resumed_from_step: int
     world_size: int
     effective_batch_size: int
+    packing: str = Field(
+        "off", description="Packing mode trained with: padded_rows, flattened_varlen or off."
+    )
+    packing_reason: str = Field("", description="Why that packing mode (or none).")
 
 
 def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:

@@ -1,13 +1,14 @@
 """Fine-tune a Qwen model from a TrainConfig: LoRA, Q-LoRA or full, on one process or many.
 
 The recipe: read the config, check the dataset (a bad one stops here, before any GPU
-work), tokenize and pack it, start the process group, load and wrap the model, resume from
-the newest complete checkpoint in ``output_dir``, train with the Hugging Face Trainer
-(DDP, or DeepSpeed ZeRO-2/3 from a generated config), then save the adapter or the
-weights, the tokenizer and ``summary.json``. Rank and world size come from torchrun's
-environment, so the same command runs on a laptop and on a multi-node GPU job. SIGTERM
-or Ctrl-C stops it after the current step with a complete checkpoint (exit code 75); the
-same command then resumes from that checkpoint.
+work), tokenize it, start the process group, load the model, decide how to pack the
+samples (exactly, or not at all), wrap the model, resume from the newest complete
+checkpoint in ``output_dir``, train with the Hugging Face Trainer (DDP, or DeepSpeed
+ZeRO-2/3 from a generated config), then save the adapter or the weights, the tokenizer
+and ``summary.json``. Rank and world size come from torchrun's environment, so the same
+command runs on a laptop and on a multi-node GPU job. SIGTERM or Ctrl-C stops it after the
+current step with a complete checkpoint (exit code 75); the same command then resumes from
+that checkpoint.
 
 One process (CPU or one GPU):
 
@@ -45,6 +46,8 @@ from qwenft_trainer.telemetry import build_log_record, emit
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from qwenft_trainer.data import TokenizedSample
+    from qwenft_trainer.packing_mode import PackingMode
     from qwenft_trainer.stopping import StopRequest
 
 log = logging.getLogger("qwenft_trainer.train")
@@ -126,12 +129,15 @@ def check_base_model(config: TrainConfig) -> str | None:
     return "; ".join(problems) or None
 
 
-def build_datasets(
+def build_samples(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]] | None]:
-    """Train and (optional) eval items: tokenized, assistant-only labels, packed if asked."""
+) -> tuple[list[TokenizedSample], list[TokenizedSample] | None]:
+    """Train and (optional) eval samples: tokenized, with assistant-only labels, unpacked.
+
+    Packing them is left to the session, which knows once the model is loaded whether the
+    model can be packed exactly (:mod:`qwenft_trainer.packing_mode`).
+    """
     from qwenft_trainer.data import load_conversations, tokenize_all
-    from qwenft_trainer.packing import build_features
 
     t = config.training
     convs = load_conversations(config.data.path, config.data.format)
@@ -145,24 +151,44 @@ def build_datasets(
         eval_convs = [convs[i] for i in sorted(order[:held])]
         convs = [convs[i] for i in sorted(order[held:])]
 
-    def features(items: list[Any]) -> list[dict[str, list[int]]]:
-        samples = tokenize_all(items, tokenizer, t.max_seq_length, thinking=t.thinking)
-        return build_features(samples, t.max_seq_length, packing=t.packing)
-
-    train = features(convs)
+    train = tokenize_all(convs, tokenizer, t.max_seq_length, thinking=t.thinking)
     if not train:
         raise ConfigError(f"{config.data.path}: no dialogue is left to train on")
-    return train, (features(eval_convs) or None) if eval_convs else None
+    held_out = (
+        tokenize_all(eval_convs, tokenizer, t.max_seq_length, thinking=t.thinking)
+        if eval_convs
+        else []
+    )
+    return train, held_out or None
 
 
-def build_collator(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
-    from qwenft_trainer.packing import PackedCollator, PaddingCollator
+def build_datasets(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]] | None]:
+    """Train and (optional) eval items, packed when ``training.packing`` asks for it."""
+    from qwenft_trainer.packing import build_features
 
-    if config.training.packing:
+    train, held_out = build_samples(config, tokenizer)
+    t = config.training
+    return build_features(train, t.max_seq_length, packing=t.packing), (
+        build_features(held_out, t.max_seq_length, packing=t.packing) if held_out else None
+    )
+
+
+def build_collator(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerBase, mode: PackingMode | None = None
+) -> Any:
+    """The batch collator of packing ``mode`` (default: what ``training.packing`` asks for)."""
+    from qwenft_trainer.packing import PaddingCollator
+    from qwenft_trainer.packing_mode import build_packing_collator
+
+    if mode is None:
+        mode = "padded_rows" if config.training.packing else "off"
+    if mode != "off":
         # A short row's pad segment must use the real pad id, or the Trainer's count of
         # non-padding tokens would include it.
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return PackedCollator(pad_token_id=pad_id)
+        return build_packing_collator(mode, pad_token_id=pad_id)
     return PaddingCollator(tokenizer, max_seq_length=config.training.max_seq_length)
 
 
@@ -210,14 +236,14 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     if problem:
         return fail(config, "InvalidDataset", problem)
     try:
-        train_items, eval_items = build_datasets(config, tokenizer)
+        train_samples, eval_samples = build_samples(config, tokenizer)
     except ConfigError as err:
         return fail(config, "InvalidDataset", str(err))
 
     from qwenft_trainer.session import run_training
 
     return run_training(
-        config, env, tokenizer, train_items, eval_items, started=time.time(), stop=stop
+        config, env, tokenizer, train_samples, eval_samples, started=time.time(), stop=stop
     )
 
 

@@ -6,8 +6,10 @@ calls first) reads every record, tokenizes it with the model's own chat template
 reports sizes, the share of tokens that carry loss, truncation, the chat template's thinking
 and the trained reasoning vs answer tokens, and each bad record with its line and the
 problem. A dataset that truncation would leave with nothing to train on fails, naming the
-``max_seq_length`` that keeps every dialogue. The operator's validation Job runs it with
-``--json`` and puts the one-line ``message`` in the run's status.
+``max_seq_length`` that keeps every dialogue. It also reads the model's config to name its
+architecture and the packing mode training will use (or ``unknown`` when the config can't
+be read). The operator's validation Job runs it with ``--json`` and puts the one-line
+``message`` in the run's status.
 
     qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct --max-seq-length 2048
     qwenft data validate data.json --model /models/qwen --format sharegpt --json
@@ -26,7 +28,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -78,6 +80,13 @@ class ValidationReport(BaseModel):
     answer_tokens: int = Field(0, description="Trained tokens outside reasoning blocks.")
     problems: list[RecordProblem] = Field(default_factory=list)
     warnings: list[RecordProblem] = Field(default_factory=list)
+    architecture: str = Field(
+        "unknown", description="model_type (and class) of the model; unknown if unreadable."
+    )
+    packing: str = Field(
+        "unknown", description="Packing mode training will use, before its start-up probe."
+    )
+    packing_reason: str = Field("", description="Why that packing mode.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -123,6 +132,9 @@ class ValidationReport(BaseModel):
             f"({self.truncated_samples:,} samples longer than {self.max_seq_length} tokens)",
             f"  longest sample   {self.longest_sample_tokens:>10,}  tokens"
             + (f" ({self.longest_sample_source})" if self.longest_sample_source else ""),
+            f"  architecture     {self.architecture}",
+            f"  packing          {self.packing}"
+            + (f" ({self.packing_reason})" if self.packing_reason else ""),
         ]
         for title, items in (("problems", self.problems), ("warnings", self.warnings)):
             if items:
@@ -231,6 +243,38 @@ def _nothing_to_train(report: ValidationReport, needed: int) -> str:
     )
 
 
+def describe_model(name_or_path: str, *, packing: bool = True, **source: Any) -> dict[str, str]:
+    """Architecture and packing plan of a model from its config (``unknown`` if unreadable).
+
+    ``source`` are the ``from_pretrained`` keyword arguments of the model (revision,
+    trust_remote_code). The packing plan is the rules' decision for a CUDA run with the
+    kernels installed here, loading with sdpa as training does; the run's start-up probe
+    can still turn it off.
+    """
+    from transformers import AutoConfig
+
+    from qwenft_trainer.packing_mode import decide_packing, linear_kernel_problem_here
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **source)
+    except (OSError, ValueError, KeyError) as err:
+        reason = f"can't read the model config of {name_or_path}: {err}".splitlines()[0]
+        return {"architecture": "unknown", "packing": "unknown", "packing_reason": reason}
+    classes = getattr(config, "architectures", None) or []
+    architecture = str(config.model_type) + (f" ({', '.join(classes)})" if classes else "")
+    decision = decide_packing(
+        config,
+        requested=packing,
+        attn_implementation="sdpa",
+        linear_kernel_problem=linear_kernel_problem_here(cuda=True),
+    )
+    return {
+        "architecture": architecture,
+        "packing": decision.mode,
+        "packing_reason": decision.reason,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwenft data validate",
@@ -272,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge-into",
         metavar="MODEL",
         help="model the adapter will be merged into after training; refused when quantized",
+    )
+    parser.add_argument(
+        "--no-packing",
+        action="store_true",
+        help="the run sets training.packing: false (for the packing line of the report)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
@@ -328,6 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     report = validate_dataset(
         args.file, tokenizer, args.max_seq_length, args.format, thinking=args.thinking
     )
+    facts = describe_model(
+        args.model,
+        packing=not args.no_packing,
+        trust_remote_code=args.trust_remote_code,
+        **pinned,
+    )
+    report = report.model_copy(update=facts)
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 

@@ -36,6 +36,8 @@ def build_validation_args(run: Run) -> list[str]:
         args += ["--revision", hub.revision]  # the tokenizer training will load
     if spec.model.trust_remote_code:
         args.append("--trust-remote-code")
+    if not spec.training.packing:
+        args.append("--no-packing")  # the report's packing line says what training will do
     args += ["--method", spec.method]
     if serving.needs_merge(run):
         args += ["--merge-into", merge.merge_base(run)]
