@@ -1,7 +1,9 @@
-"""Trainer-test fixtures: PEFT adapters on the tiny model, built once per session.
+"""Trainer-test fixtures: tiny models of every architecture and PEFT adapters, built once.
 
-``make_adapter`` saves a LoRA adapter with ``get_peft_model(...).save_pretrained`` and
-random (non-zero) B matrices, so merging it changes the model's logits measurably.
+``tiny_arch_dir(arch)`` is the tiny random model of one architecture (qwen2 is the session's
+``tiny_model_dir``). ``make_adapter`` saves a LoRA adapter with
+``get_peft_model(...).save_pretrained`` and random (non-zero) B matrices, so merging it
+changes the model's logits measurably.
 """
 
 from __future__ import annotations
@@ -14,6 +16,24 @@ from typing import Any
 import pytest
 
 AdapterFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_arch_dir(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """``tiny_arch_dir(arch) -> Path``: the tiny model of ``arch``, built on first use."""
+    built: dict[str, Path] = {"qwen2": tiny_model_dir}
+
+    def build(arch: str) -> Path:
+        if arch not in built:
+            from qwenft_trainer.tiny import TinyModelSpec, build_tiny_qwen
+
+            spec = TinyModelSpec(arch=arch)
+            built[arch] = build_tiny_qwen(tmp_path_factory.mktemp(f"tiny-{arch}"), spec)
+        return built[arch]
+
+    return build
 
 
 @pytest.fixture(scope="session")
