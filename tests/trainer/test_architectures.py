@@ -4,14 +4,16 @@ Covers, on the tiny random model of each architecture (qwen2, qwen3, qwen3_moe, 
 qwen3_5, qwen3_5_moe; the Qwen3.5 ones are the multimodal checkpoints Qwen publishes):
 ``describe`` picks the class that loads the whole checkpoint (``load_model`` keeps every
 weight, where ``AutoModelForCausalLM`` would drop the vision tower) and names module paths
-that exist; LoRA through the real trainer adapts only the language model (no adapter on
-``model.visual``, the vision tower and every base weight unchanged); the merged checkpoint
-is still the base's architecture with the same tensors, vision weights bit-identical, and
-the real server app loads it with that class and answers a chat request exactly as base +
-adapter would; a full fine-tune of a dense and a multimodal model trains every language
-weight, keeps the vision tower frozen and saves a checkpoint that reloads and serves;
-Q-LoRA (bitsandbytes' CPU backend) on qwen3 and qwen3_5 quantizes the language model but
-not the vision tower, and merges into the un-quantized base.
+that exist; a vision module in ``lora.modules_to_save`` is refused, naming it; LoRA through
+the real trainer adapts only the language model (no adapter on ``model.visual``, the vision
+tower and every base weight unchanged); the merged checkpoint is still the base's
+architecture with the same tensors, vision weights bit-identical, and the real server app
+loads it with that class and answers a chat request exactly as base + adapter would; the
+server holding the adapter over its base answers the same; a full fine-tune of a dense and a
+multimodal model trains every language weight, keeps the vision tower frozen and saves a
+checkpoint that reloads and serves; Q-LoRA (bitsandbytes' CPU backend) on qwen3, qwen3_5
+and qwen3_5_moe quantizes the language model but not the vision tower, and merges into the
+un-quantized base.
 
 Gated DeltaNet layers (qwen3_next, qwen3_5, qwen3_5_moe) leak across packed samples with
 transformers' CPU kernels, so those runs set ``training.packing: false``.
@@ -131,6 +133,23 @@ def test_describe_reads_plain_config_dicts() -> None:
     assert vision.quantization_skip_modules == ["model.visual", "lm_head"]
 
 
+def test_training_a_vision_module_is_refused_naming_it(tiny_arch_dir: TinyArchDir) -> None:
+    from qwenft_trainer.modeling import load_model, prepare_model
+
+    config = TrainConfig.model_validate(
+        {
+            "model": {"name_or_path": str(tiny_arch_dir("qwen3_5"))},
+            "data": {"path": "unused.jsonl"},
+            "output_dir": "unused",
+            "training": {"precision": "fp32"},
+            "lora": {"modules_to_save": ["merger"]},
+        }
+    )
+    with pytest.raises(ValueError, match=r"model\.visual\.merger\..* would be trained") as info:
+        prepare_model(load_model(config), config)
+    assert "lora.modules_to_save" in str(info.value)
+
+
 # --- the matrix: train, merge, serve ---------------------------------------------------
 
 
@@ -175,12 +194,19 @@ def trained(
     return train
 
 
-def serve_chat(model_dir: Path) -> tuple[Engine, dict[str, Any]]:
-    """One greedy chat completion from the real server app over ``model_dir``."""
+def serve_chat(model_dir: Path, adapter: Path | None = None) -> tuple[Engine, dict[str, Any]]:
+    """One greedy chat completion from the real server app over ``model_dir``.
+
+    With ``adapter``, the server holds it over the base under the name "tuned" and the
+    request asks for that name.
+    """
     from fastapi.testclient import TestClient
     from qwenft_trainer.serve_app import create_app
 
-    config = EngineConfig(model=str(model_dir), served_model_name="tiny", device="cpu")
+    adapters = {"tuned": str(adapter)} if adapter else {}
+    config = EngineConfig(
+        model=str(model_dir), served_model_name="tiny", adapters=adapters, device="cpu"
+    )
     app = create_app(lambda: load_engine(config))
     with TestClient(app) as client:
         deadline = time.monotonic() + 120
@@ -190,7 +216,7 @@ def serve_chat(model_dir: Path) -> tuple[Engine, dict[str, Any]]:
         response = client.post(
             "/v1/chat/completions",
             json={
-                "model": "tiny",
+                "model": "tuned" if adapter else "tiny",
                 "messages": CHAT,
                 "temperature": 0,
                 "max_tokens": ANSWER_TOKENS,
@@ -204,7 +230,8 @@ def serve_chat(model_dir: Path) -> tuple[Engine, dict[str, Any]]:
 
 def reference_answer(engine: Engine, model: Any) -> str:
     """What ``model`` answers to CHAT through the same generation code, greedy."""
-    reference = Engine(model.eval(), engine.tokenizer, config=engine.config, context_length=2048)
+    config = EngineConfig(model="reference", served_model_name="tiny")  # no adapter switching
+    reference = Engine(model.eval(), engine.tokenizer, config=config, context_length=2048)
     params = SamplingParams(max_tokens=ANSWER_TOKENS, temperature=0, ignore_eos=True)
     return reference.generate("tiny", reference.encode(CHAT), params).text
 
@@ -281,6 +308,18 @@ def test_merged_checkpoint_keeps_the_architecture_and_serves(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch_name", TINY_ARCHS)
+def test_adapter_is_served_over_its_base(
+    trained: Callable[[str, str], Trained], arch_name: str
+) -> None:
+    result = trained(arch_name, "lora")
+    engine, body = serve_chat(result.base, adapter=result.out)
+    assert type(engine.model.get_base_model()).__name__ == arch_of(result.base).class_name
+    assert body["model"] == "tuned"
+    assert body["choices"][0]["message"]["content"] == reference_answer(engine, result.run.model)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("arch_name", ["qwen3", "qwen3_5"])
 def test_full_finetune_keeps_the_vision_tower_and_serves(
     trained: Callable[[str, str], Trained], arch_name: str
@@ -308,7 +347,7 @@ def test_full_finetune_keeps_the_vision_tower_and_serves(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch_name", ["qwen3", "qwen3_5"])
+@pytest.mark.parametrize("arch_name", ["qwen3", "qwen3_5", "qwen3_5_moe"])
 def test_qlora_quantizes_the_language_model_only_and_merges(
     trained: Callable[[str, str], Trained], arch_name: str, tmp_path: Path
 ) -> None:
