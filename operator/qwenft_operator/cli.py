@@ -22,7 +22,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "validate"): ("qwenft_trainer.validate", "check a dataset before training"),
     ("merge",): ("qwenft_trainer.merge", "merge a LoRA adapter into its base model"),
     ("serve",): ("qwenft_trainer.serve", "serve a model over an OpenAI-compatible API"),
-    ("tiny-model",): ("qwenft_trainer.tiny", "build a tiny Qwen2 model for tests and demos"),
+    ("tiny-model",): (
+        "qwenft_trainer.tiny",
+        "build a tiny Qwen model (--arch) for tests and demos",
+    ),
     ("run",): ("qwenft_operator.local", "run a QwenFineTune manifest (--local: no cluster)"),
     ("operator",): ("qwenft_operator.main", "run the operator against the current cluster"),
 }

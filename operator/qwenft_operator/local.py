@@ -12,18 +12,26 @@ config from ``build_train_config``, so a local run tests what the cluster will r
     Ready       the spec's evaluationPrompts (or a greeting) sent to the endpoint
 
 A ``model.path`` named ``tiny-qwen`` that does not exist yet is built first (the tiny
-Qwen2 model of ``qwenft tiny-model``), which is what makes the quickstart self-contained:
+Qwen2 model of ``qwenft tiny-model``), which is what makes the quickstart self-contained.
+``--arch`` runs the same manifest on the tiny model of another architecture, kept in a
+directory of its own (``tiny-qwen-<arch>``, also built on first use) with its own output
+directory (``<output.path>-<arch>``), so runs of different architectures never resume from
+each other's checkpoints:
 
     qwenft run examples/quickstart-local.yaml --local
     qwenft run examples/quickstart-local.yaml --local --keep-serving   # then chat with it
+    qwenft run examples/quickstart-local.yaml --local --arch qwen3_5   # multimodal Qwen3.5
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
+
+from qwenft_trainer.tiny import TINY_ARCHS
 
 from qwenft_operator import local_procs as procs
 from qwenft_operator import smoke
@@ -65,14 +73,45 @@ def local_problems(run: Run) -> list[str]:
     return problems
 
 
+def tiny_model_arch(path: str) -> str | None:
+    """The architecture a tiny-model path stands for (``tiny-qwen``: qwen2), else None."""
+    name = Path(path).name
+    if name == TINY_MODEL_NAME:
+        return "qwen2"
+    arch = name.removeprefix(f"{TINY_MODEL_NAME}-")
+    return arch if arch != name and arch in TINY_ARCHS else None
+
+
+def with_tiny_arch(run: Run, arch: str) -> Run:
+    """The run on the tiny model of ``arch``: its own model and output directories."""
+    spec = run.spec
+    path = spec.model.path
+    if path is None or tiny_model_arch(path) is None:
+        raise LocalRunError(
+            f"--arch picks the architecture of the tiny model, but spec.model.path is {path}; "
+            f"set model.path to a directory named {TINY_MODEL_NAME} or drop --arch"
+        )
+    if arch == "qwen2":
+        return run
+    assert spec.output.path is not None  # local_problems() refuses runs without one
+    model = spec.model.model_copy(
+        update={"path": str(Path(path).with_name(f"{TINY_MODEL_NAME}-{arch}"))}
+    )
+    output = spec.output.model_copy(update={"path": f"{spec.output.path.rstrip('/')}-{arch}"})
+    return dataclasses.replace(run, spec=spec.model_copy(update={"model": model, "output": output}))
+
+
 def ensure_model(run: Run) -> None:
     path = run.spec.model.path
     if path is None or Path(path).exists():
         return
-    if Path(path).name != TINY_MODEL_NAME:
+    arch = tiny_model_arch(path)
+    if arch is None:
         raise LocalRunError(f"spec.model.path {path} does not exist")
-    print(f"building the tiny Qwen2 model in {path} (first use)", flush=True)
-    procs.run_step(procs.qwenft_command(["qwenft", "tiny-model", path]), "building the tiny model")
+    label = "Qwen2" if arch == "qwen2" else arch
+    print(f"building the tiny {label} model in {path} (first use)", flush=True)
+    command = ["qwenft", "tiny-model", path, "--arch", arch]
+    procs.run_step(procs.qwenft_command(command), "building the tiny model")
 
 
 def build_local_train_command(run: Run, config_file: Path) -> list[str]:
@@ -134,13 +173,21 @@ def serve_and_ask(run: Run, output: Path, *, port: int | None, keep_serving: boo
         server.stop()
 
 
-def run_local(manifest: Path, *, port: int | None = None, keep_serving: bool = False) -> Run:
+def run_local(
+    manifest: Path,
+    *,
+    port: int | None = None,
+    keep_serving: bool = False,
+    arch: str | None = None,
+) -> Run:
     """Run every phase of ``manifest``; raises :class:`LocalRunError` when one fails."""
     resource = load_manifest(manifest)
     run = Run(name=resource.metadata.name, namespace="local", uid="local", spec=resource.spec)
     problems = local_problems(run)
     if problems:
         raise LocalRunError("this manifest can't run locally:\n  " + "\n  ".join(problems))
+    if arch is not None:
+        run = with_tiny_arch(run, arch)
     spec = run.spec
     assert spec.output.path is not None
     output = Path(spec.output.path)
@@ -178,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-serving", action="store_true", help="keep the server up after the sample chat"
     )
+    parser.add_argument(
+        "--arch",
+        choices=TINY_ARCHS,
+        help=f"run on the tiny model of this architecture (model.path named {TINY_MODEL_NAME})",
+    )
     args = parser.parse_args(argv)
     if not args.local:
         print(
@@ -187,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     try:
-        run = run_local(args.manifest, port=args.port, keep_serving=args.keep_serving)
+        run = run_local(
+            args.manifest, port=args.port, keep_serving=args.keep_serving, arch=args.arch
+        )
     except (ManifestError, LocalRunError, procs.StepError) as err:
         print(f"\n==> {Phase.FAILED.value}: {err}", file=sys.stderr)
         return 1

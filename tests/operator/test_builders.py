@@ -39,6 +39,8 @@ CLUSTER_EXAMPLES = [
     "qlora-multinode-zero2",
     "full-finetune",
     "kueue-queued",
+    "qwen3-8b-thinking",
+    "qwen3-30b-a3b-moe",
 ]
 UPDATE = os.environ.get("QWENFT_UPDATE_GOLDEN") == "1"
 

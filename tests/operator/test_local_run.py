@@ -2,7 +2,10 @@
 
 Covers: the shipped examples/quickstart-local.yaml end to end on the CPU (tiny model built
 on first use, validation, training with checkpoints, merge with a passing verification,
-the server answering the evaluation prompt), with the phases printed in order; manifests
+the server answering the evaluation prompt), with the phases printed in order; the same
+manifest with ``--arch qwen3_5`` (the multimodal tiny model in its own directory, merged
+into a complete Qwen3.5 checkpoint and served); ``--arch`` refused for a model that is not
+the tiny one, and the per-architecture model and output paths; manifests
 that can't run locally (a claim, several nodes) refused with the field named; ``qwenft run``
 without ``--local`` refused; builder command lines turned into local commands.
 """
@@ -18,7 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 from qwenft_operator import local_procs
-from qwenft_operator.local import build_local_train_command, main
+from qwenft_operator.local import (
+    LocalRunError,
+    build_local_train_command,
+    main,
+    tiny_model_arch,
+    with_tiny_arch,
+)
 from qwenft_operator.runs import Run
 from qwenft_operator.spec import load_manifest
 
@@ -54,6 +63,66 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert report["passed"] is True
     assert (output / "logs" / "train.log").stat().st_size > 0
     assert "ready in" in (output / "logs" / "serve.log").read_text()
+
+
+@pytest.mark.slow
+def test_quickstart_runs_on_the_tiny_multimodal_qwen3_5(tmp_path: Path) -> None:
+    (tmp_path / "trainer").symlink_to(REPO / "trainer")
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    # A short run; Gated DeltaNet layers can't be packed exactly on the CPU.
+    raw["spec"]["training"].update(maxSteps=3, packing=False)
+    raw["spec"]["checkpoint"]["saveSteps"] = 3
+    manifest = tmp_path / "quickstart.yaml"
+    manifest.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "qwenft_operator.cli", "run", str(manifest), "--local",
+         "--arch", "qwen3_5"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = result.stdout
+    phases = [line.split(":")[0] for line in out.splitlines() if line.startswith("==> ")]
+    assert phases == ["==> Validating", "==> Training", "==> Merging", "==> Deploying", "==> Ready"]
+    model_dir = tmp_path / ".qwenft" / "tiny-qwen-qwen3_5"
+    assert "building the tiny qwen3_5 model in .qwenft/tiny-qwen-qwen3_5" in out
+    assert "smoke test: passed (1 prompt(s))" in out
+    assert not (tmp_path / ".qwenft" / "tiny-qwen").exists()
+
+    output = tmp_path / ".qwenft" / "runs" / "quickstart-qwen3_5"
+    assert json.loads((output / "summary.json").read_text())["steps"] == 3
+    merged_dir = output / "merged"
+    merged = json.loads((merged_dir / "config.json").read_text())
+    assert merged["architectures"] == ["Qwen3_5ForConditionalGeneration"]
+    assert "vision_config" in merged
+    assert json.loads((merged_dir / "merge_report.json").read_text())["passed"] is True
+    from safetensors.torch import load_file
+
+    base, tuned = (
+        load_file(model_dir / "model.safetensors"),
+        load_file(merged_dir / "model.safetensors"),
+    )
+    assert tuned.keys() == base.keys()
+    vision = [key for key in base if key.startswith("model.visual.")]
+    assert vision and all(tuned[key].equal(base[key]) for key in vision)
+
+
+def test_arch_gets_its_own_tiny_model_and_output(tmp_path: Path) -> None:
+    spec = load_manifest(QUICKSTART).spec
+    run = Run("quickstart", "local", "local", spec)
+    moe = with_tiny_arch(run, "qwen3_moe")
+    assert moe.spec.model.path == ".qwenft/tiny-qwen-qwen3_moe"
+    assert moe.spec.output.path == ".qwenft/runs/quickstart-qwen3_moe"
+    assert moe.spec.training == spec.training and moe.name == run.name
+    assert with_tiny_arch(run, "qwen2") is run
+    assert [tiny_model_arch(p) for p in ("a/tiny-qwen", "tiny-qwen-qwen3", "tiny-qwen-x")] == [
+        "qwen2",
+        "qwen3",
+        None,
+    ]
+    hub = spec.model_copy(update={"model": spec.model.model_copy(update={"path": "/models/q"})})
+    with pytest.raises(LocalRunError, match=r"spec\.model\.path is /models/q"):
+        with_tiny_arch(Run("quickstart", "local", "local", hub), "qwen3")
 
 
 def _manifest(tmp_path: Path, **spec_changes: object) -> Path:

@@ -41,6 +41,8 @@ def test_examples_exist() -> None:
         "full-finetune.yaml",
         "kueue-queued.yaml",
         "quickstart-local.yaml",
+        "qwen3-8b-thinking.yaml",
+        "qwen3-30b-a3b-moe.yaml",
     } <= names
 
 

@@ -227,9 +227,12 @@ def test_the_training_batch_gives_per_sample_logits_loss_and_gradients(
         alone_loss += one.loss.detach()
         alone_logits[tuple(sample.input_ids)] = one.logits[0].detach()
 
+    # Logits to 1e-5 of the largest one: fp32 sums over a different batch shape (MoE routing
+    # groups tokens by expert) differ by a few ulps of the logits' scale (~20 here).
+    scale = max(1.0, max(float(t.abs().max()) for t in alone_logits.values()))
     for (row, start, end), piece in zip(segments(batch), pieces, strict=True):
         ids = tuple(batch["input_ids"][row, start:end].tolist())
-        torch.testing.assert_close(piece, alone_logits[ids], atol=TOLERANCE, rtol=TOLERANCE)
+        torch.testing.assert_close(piece, alone_logits[ids], atol=TOLERANCE * scale, rtol=TOLERANCE)
     torch.testing.assert_close(out.loss.detach(), alone_loss, atol=TOLERANCE, rtol=TOLERANCE)
     for packed, alone in zip(packed_grads, alone_grads, strict=True):
         packed = torch.zeros_like(alone) if packed is None else packed

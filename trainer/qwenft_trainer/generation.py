@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenft_trainer import architectures
 from qwenft_trainer.stops import trim_at_stop
 
 FinishReason = Literal["stop", "length"]
@@ -258,7 +259,7 @@ def _as_list(value: Any) -> list[int]:
 def load_engine(config: EngineConfig) -> Engine:
     """Load the model (and adapters) named by ``config``; slow, run it off the event loop."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     device = config.device
     if device == "auto":
@@ -271,9 +272,9 @@ def load_engine(config: EngineConfig) -> Engine:
     print(f"[serve] loading {config.model} on {device}", file=sys.stderr, flush=True)
     pinned = {"revision": config.revision} if config.revision else {}
     tokenizer = AutoTokenizer.from_pretrained(config.model, **pinned)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.model, dtype=dtype, device_map=device, **pinned
-    )
+    # The whole checkpoint: a merged Qwen3.5 model loads with its vision tower, as it was saved.
+    model_class = architectures.model_class(architectures.read_architecture(config.model, **pinned))
+    model = model_class.from_pretrained(config.model, dtype=dtype, device_map=device, **pinned)
     if config.adapters:
         from peft import PeftModel
 
@@ -282,7 +283,8 @@ def load_engine(config: EngineConfig) -> Engine:
         for name, path in rest:
             model.load_adapter(str(Path(path)), adapter_name=name)
     model.eval()
+    text_config = model.config.get_text_config()
     context = config.max_model_len or int(
-        getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length
+        getattr(text_config, "max_position_embeddings", 0) or tokenizer.model_max_length
     )
     return Engine(model, tokenizer, config=config, context_length=context)

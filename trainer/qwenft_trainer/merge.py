@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenft_trainer import architectures
 from qwenft_trainer.base_checks import BaseConfigError, read_base_config
 from qwenft_trainer.merge_checks import (
     AdapterInfo,
@@ -113,7 +114,15 @@ def resolve_dtype(requested: DtypeName, base: BaseInfo) -> str:
     if requested != "auto":
         return _DTYPES[requested]
     text = base.config.get("text_config", base.config)
-    found = text.get("dtype") or text.get("torch_dtype") or base.config.get("torch_dtype")
+    found = next(
+        (
+            config[key]
+            for config in (text, base.config)
+            for key in ("dtype", "torch_dtype")
+            if config.get(key)
+        ),
+        None,
+    )
     return found if found in RELATIVE_TOLERANCE else "bfloat16"
 
 
@@ -140,11 +149,12 @@ def _logits(model: Any, batch: dict[str, Any]) -> Any:
 
 def _load_model(path: Path | str, dtype: str) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    # Weights go straight from the safetensors files into tensors of the final dtype,
-    # on the CPU, so peak memory stays near one copy of the model.
-    return AutoModelForCausalLM.from_pretrained(
+    # The whole checkpoint (a multimodal base keeps its vision tower). Weights go straight
+    # from the safetensors files into tensors of the final dtype, on the CPU, so peak memory
+    # stays near one copy of the model.
+    model_class = architectures.model_class(architectures.read_architecture(str(path)))
+    return model_class.from_pretrained(
         str(path), dtype=getattr(torch, dtype), device_map="cpu", low_cpu_mem_usage=True
     ).eval()
 

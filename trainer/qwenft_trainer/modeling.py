@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from qwenft_trainer import architectures
+from qwenft_trainer.architectures import Architecture
 from qwenft_trainer.config import (
     ModelSource,
     Precision,
@@ -56,8 +58,10 @@ def source_kwargs(source: ModelSource) -> dict[str, Any]:
     return kwargs
 
 
-def build_quantization_config(settings: QuantizationSettings) -> BitsAndBytesConfig:
-    """bitsandbytes 4-bit settings of the frozen base (Q-LoRA)."""
+def build_quantization_config(
+    settings: QuantizationSettings, arch: Architecture | None = None
+) -> BitsAndBytesConfig:
+    """bitsandbytes 4-bit settings of the frozen base (Q-LoRA); a vision tower stays as is."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -65,6 +69,7 @@ def build_quantization_config(settings: QuantizationSettings) -> BitsAndBytesCon
         bnb_4bit_quant_type=settings.quant_type,
         bnb_4bit_use_double_quant=settings.double_quant,
         bnb_4bit_compute_dtype=torch_dtype(settings.compute_dtype),
+        llm_int8_skip_modules=arch.quantization_skip_modules if arch else None,
     )
 
 
@@ -96,6 +101,7 @@ def build_load_kwargs(
     *,
     device: str | None,
     prequantized: CheckpointQuantization | None = None,
+    arch: Architecture | None = None,
 ) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for the method and precision.
 
@@ -125,7 +131,7 @@ def build_load_kwargs(
         if prequantized is not None:
             kwargs["quantization_config"] = build_checkpoint_loading_config(prequantized)
         else:
-            kwargs["quantization_config"] = build_quantization_config(config.quantization)
+            kwargs["quantization_config"] = build_quantization_config(config.quantization, arch)
         kwargs["dtype"] = torch_dtype(config.quantization.compute_dtype)
         if device is None:
             raise ValueError("method 'qlora' loads the quantized base onto a device; pass device")
@@ -147,18 +153,26 @@ def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
 
 
 def load_model(config: TrainConfig, *, device: str | None = None) -> PreTrainedModel:
-    """The base model as the method needs it (4-bit for Q-LoRA)."""
-    from transformers import AutoModelForCausalLM
+    """The whole base checkpoint as the method needs it (4-bit for Q-LoRA).
 
+    A multimodal checkpoint (Qwen3.5) loads with its vision tower, so what is saved or
+    merged later is still that checkpoint; :mod:`qwenft_trainer.architectures` decides.
+    A GPTQ / AWQ checkpoint loads with its own quantization (:mod:`qwenft_trainer.quantized`).
+    """
     from qwenft_trainer.base_checks import config_kwargs, read_base_config
     from qwenft_trainer.quantized import checkpoint_quantization
 
-    base_config = read_base_config(config.model.name_or_path, **config_kwargs(config.model))
+    source = config.model
+    base_config = read_base_config(source.name_or_path, **config_kwargs(source))
     prequantized = checkpoint_quantization(base_config)
-    kwargs = build_load_kwargs(config, device=device, prequantized=prequantized)
+    arch = architectures.read_architecture(source.name_or_path, **source_kwargs(source))
+    kwargs = build_load_kwargs(config, device=device, prequantized=prequantized, arch=arch)
     shown = {k: v for k, v in kwargs.items() if k != "token"}
-    log.info("loading %s (%s)", config.model.name_or_path, shown)
-    return AutoModelForCausalLM.from_pretrained(config.model.name_or_path, **kwargs)
+    log.info("loading %s as %s (%s)", source.name_or_path, arch.auto_class, shown)
+    model: PreTrainedModel = architectures.model_class(arch).from_pretrained(
+        source.name_or_path, **kwargs
+    )
+    return model
 
 
 def prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
@@ -168,8 +182,12 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMode
     model.config.use_cache = False
     keep_router_aux_loss(model)
     checkpointing = config.training.gradient_checkpointing
+    arch = architectures.describe(model.config.to_dict())
     if config.method == "full":
         model.requires_grad_(True)
+        frozen = architectures.freeze_towers(model, arch)
+        if frozen:
+            log.info("vision tower frozen: %d parameters keep their base values", frozen)
         return model
     if config.method == "qlora":
         model = prepare_model_for_kbit_training(
@@ -177,7 +195,11 @@ def prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMode
             use_gradient_checkpointing=checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    peft_model: PreTrainedModel = get_peft_model(model, build_lora_config(config, model))
+    lora_config = build_lora_config(config, model)
+    if arch.lora_exclude_pattern:
+        lora_config.exclude_modules = arch.lora_exclude_pattern
+    peft_model: PreTrainedModel = get_peft_model(model, lora_config)
+    architectures.check_towers_frozen(peft_model, arch)
     return peft_model
 
 
