@@ -26,9 +26,11 @@ def tiny_arch_dir(
     built: dict[str, Path] = {"qwen2": tiny_model_dir}
 
     def build(arch: str) -> Path:
-        if arch not in built:
-            from qwenft_trainer.tiny import TinyModelSpec, build_tiny_qwen
+        from qwenft_trainer.tiny import TINY_ARCHS, TinyModelSpec, build_tiny_qwen
 
+        if arch not in TINY_ARCHS:
+            raise ValueError(f"unknown tiny arch {arch!r}; one of {', '.join(TINY_ARCHS)}")
+        if arch not in built:
             spec = TinyModelSpec(arch=arch)
             built[arch] = build_tiny_qwen(tmp_path_factory.mktemp(f"tiny-{arch}"), spec)
         return built[arch]

@@ -324,12 +324,14 @@ def test_the_validator_names_the_architecture_and_its_packing(
     assert (unpacked["packing"], unpacked["packing_reason"]) == ("off", "training.packing is false")
 
 
-def test_the_validator_says_unknown_when_the_model_config_cannot_be_read(
+def test_the_model_facts_say_unknown_when_the_model_config_cannot_be_read(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The report's architecture and packing lines; the CLI itself refuses such a model."""
     import shutil
 
     from qwenft_operator.cli import main as qwenft
+    from qwenft_trainer.validate import describe_model
 
     tokenizer_only = tmp_path / "tokenizer-only"
     tokenizer_only.mkdir()
@@ -337,13 +339,13 @@ def test_the_validator_says_unknown_when_the_model_config_cannot_be_read(
         if file.name.startswith(("tokenizer", "chat_template")):
             shutil.copy(file, tokenizer_only / file.name)
     assert not (tokenizer_only / "config.json").exists()
+    facts = describe_model(str(tokenizer_only))
+    assert (facts["architecture"], facts["packing"]) == ("unknown", "unknown")
+    assert facts["packing_reason"].startswith("can't read the model config of")
     args = ["data", "validate", str(DATA_DIR / "mixed.jsonl"), "--model", str(tokenizer_only)]
     capsys.readouterr()
-    assert qwenft([*args, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["ok"] is True
-    assert (report["architecture"], report["packing"]) == ("unknown", "unknown")
-    assert report["packing_reason"].startswith("can't read the model config of")
+    assert qwenft([*args, "--json"]) == 2  # config.json is checked before anything else
+    assert "config.json" in json.loads(capsys.readouterr().out)["message"]
 
 
 @pytest.mark.parametrize(("arch", "mode"), [("qwen2", "padded_rows"), ("qwen3_next", "off")])

@@ -527,7 +527,7 @@ def test_revision_reaches_the_model_and_tokenizer_loaders(
     import transformers
     from qwenft_trainer import serve, serve_app
 
-    asked: dict[str, list[object]] = {"tokenizer": [], "model": []}
+    asked: dict[str, list[object]] = {"tokenizer": [], "model": [], "config": []}
 
     def recording(kind: str, plain: Callable[..., Any]) -> Callable[..., Any]:
         def load(name: str, **kwargs: Any) -> Any:
@@ -541,10 +541,17 @@ def test_revision_reaches_the_model_and_tokenizer_loaders(
         tokenizer, "from_pretrained", recording("tokenizer", tokenizer.from_pretrained)
     )
     monkeypatch.setattr(model, "from_pretrained", recording("model", model.from_pretrained))
+    config = transformers.AutoConfig
+    monkeypatch.setattr(config, "from_pretrained", recording("config", config.from_pretrained))
     loaded: list[Engine] = []
     monkeypatch.setattr(serve_app, "create_app", lambda loader, limits: loaded.append(loader()))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
     assert serve.main(["--model", "Qwen/Qwen2.5-7B-Instruct", "--revision", "0123abc"]) == 0
+    pinned_configs = list(asked["config"])
     assert serve.main(["--model", "Qwen/Qwen2.5-7B-Instruct"]) == 0
-    assert asked == {"tokenizer": ["0123abc", None], "model": ["0123abc", None]}
+    pins = ["0123abc", None]
+    assert (asked["tokenizer"], asked["model"]) == (pins, pins)
+    # the architecture is read from the pinned config; the unpinned run reads no pin
+    assert "0123abc" in pinned_configs
+    assert "0123abc" not in asked["config"][len(pinned_configs) :]
     assert loaded[0].model_names[0] == "Qwen/Qwen2.5-7B-Instruct"
