@@ -35,13 +35,18 @@ INVALID_SPEC = "InvalidSpec"  # the spec can never work (e.g. no output claim in
 INVALID_DATASET = "InvalidDataset"  # the validator rejected the data; message has its report
 MISSING_REFERENCE = "MissingReference"  # a referenced Secret, ConfigMap or claim is missing
 
+# Reasons: the pods of a step (validation, training, merge) no node fits. The message has
+# the scheduler's verdict from the pods' PodScheduled condition.
+PODS_UNSCHEDULABLE = "PodsUnschedulable"  # the step waits for a node; the run goes on waiting
+UNSCHEDULABLE = "Unschedulable"  # waited runPolicy.schedulingTimeoutSeconds; Job deleted
+
 # Reasons: training.
 QUEUED = "Queued"  # the Job waits for Kueue admission (it is suspended by Kueue)
 PODS_PENDING = "PodsPending"  # the Job exists; its pods are not all running yet
 TRAINING_RUNNING = "TrainingRunning"  # every training pod runs
 TRAINING_SUCCEEDED = "TrainingSucceeded"  # the training Job completed
 TRAINING_FAILED = "TrainingFailed"  # a pod failed for good; message has exit code and message
-DEADLINE_EXCEEDED = "DeadlineExceeded"  # runPolicy.activeDeadlineSeconds passed
+DEADLINE_EXCEEDED = "DeadlineExceeded"  # runPolicy (or validation) activeDeadlineSeconds passed
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # more pod failures than runPolicy.backoffLimit
 SUSPENDED_BY_USER = "SuspendedByUser"  # spec.suspend is true
 RESUMED = "Resumed"  # spec.suspend went back to false; training continues from a checkpoint
@@ -68,6 +73,8 @@ REASONS = (
     INVALID_SPEC,
     INVALID_DATASET,
     MISSING_REFERENCE,
+    PODS_UNSCHEDULABLE,
+    UNSCHEDULABLE,
     QUEUED,
     PODS_PENDING,
     TRAINING_RUNNING,

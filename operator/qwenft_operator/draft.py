@@ -3,7 +3,8 @@
 :mod:`qwenft_operator.reconcile` walks the phases and writes into a :class:`Draft`
 (conditions, phase, child names, child creations); :meth:`Draft.finish` adds what follows
 from the difference between the old and the new status: an Event for a phase change or
-failure (and for a newly missing reference) and the status patch with only what changed.
+failure (and a Warning for a newly missing reference or a new verdict of the scheduler on
+a step's pods) and the status patch with only what changed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from qwenft_operator.actions import (
 )
 from qwenft_operator.phases import Phase
 from qwenft_operator.status import Children, QwenFineTuneStatus
+
+# Conditions of the steps that can wait on something the user must fix, and the reasons
+# that say so; each new such reason or message is also a Warning Event.
+WAITING_CONDITION_TYPES = (cond.VALIDATED, cond.TRAINING, cond.MERGED)
+WAITING_REASONS = (cond.MISSING_REFERENCE, cond.PODS_UNSCHEDULABLE)
 
 
 @dataclass
@@ -81,16 +87,28 @@ class Draft:
             events.append(
                 EmitEvent("Normal", str(new_phase), f"{old_phase or 'New'} -> {new_phase}")
             )
-        before = cond.get_condition(self.old.conditions, cond.VALIDATED)
-        after = cond.get_condition(self.status.conditions, cond.VALIDATED)
-        if (
-            after is not None
-            and after.reason == cond.MISSING_REFERENCE
-            and (before is None or (before.reason, before.message) != (after.reason, after.message))
-        ):
-            events.append(EmitEvent("Warning", after.reason, after.message))
+        if new_phase != Phase.FAILED:
+            events.extend(self._waiting_warnings())
         patch = status_patch(self.old, self.status)
         actions = list(self.actions)
         if patch:
             actions.append(PatchStatus(patch))
         return Decision(status=self.status, actions=(*actions, *events))
+
+    def _waiting_warnings(self) -> list[Action]:
+        """A Warning for each step condition that now says why the run waits, or says it
+        differently (a reference missing, pods no node fits)."""
+        events: list[Action] = []
+        for type_ in WAITING_CONDITION_TYPES:
+            before = cond.get_condition(self.old.conditions, type_)
+            after = cond.get_condition(self.status.conditions, type_)
+            if (
+                after is not None
+                and after.reason in WAITING_REASONS
+                and (
+                    before is None
+                    or (before.reason, before.message) != (after.reason, after.message)
+                )
+            ):
+                events.append(EmitEvent("Warning", after.reason, after.message))
+        return events

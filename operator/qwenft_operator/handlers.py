@@ -3,9 +3,10 @@
 Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two.
 A run is reconciled on every watch event of its own (created, found at start-up, changed;
 the echo of the operator's own status patch is skipped) and when one of its Jobs or
-Deployments, or its validation pod, changes in a way the decision can see (watched
-server-side by the managed-by label); its other pods are only indexed (the failed pod's
-exit code and message, rank 0's address). The reconcile is level-based and idempotent,
+Deployments, or one of its Job pods, changes in a way the decision can see (watched
+server-side by the managed-by label): the validator's exit 0, and the scheduler's verdict
+on a pod no node fits. Otherwise pods are only indexed (the failed pod's exit code and
+message, rank 0's address). The reconcile is level-based and idempotent,
 so the run's events use ``kopf.on.event`` rather than kopf's change-detecting handlers,
 which deep-copy and diff every event of the run and write bookkeeping annotations on it
 (a third of the operator's CPU with 100 runs at once); API errors are retried by the
@@ -33,7 +34,9 @@ from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
 MANAGED = {labels.MANAGED_BY_KEY: labels.MANAGED_BY}
-VALIDATION_PODS = {**MANAGED, labels.COMPONENT_KEY: "validate"}
+# Pods of the run's Jobs (the server's pods are followed through their Deployment).
+JOB_PODS = {**MANAGED, labels.COMPONENT_KEY: kopf.PRESENT}
+JOB_COMPONENTS = ("validate", "train", "merge")
 # The children watched, as kopf selectors: (group, plural), "v1" being the core group.
 CHILD_RESOURCES = (("batch", "jobs"), ("v1", "pods"), ("apps", "deployments"))
 
@@ -169,16 +172,26 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Job", job.name),
                              signature, deleted=type == "DELETED")  # fmt: skip
 
-    @typed(kopf.on.event("v1", "pods", labels=VALIDATION_PODS, registry=registry))
-    async def validation_pod_changed(
+    @typed(kopf.on.event("v1", "pods", labels=JOB_PODS, registry=registry))
+    async def job_pod_changed(
         namespace: str, labels: kopf.Labels, body: kopf.Body, type: str | None, memo: kopf.Memo,
         **kwargs: Any,
     ) -> None:  # fmt: skip
         pod = parse_pod(body)
-        # Only its exit 0 matters (see reconcile._validator_exited_zero); failures come
-        # through the Job, which decides whether the pod is retried.
+        if pod.component not in JOB_COMPONENTS:
+            return
+        deleted = type == "DELETED"
+        verdict = pod.unschedulable.message if pod.unschedulable and not deleted else None
+        if pod.component == "validate":
+            # Its exit 0 matters (see reconcile._validator_exited_zero); failures come
+            # through the Job, which decides whether the pod is retried.
+            signature: Hashable = (pod.phase == "Succeeded", verdict)
+        else:
+            # Only the scheduler's verdict (None: nothing to report, which a pod that
+            # never had one doesn't wake its run for); exits come through the Job.
+            signature, deleted = verdict, False
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Pod", pod.name),
-                             pod.phase == "Succeeded", deleted=type == "DELETED")  # fmt: skip
+                             signature, deleted=deleted)  # fmt: skip
 
     @typed(kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry))
     async def deployment_changed(

@@ -8,7 +8,8 @@ memory per child. Parsing follows the Kubernetes API: a Job has finished when it
 say so a little earlier), its failure reason is the condition's reason
 (``BackoffLimitExceeded``, ``DeadlineExceeded``, ``PodFailurePolicy``); a failed
 container's exit code and termination message are in ``state.terminated`` (or
-``lastState.terminated`` after a restart).
+``lastState.terminated`` after a restart); a pod the scheduler can't place has
+``PodScheduled`` False with reason ``Unschedulable`` and the scheduler's message.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ JobState = Literal["Suspended", "Active", "Succeeded", "Failed"]
 JOB_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_DEADLINE_EXCEEDED = "DeadlineExceeded"
 JOB_POD_FAILURE_POLICY = "PodFailurePolicy"
+# The PodScheduled condition's reason when no node fits the pod (core/v1).
+POD_UNSCHEDULABLE = "Unschedulable"
 
 _MESSAGE_FIELD = re.compile(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")')
 
@@ -122,6 +125,17 @@ class Termination:
 
 
 @dataclass(frozen=True)
+class Unschedulable:
+    """The scheduler's verdict on a pod it found no node for."""
+
+    message: str  # e.g. "0/5 nodes are available: 4 Insufficient nvidia.com/gpu, ..."
+    # When the pod was first found unschedulable (the PodScheduled condition's
+    # lastTransitionTime, else the pod's creation): the API's clock, so a restarted
+    # operator counts from the same moment.
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
 class PodFacts:
     """What the decision needs to know about one pod of a run."""
 
@@ -133,6 +147,7 @@ class PodFacts:
     completion_index: int | None = None
     ready: bool = False
     failure: Termination | None = None  # the first container that exited non-zero
+    unschedulable: Unschedulable | None = None  # no node fits it (yet)
 
 
 def _terminated(statuses: Iterable[Mapping[str, Any]]) -> Termination | None:
@@ -150,10 +165,22 @@ def _terminated(statuses: Iterable[Mapping[str, Any]]) -> Termination | None:
     return None
 
 
+def _unschedulable(meta: Mapping[str, Any], status: Mapping[str, Any]) -> Unschedulable | None:
+    scheduled = _conditions(status).get("PodScheduled") or {}
+    if scheduled.get("status") != "False" or scheduled.get("reason") != POD_UNSCHEDULABLE:
+        return None
+    since = parse_time(scheduled.get("lastTransitionTime"))
+    return Unschedulable(
+        message=str(scheduled.get("message") or "").strip(),
+        since=since or parse_time(meta.get("creationTimestamp")),
+    )
+
+
 def parse_pod(body: Mapping[str, Any]) -> PodFacts:
     """Facts of a Pod (a Job's or a Deployment's)."""
     meta = body["metadata"]
     status = body.get("status") or {}
+    node_name = (body.get("spec") or {}).get("nodeName")
     index = (meta.get("annotations") or {}).get(labels.JOB_COMPLETION_INDEX_ANNOTATION)
     statuses = [
         *(status.get("initContainerStatuses") or []),
@@ -163,11 +190,12 @@ def parse_pod(body: Mapping[str, Any]) -> PodFacts:
         name=str(meta["name"]),
         component=str((meta.get("labels") or {}).get(labels.COMPONENT_KEY, "")),
         phase=str(status.get("phase") or "Pending"),
-        node_name=(body.get("spec") or {}).get("nodeName"),
+        node_name=node_name,
         pod_ip=status.get("podIP"),
         completion_index=int(index) if index is not None and str(index).isdigit() else None,
         ready=_true(_conditions(status), "Ready") is not None,
         failure=_terminated(statuses),
+        unschedulable=None if node_name else _unschedulable(meta, status),
     )
 
 

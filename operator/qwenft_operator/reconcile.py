@@ -11,16 +11,20 @@ or after an operator restart, asks for nothing new. The run moves through
 Each step looks at its own child: no child yet -> create it (children are named by
 :class:`~qwenft_operator.names.ChildNames`, so a second create finds the first); child
 running -> report; child failed -> Failed with a reason the user can act on; child done ->
-the next step. Each step writes into a :class:`~qwenft_operator.draft.Draft`, which turns
-the new status into Events (every phase change and failure) and a status patch.
+the next step. A running child whose pods no node fits reports the scheduler's verdict
+(:mod:`scheduling`) and fails the run once they waited ``runPolicy.schedulingTimeoutSeconds``
+(a later look is requeued for that moment). Each step writes into a
+:class:`~qwenft_operator.draft.Draft`, which turns the new status into Events (every phase
+change and failure) and a status patch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from qwenft_operator import conditions as cond
+from qwenft_operator import scheduling
 from qwenft_operator.actions import (
     Decision,
     DeleteChild,
@@ -30,6 +34,7 @@ from qwenft_operator.actions import (
     SetJobSuspended,
 )
 from qwenft_operator.builders import config, merge, paths, serving, training, validation
+from qwenft_operator.conditions import ConditionStatus
 from qwenft_operator.draft import Draft
 from qwenft_operator.observe import (
     JOB_BACKOFF_LIMIT_EXCEEDED,
@@ -148,9 +153,11 @@ def _validate(d: Draft, run: Run, observed: Observed) -> bool:
         d.set(cond.VALIDATED, "True", cond.SPEC_VALID, "references and dataset checked")
         return True
     if job.state != "Failed":
-        message = f"dataset validation Job {job.name} running"
-        d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, message)
         d.phase(Phase.VALIDATING)
+        step = _Step(cond.VALIDATED, "Unknown", "validate", "validation", job.name)
+        if not _unschedulable(d, run, observed, step, wanted=1):
+            message = f"dataset validation Job {job.name} running"
+            d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, message)
         return False
     pod = first_failure(observed.pods_of("validate"))
     if _waiting_for_pod(job, pod, d.now):
@@ -161,6 +168,10 @@ def _validate(d: Draft, run: Run, observed: Observed) -> bool:
     report = report_message(failure.message) if failure else ""
     if failure is not None and failure.exit_code == validation.INVALID_DATA_EXIT_CODE:
         d.fail(cond.VALIDATED, cond.INVALID_DATASET, report or job.message)
+    elif job.reason == JOB_DEADLINE_EXCEEDED:
+        limit = run.spec.validation.active_deadline_seconds
+        message = f"dataset validation ran longer than validation.activeDeadlineSeconds={limit}"
+        d.fail(cond.VALIDATED, cond.DEADLINE_EXCEEDED, message)
     else:
         detail = failure.describe() if failure else f"{job.reason}: {job.message}"
         d.fail(cond.VALIDATED, cond.INVALID_SPEC, f"dataset validation failed: {detail}")
@@ -214,11 +225,14 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
         d.set(cond.TRAINING, "True", cond.TRAINING_RUNNING, f"{job.ready} training pod(s) running")
         d.status.start_time = d.status.start_time or job.start_time or d.now
     else:
-        message = f"{job.ready}/{job.completions} training pods ready"
-        stopped = _last_stopped(observed.pods_of("train"))
-        if stopped is not None and stopped.failure is not None:
-            message += f"; pod {stopped.name} {report_message(stopped.failure.message)}".rstrip()
-        d.set(cond.TRAINING, "True", cond.PODS_PENDING, message)
+        step = _Step(cond.TRAINING, "True", "train", "training", job.name)
+        if not _unschedulable(d, run, observed, step, wanted=job.completions):
+            message = f"{job.ready}/{job.completions} training pods ready"
+            stopped = _last_stopped(observed.pods_of("train"))
+            if stopped is not None and stopped.failure is not None:
+                failure = report_message(stopped.failure.message)
+                message += f"; pod {stopped.name} {failure}".rstrip()
+            d.set(cond.TRAINING, "True", cond.PODS_PENDING, message)
     return False
 
 
@@ -239,6 +253,44 @@ def _last_stopped(pods: list[PodFacts]) -> PodFacts | None:
         return at.replace(tzinfo=None) if at else never
 
     return max(stopped, key=key)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A step whose Job's pods may wait for a node, and the condition that reports it."""
+
+    condition: str
+    status: ConditionStatus  # the condition's status while the step's Job runs
+    component: str
+    noun: str
+    job: str
+
+
+def _unschedulable(d: Draft, run: Run, observed: Observed, step: _Step, *, wanted: int) -> bool:
+    """Report the step's pods that no node fits; True if there are any.
+
+    Once they have waited ``runPolicy.schedulingTimeoutSeconds`` (from their own
+    PodScheduled time, which survives an operator restart) the run fails and the Job is
+    deleted with its pods, so scheduled ranks of a gang give back their GPUs; until then a
+    later look is requeued for that moment.
+    """
+    waiting = scheduling.find_unschedulable(
+        observed.pods_of(step.component), wanted=wanted, noun=step.noun, now=d.now
+    )
+    if waiting is None:
+        return False
+    timeout = run.spec.run_policy.scheduling_timeout_seconds
+    deadline = waiting.deadline(timeout)
+    if d.now >= deadline:
+        message = f"{waiting.message} (for {timeout}s, runPolicy.schedulingTimeoutSeconds)"
+        d.fail(step.condition, cond.UNSCHEDULABLE, message)
+        d.actions.append(DeleteChild("Job", step.job))
+        return True
+    at = deadline.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = f"{waiting.message} (the run fails at {at}, runPolicy.schedulingTimeoutSeconds)"
+    d.set(step.condition, step.status, cond.PODS_UNSCHEDULABLE, message)
+    d.actions.append(Requeue((deadline - d.now).total_seconds()))
+    return True
 
 
 def _report_stopped(d: Draft, run: Run, *, suspended: bool, queued: bool) -> None:
@@ -313,8 +365,10 @@ def _merge(d: Draft, run: Run, observed: Observed) -> bool:
         code = f"exit code {pod.failure.exit_code}: " if pod and pod.failure else ""
         d.fail(cond.MERGED, cond.MERGE_FAILED, code + (detail or job.message))
         return False
-    d.set(cond.MERGED, "Unknown", cond.MERGE_RUNNING, f"Job {job.name} running")
     d.phase(Phase.MERGING)
+    step = _Step(cond.MERGED, "Unknown", "merge", "merge", job.name)
+    if not _unschedulable(d, run, observed, step, wanted=1):
+        d.set(cond.MERGED, "Unknown", cond.MERGE_RUNNING, f"Job {job.name} running")
     return False
 
 

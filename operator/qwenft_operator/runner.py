@@ -221,13 +221,19 @@ class Runner:
     async def child_changed(
         self, key: RunKey, child: tuple[str, str], signature: Hashable, *, deleted: bool
     ) -> None:
-        """Reconcile the owner when a child changed in a way the decision can see."""
+        """Reconcile the owner when a child changed in a way the decision can see.
+
+        A signature of None means "nothing to report": it is not held, so a child that
+        only ever had None wakes nobody.
+        """
         slot = (key[0], *child)
         if deleted:
             self._signatures.pop(slot, None)
             self._bodies.pop(key, None)  # read the run afresh: it may be gone too
         elif self._signatures.get(slot) == signature:
             return
+        elif signature is None:
+            del self._signatures[slot]
         else:
             self._signatures[slot] = signature
         await self.trigger(key)

@@ -41,6 +41,7 @@ from qwenft_operator.workloads import (
     ResourcesSpec,
     RunPolicySpec,
     SchedulingSpec,
+    ValidationSpec,
 )
 
 GROUP = "finetune.qwenft.io"
@@ -208,8 +209,11 @@ class QwenFineTuneSpec(SpecObject):
     )
     images: ImagesSpec = _section("Container image overrides.", ImagesSpec)
     output: OutputSpec = Field(description="Where checkpoints, the adapter and merges go.")
+    validation: ValidationSpec = _section(
+        "Placement and deadline of the CPU-only dataset validation pod.", ValidationSpec
+    )
     run_policy: RunPolicySpec = _section(
-        "Retries, deadline and clean-up of the training Job.", RunPolicySpec
+        "Retries, deadlines, scheduling timeout and clean-up of the run's Jobs.", RunPolicySpec
     )
     suspend: bool = Field(
         default=False,

@@ -143,8 +143,31 @@ class ImagesSpec(SpecObject):
     )
 
 
+class ValidationSpec(SpecObject):
+    """The dataset validation pod: CPU only, so it gets none of ``scheduling``'s placement."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the validation pod requires (scheduling.nodeSelector is for "
+        "the GPU pods and does not apply to it).",
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Tolerations of the validation pod (core/v1 Toleration), e.g. when every "
+        "node is tainted.",
+    )
+    active_deadline_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=86400,
+        description="Wall-clock limit of the validation Job, download and tokenization of the "
+        "dataset included.",
+    )
+
+
 class RunPolicySpec(SpecObject):
-    """Retries, deadline and clean-up of the training Job."""
+    """Retries, deadlines and clean-up of the run's Jobs."""
 
     backoff_limit: int = Field(
         default=3,
@@ -158,6 +181,15 @@ class RunPolicySpec(SpecObject):
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete finished Jobs (not the results) after this."
+    )
+    scheduling_timeout_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=604800,
+        description="Fail the run (reason Unschedulable) when a pod of its validation, "
+        "training or merge Job stays unschedulable this long, counted from the pod's "
+        "PodScheduled condition; the Job is deleted, so a partly scheduled gang releases the "
+        "GPUs it holds.",
     )
     termination_grace_period_seconds: int | None = Field(
         default=None,

@@ -4,7 +4,8 @@ Covers: each builder's output for each cluster example equals its golden YAML un
 tests/operator/golden/ (regenerate with QWENFT_UPDATE_GOLDEN=1 and review the diff);
 every object passes the Kubernetes 1.37 OpenAPI schema (kubernetes-validate, strict);
 owner references and labels on every child and pod template; the restricted security
-context; the rendered trainer config (valid TrainConfig, paths as the pods see them, no
+context; the validation pod placed by spec.validation, not by the GPU scheduling; the
+rendered trainer config (valid TrainConfig, paths as the pods see them, no
 token anywhere); torchrun arguments; GPUs only where they belong; Kueue; the pod failure
 policy (stopped trainers not counted); the training pods' grace period (spec or method
 default); URL datasets; the vLLM decision for unmerged adapters; a pinned hub revision in the
@@ -13,6 +14,7 @@ merge Job and the servers that read the hub base; no torch imported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,6 +30,7 @@ from qwenft_operator import labels
 from qwenft_operator.builders import config, merge, paths, serving, training, validation
 from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.workloads import ValidationSpec
 from qwenft_trainer import exit_codes
 from qwenft_trainer.config import TrainConfig
 
@@ -364,6 +367,30 @@ def test_validator_checks_the_merge_target_only_when_the_run_merges() -> None:
     assert not serving.needs_merge(unmerged)
     assert args(unmerged)[-2:] == ["--method", "qlora"]
     assert "--merge-into" not in args(load_run("full-finetune"))
+
+
+def test_validation_pod_is_placed_by_spec_validation_not_the_gpu_scheduling() -> None:
+    run = load_run("qlora-multinode-zero2")
+    job = validation.build_validation_job(run)
+    pod = job["spec"]["template"]["spec"]
+    assert run.spec.scheduling.node_selector and run.spec.scheduling.tolerations
+    assert not {"nodeSelector", "tolerations", "affinity"} & set(pod)
+    assert pod["priorityClassName"] == "training"
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    own = {
+        "nodeSelector": {"node-role.example.com/cpu": "true"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "batch"}],
+        "activeDeadlineSeconds": 7200,
+    }
+    spec = run.spec.model_copy(update={"validation": ValidationSpec.model_validate(own)})
+    placed = dataclasses.replace(run, spec=spec)
+    job = validation.build_validation_job(placed)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == own["nodeSelector"]
+    assert pod["tolerations"] == own["tolerations"]
+    assert "affinity" not in pod and job["spec"]["activeDeadlineSeconds"] == 7200
+    train = training.build_train_job(placed)["spec"]["template"]["spec"]
+    assert train["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 
 
 def test_url_dataset_is_fetched_by_an_init_container() -> None:

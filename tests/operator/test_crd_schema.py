@@ -23,7 +23,11 @@ from qwenft_trainer.config import LoraSettings
 ROOT = Path(__file__).parents[2]
 COMMITTED = ROOT / crd.CRD_PATH
 # Free-form Kubernetes objects passed through to pods, and only these.
-PRESERVED = {"spec.scheduling.tolerations[]", "spec.scheduling.affinity"}
+PRESERVED = {
+    "spec.scheduling.tolerations[]",
+    "spec.scheduling.affinity",
+    "spec.validation.tolerations[]",
+}
 
 
 @pytest.fixture(scope="module")

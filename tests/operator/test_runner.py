@@ -2,7 +2,8 @@
 
 Covers: a new run gets its validation Job, a status patch and a phase Event, in that
 order; the echo of the operator's own status patch wakes nothing; a child event that
-changes nothing the decision sees wakes nothing, while a real change reconciles; triggers
+changes nothing the decision sees wakes nothing, while a real change reconciles; a pod
+with nothing to report (signature None) wakes nothing and is not held; triggers
 for a run being reconciled are coalesced into one more pass, never run side by side; a
 deleted run is forgotten; parsed specs are reused until the generation changes; a Ready
 run's smoke test runs once in the background, its outcome is patched into the status by
@@ -122,6 +123,32 @@ def test_own_patch_echo_and_unchanged_children_wake_nothing(api: FakeApi) -> Non
         "create Job support-lora-train",
     ]
     assert "get" not in api.calls  # the run came from events and patch answers
+
+
+def test_a_pod_with_nothing_to_report_wakes_nobody_and_is_not_held(api: FakeApi) -> None:
+    """A training pod's signature is the scheduler's verdict, None while it has none."""
+    runner = make_runner()
+    passes: list[Any] = []
+    plain = runner._reconcile_once
+
+    async def counted(key: Any, given: Any) -> Any:
+        passes.append(key)
+        return await plain(key, given)
+
+    runner._reconcile_once = counted  # type: ignore[method-assign]
+    pod = ("Pod", "support-lora-train-0-x")
+    slot = (KEY[0], *pod)
+
+    async def scenario() -> None:
+        await runner.child_changed(KEY, pod, None, deleted=False)
+        assert passes == [] and slot not in runner._signatures
+        await runner.child_changed(KEY, pod, "0/5 nodes are available", deleted=False)
+        await runner.child_changed(KEY, pod, "0/5 nodes are available", deleted=False)
+        assert len(passes) == 1 and runner._signatures[slot] == "0/5 nodes are available"
+        await runner.child_changed(KEY, pod, None, deleted=False)  # scheduled: look again
+        assert len(passes) == 2 and slot not in runner._signatures
+
+    asyncio.run(scenario())
 
 
 def test_triggers_are_coalesced_not_concurrent(api: FakeApi) -> None:

@@ -1,12 +1,14 @@
 """Pieces every pod of a run shares: metadata, security, placement, volumes, environment.
 
 Each pod gets only the volumes its step reads or writes (:class:`Mounts`), the restricted
-Pod Security Standard, the run's scheduling fields, and the hub token as a ``secretKeyRef``
+Pod Security Standard, the run's scheduling fields (the CPU-only validation pod places
+itself), and the hub token as a ``secretKeyRef``
 environment variable, the one place the token ever appears.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,16 +61,32 @@ def container_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def pod_spec_base(run: Run, mounts: Mounts) -> dict[str, Any]:
-    """Pod spec fields shared by all steps (no containers yet)."""
+def placement(
+    node_selector: Mapping[str, str],
+    tolerations: Sequence[Mapping[str, Any]],
+    affinity: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The pod spec's ``nodeSelector``, ``tolerations`` and ``affinity``, those given."""
+    spec: dict[str, Any] = {}
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        spec["tolerations"] = [dict(t) for t in tolerations]
+    if affinity:
+        spec["affinity"] = dict(affinity)
+    return spec
+
+
+def pod_spec_base(run: Run, mounts: Mounts, *, run_placement: bool = True) -> dict[str, Any]:
+    """Pod spec fields shared by all steps (no containers yet).
+
+    ``run_placement=False`` leaves out ``spec.scheduling``'s node selector, tolerations
+    and affinity (they place the GPU pods) for a pod that places itself.
+    """
     spec: dict[str, Any] = {"securityContext": pod_security_context()}
     sched = run.spec.scheduling
-    if sched.node_selector:
-        spec["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        spec["tolerations"] = [dict(t) for t in sched.tolerations]
-    if sched.affinity:
-        spec["affinity"] = dict(sched.affinity)
+    if run_placement:
+        spec.update(placement(sched.node_selector, sched.tolerations, sched.affinity))
     if sched.priority_class_name:
         spec["priorityClassName"] = sched.priority_class_name
     if sched.scheduler_name:

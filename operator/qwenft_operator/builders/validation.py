@@ -4,6 +4,9 @@ It runs before any GPU is requested, so a malformed dataset fails in seconds wit
 validator's report instead of after a training pod was scheduled. It also checks the model's
 ``config.json`` against the method and, when the run merges, the merge target: a Qwen1
 checkpoint, ``method: lora`` on a GPTQ base or a merge into packed weights fail here too.
+It needs no GPU node either: ``spec.scheduling``'s node selector, tolerations and affinity
+(which place the GPU pods) are left out, and ``spec.validation`` places it instead, so a
+typo in the GPU node selector can't block validation.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from qwenft_operator.runs import Run
 # when the tokenizer can't load, which may be a hub outage, so that one is retried.)
 INVALID_DATA_EXIT_CODE = 1
 VALIDATION_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}}
-VALIDATION_DEADLINE_SECONDS = 3600
 
 
 def build_validation_args(run: Run) -> list[str]:
@@ -47,7 +49,9 @@ def build_validation_args(run: Run) -> list[str]:
 def build_validation_job(run: Run) -> dict[str, Any]:
     """Job ``<run>-validate``: one CPU pod, no GPU, fails at once on invalid data."""
     mounts = pods.Mounts(data=True, model=True)
-    pod_spec = pods.pod_spec_base(run, mounts)
+    own = run.spec.validation
+    pod_spec = pods.pod_spec_base(run, mounts, run_placement=False)
+    pod_spec.update(pods.placement(own.node_selector, own.tolerations))
     fetcher = fetch.build_fetch_container(run)
     if fetcher is not None:
         pod_spec["initContainers"] = [fetcher]
@@ -67,5 +71,5 @@ def build_validation_job(run: Run) -> dict[str, Any]:
         pod_spec=pod_spec,
         backoff_limit=2,
         fail_on_exit_codes=[INVALID_DATA_EXIT_CODE],
-        extra_spec={"activeDeadlineSeconds": VALIDATION_DEADLINE_SECONDS},
+        extra_spec={"activeDeadlineSeconds": own.active_deadline_seconds},
     )
