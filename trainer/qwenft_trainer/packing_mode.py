@@ -277,6 +277,13 @@ def configure_model_for_packing(
                 "probe could check it",
             )
         return replace(decision, reason=f"{decision.reason}; start-up probe skipped (ZeRO-3)")
+    if _prequantized(model):
+        if decision.mode == "flattened_varlen":
+            return PackingDecision("off", f"{decision.reason}, but the probe can't run here")
+        # An inference forward makes GPTQ / AWQ kernels repack their weights for inference.
+        return replace(
+            decision, reason=f"{decision.reason}; start-up probe skipped (GPTQ / AWQ kernels)"
+        )
     result = probe_packing(model, decision.mode, pad_token_id=pad_token_id)
     if not result.exact:
         log.warning("start-up probe: %s; training without packing", result.describe())
@@ -289,6 +296,14 @@ def configure_model_for_packing(
         reason=f"{decision.reason}; start-up probe: packed = separate logits within "
         f"{result.tolerance:.1g} (max diff {result.max_abs_diff:.1g})",
     )
+
+
+def _prequantized(model: PreTrainedModel) -> bool:
+    quantization = getattr(model.config, "quantization_config", None)
+    method = getattr(quantization, "quant_method", None)
+    if isinstance(quantization, dict):
+        method = quantization.get("quant_method")
+    return str(getattr(method, "value", method)).lower() in ("gptq", "awq")
 
 
 def decision_from_text(mode: str, reason: str) -> PackingDecision:

@@ -141,9 +141,14 @@ class Inventory:
         modules, linear, adaptable, params = [], [], [], []
         for name, module in model.named_modules():
             modules.append(name)
-            if isinstance(module, lora_layers):
+            # GPTQ / AWQ kernels (gptqmodel's QuantLinear classes) are linear layers peft
+            # adapts without being nn.Linear; they say so by their feature sizes.
+            quantized_linear = not isinstance(module, nn.Linear) and all(
+                isinstance(getattr(module, a, None), int) for a in ("in_features", "out_features")
+            )
+            if isinstance(module, lora_layers) or quantized_linear:
                 adaptable.append(name)
-                if isinstance(module, nn.Linear | Conv1D):
+                if quantized_linear or isinstance(module, nn.Linear | Conv1D):
                     linear.append(name)
                 continue
             for param_name, param in module.named_parameters(recurse=False):
