@@ -141,9 +141,10 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step(
     assert ends == [{"event": "rank_end", "rank": r, "step": step, "stopped": True} for r in (0, 1)]
     # rank 0 never got the signal: it stopped because rank 1 asked
     assert events(live.stdout, "train_stopped")[0]["cause"] == "another rank"
-    # torchrun itself exits 1 for any failed worker; it reports each worker's code
+    # torchrun itself exits 1 for any failed worker; it reports the workers' codes (the
+    # second one only when it exits before torchrun's report is written, so at least one)
     assert live.proc.returncode != 0
-    assert live.stderr.count(f"exitcode  : {exit_codes.STOPPED} ") == 2, live.stderr[-3000:]
+    assert live.stderr.count(f"exitcode  : {exit_codes.STOPPED} ") >= 1, live.stderr[-3000:]
 
     resumed = run(torchrun(2, config))
     diff = check_resumed(resumed.stdout, root / "ranks", root / "ranks-reference", step)
