@@ -16,6 +16,10 @@ the next step. A running child whose pods no node fits reports the scheduler's v
 (a later look is requeued for that moment). Each step writes into a
 :class:`~qwenft_operator.draft.Draft`, which turns the new status into Events (every phase
 change and failure) and a status patch.
+
+This module is over 400 lines because it holds every phase step of one decision (the
+pod-scheduling and stopped-pod reports included); splitting it by step is planned with the
+runner's split by job.
 """
 
 from __future__ import annotations
