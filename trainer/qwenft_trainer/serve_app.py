@@ -314,16 +314,14 @@ async def _stream(
     request: Request,
     elapsed: Callable[[Request], float],
 ) -> AsyncGenerator[str, None]:
-    from transformers import AsyncTextIteratorStreamer
+    from qwenft_trainer.streaming import token_streamer
 
     cid, created, model = schemas.completion_id(), schemas.now(), body.model
     cancelled = threading.Event()
     status, done = 200, None
     try:
         async with state.semaphore:
-            streamer = AsyncTextIteratorStreamer(
-                engine.tokenizer, skip_prompt=True, skip_special_tokens=True
-            )
+            streamer = token_streamer(engine.tokenizer)
             job = partial(
                 engine.generate, model, prompt_ids, params, streamer=streamer, cancelled=cancelled
             )
