@@ -31,6 +31,7 @@ from qwenft_trainer.modeling import count_parameters, load_model, prepare_model
 from qwenft_trainer.packing_mode import PackingDecision
 from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
 from qwenft_trainer.summary import (
+    TokenCacheRecord,
     TrainSummary,
     last_logged,
     peak_gpu_memory_bytes,
@@ -184,8 +185,12 @@ def run_training(
     *,
     started: float,
     stop: StopRequest | None = None,
+    token_cache: TokenCacheRecord | None = None,
 ) -> int:
-    """Train, save and summarise; returns the process exit code."""
+    """Train, save and summarise; returns the process exit code.
+
+    ``token_cache`` says where the samples came from, for ``summary.json``.
+    """
     import torch
 
     cuda = torch.cuda.is_available()
@@ -233,6 +238,7 @@ def run_training(
             trainer.save_model(config.output_dir)
         wall = time.time() - train_start
         summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss, packing)
+        summary.token_cache = token_cache
         # Every rank says where it stopped: ranks that disagree show up in the logs.
         emit(
             build_log_record("rank_end", rank=env.rank, step=summary.steps, loss=summary.train_loss)

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 # Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_LOG_LIMIT = 4096
+
+
+class TokenCacheRecord(BaseModel):
+    """Where a run's tokenized samples came from (:mod:`qwenft_trainer.token_cache`)."""
+
+    status: Literal["built", "loaded", "tokenized"] = Field(
+        description="'built': tokenized and saved to the cache; 'loaded': read from it; "
+        "'tokenized': tokenized without saving (the cache could not be written or reached)."
+    )
+    key: str = Field(description="SHA-256 of everything that shapes the samples.")
+    path: str = Field(description="The cache entry's directory.")
+    seconds: float = Field(description="Seconds spent getting the samples (hashing included).")
 
 
 class TrainSummary(BaseModel):
@@ -52,6 +64,9 @@ class TrainSummary(BaseModel):
         "off", description="Packing mode trained with: padded_rows, flattened_varlen or off."
     )
     packing_reason: str = Field("", description="Why that packing mode (or none).")
+    token_cache: TokenCacheRecord | None = Field(
+        None, description="Whether the samples were tokenized or loaded from the token cache."
+    )
 
 
 def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:

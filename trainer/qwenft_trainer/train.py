@@ -10,6 +10,10 @@ command runs on a laptop and on a multi-node GPU job. SIGTERM or Ctrl-C stops it
 current step with a complete checkpoint (exit code 75); the same command then resumes from
 that checkpoint.
 
+The dataset is validated and tokenized once per run: rank 0 caches the samples in
+``output_dir`` and the other ranks, and a restarted pod, load them
+(:mod:`qwenft_trainer.token_cache`).
+
 One process (CPU or one GPU):
 
     python -m qwenft_trainer.train --config examples/train-lora.yaml
@@ -162,6 +166,16 @@ def build_samples(
     return train, held_out or None
 
 
+def validated_samples(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[TokenizedSample], list[TokenizedSample] | None]:
+    """:func:`check_dataset`, then :func:`build_samples`; ConfigError names what is wrong."""
+    problem = check_dataset(config, tokenizer)
+    if problem:
+        raise ConfigError(problem)
+    return build_samples(config, tokenizer)
+
+
 def build_datasets(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]] | None]:
@@ -230,20 +244,25 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     if refusal:
         return fail(config, "InvalidConfig", refusal)
     from qwenft_trainer.modeling import load_tokenizer
+    from qwenft_trainer.token_cache import load_or_build
 
     tokenizer = load_tokenizer(config.model)
-    problem = check_dataset(config, tokenizer)
-    if problem:
-        return fail(config, "InvalidDataset", problem)
-    try:
-        train_samples, eval_samples = build_samples(config, tokenizer)
+    try:  # rank 0 validates and tokenizes once; the others, and restarts, load its cache
+        samples = load_or_build(config, env, tokenizer, build=validated_samples)
     except ConfigError as err:
         return fail(config, "InvalidDataset", str(err))
 
     from qwenft_trainer.session import run_training
 
     return run_training(
-        config, env, tokenizer, train_samples, eval_samples, started=time.time(), stop=stop
+        config,
+        env,
+        tokenizer,
+        samples.train,
+        samples.eval,
+        started=time.time(),
+        stop=stop,
+        token_cache=samples.record,
     )
 
 
