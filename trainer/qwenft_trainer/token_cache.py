@@ -252,10 +252,14 @@ def prune(root: Path, keep: set[Path]) -> list[Path]:
     for child in root.iterdir():
         if child in keep:
             continue
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
+        try:
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("can't remove the stale token cache %s: %s", child, err)
+            continue
         removed.append(child)
     return removed
 
@@ -280,6 +284,7 @@ def heartbeat(path: Path, build_id: str, every: float = HEARTBEAT_SECONDS) -> It
             if done.wait(every):
                 return
 
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -292,6 +297,11 @@ def heartbeat(path: Path, build_id: str, every: float = HEARTBEAT_SECONDS) -> It
         done.set()
         thread.join()
         path.unlink(missing_ok=True)
+        for directory in missing:  # a refused dataset leaves no output directory behind
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty: the entry (or more) was written there
 
 
 def _read_beat(path: Path) -> str | None:
