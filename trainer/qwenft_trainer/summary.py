@@ -52,6 +52,10 @@ class TrainSummary(BaseModel):
         "off", description="Packing mode trained with: padded_rows, flattened_varlen or off."
     )
     packing_reason: str = Field("", description="Why that packing mode (or none).")
+    attention: str = Field(
+        "sdpa", description="Attention implementation trained with: sdpa, flex_attention, ..."
+    )
+    attention_reason: str = Field("", description="Why that attention implementation.")
 
 
 def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:
