@@ -12,7 +12,8 @@ Covers:
   max_seq_length (one shape, one compile), unpacked batches padded to max_seq_length too;
   flash-attention packs flattened even attention-only models; a row longer than the fixed
   width is an error;
-- the model loads with the choice (``build_load_kwargs``), the validator reports it, and
+- the model loads with the choice (``build_load_kwargs``), the validator reports it (and
+  ``unknown`` with the reason for an explicit kernel that could not load), and
   ``choose_attention`` reads a real tiny checkpoint (sdpa on this CPU, an impossible request
   refused before any weight loads);
 - flex_attention itself, run on the CPU (slow: its kernels compile): the start-up probe
@@ -300,6 +301,23 @@ def test_the_validator_reports_the_cuda_kernel(
     assert (
         f"  attention        {kernel} ({report['attention_reason']})\n" in capsys.readouterr().out
     )
+
+
+def test_the_validator_reports_a_kernel_the_run_could_not_load(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qwenft_operator.cli import main as qwenft
+
+    data = Path(__file__).parent / "data" / "mixed.jsonl"
+    args = ["data", "validate", str(data), "--model", str(tiny_model_dir), "--json"]
+    capsys.readouterr()
+    assert qwenft([*args, "--attention", "flash_attention_2"]) == 0  # a prediction, not a check
+    report = json.loads(capsys.readouterr().out)
+    assert (report["attention"], report["packing"]) == ("unknown", "unknown")
+    assert "the flash-attn package is not installed" in report["attention_reason"]
+    assert qwenft([*args, "--attention", "sdpa"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["attention"], report["packing"]) == ("sdpa", "padded_rows")
 
 
 class MaskRecorder:

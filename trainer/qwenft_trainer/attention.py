@@ -19,8 +19,15 @@ reads the sample boundaries instead of a mask:
   source build that takes hours and must match torch exactly, so the image does not ship
   it; a run picks it only where it is installed and the model has no flex support
   (Qwen3-Next and Qwen3.5 in transformers 5.24), or when ``training.attention`` asks.
-- ``sdpa`` everywhere else: on the CPU, for fp32 ``flash_attention_2`` requests that can't
-  run, and where neither kernel is available (the reason says which).
+- ``sdpa`` everywhere else: on the CPU, and on CUDA where neither kernel can run for the
+  model (the reason names each one skipped and why, e.g. fp32 for flash_attention_2).
+
+Why flex_attention over flash-attention as the CUDA default: it installs with torch and
+skips whole blocks across samples as FA2's varlen kernel does; PyTorch's FlexAttention post
+(pytorch.org/blog/flexattention) puts it near FlashAttention-2's speed (about 90% forward,
+85% backward, measured on A100). A flash-attn build would pin the image to one torch / CUDA
+pair for a gap of that size. No H100/H200 numbers of this project back the choice yet:
+``bench/gpu-check.sh``'s train step measures the CUDA path's tokens/s.
 
 The decision (:func:`decide_attention`) is pure; :func:`kernel_problems_here` reads what
 this process can import. :mod:`qwenft_trainer.modeling` loads the model with the choice,

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
-from qwenft_trainer.config import DataFormat, Method, ThinkingPolicy, TrainingSettings
+from qwenft_trainer.config import (
+    AttentionSetting,
+    DataFormat,
+    Method,
+    ThinkingPolicy,
+    TrainingSettings,
+)
 from qwenft_trainer.data import IGNORE_INDEX, TemplateError, tokenize_dialogue
 from qwenft_trainer.formats import Conversation, RecordProblem, read_conversations
 from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateKind, describe, probe_template
@@ -249,19 +255,27 @@ def _nothing_to_train(report: ValidationReport, needed: int) -> str:
     )
 
 
-def describe_model(name_or_path: str, *, packing: bool = True, **source: Any) -> dict[str, str]:
+def describe_model(
+    name_or_path: str,
+    *,
+    packing: bool = True,
+    attention: AttentionSetting = "auto",
+    **source: Any,
+) -> dict[str, str]:
     """Architecture and packing plan of a model from its config (``unknown`` if unreadable).
 
     ``source`` are the ``from_pretrained`` keyword arguments of the model (revision,
     trust_remote_code). Attention and packing are the rules' decisions for a bf16 CUDA run
-    with ``training.attention: auto`` and the kernels installed here, as training decides
-    them (:mod:`qwenft_trainer.attention`); the run's start-up probe can still turn
-    packing off.
+    with ``training.attention`` set to ``attention`` and the kernels installed here, as
+    training decides them (:mod:`qwenft_trainer.attention`); a kernel that setting names
+    but that can't run makes the attention ``unknown``, with the reason training would
+    fail with. The run's start-up probe can still turn packing off.
     """
     from transformers import AutoConfig
 
     from qwenft_trainer.architectures import concrete_model_class
     from qwenft_trainer.attention import (
+        AttentionError,
         decide_attention,
         kernel_problems_here,
         supported_implementations,
@@ -281,25 +295,34 @@ def describe_model(name_or_path: str, *, packing: bool = True, **source: Any) ->
         }
     classes = getattr(config, "architectures", None) or []
     architecture = str(config.model_type) + (f" ({', '.join(classes)})" if classes else "")
-    attention = decide_attention(
-        requested="auto",
-        cuda=True,
-        precision="bf16",
-        supported=supported_implementations(concrete_model_class(config)),
-        problems=kernel_problems_here(cuda=True),
-    )
+    try:
+        choice = decide_attention(
+            requested=attention,
+            cuda=True,
+            precision="bf16",
+            supported=supported_implementations(concrete_model_class(config)),
+            problems=kernel_problems_here(cuda=True),
+        )
+    except AttentionError as err:
+        return {
+            "architecture": architecture,
+            "packing": "unknown",
+            "packing_reason": "it depends on the attention kernel",
+            "attention": "unknown",
+            "attention_reason": str(err),
+        }
     decision = decide_packing(
         config,
         requested=packing,
-        attn_implementation=attention.implementation,
+        attn_implementation=choice.implementation,
         linear_kernel_problem=linear_kernel_problem_here(cuda=True),
     )
     return {
         "architecture": architecture,
         "packing": decision.mode,
         "packing_reason": decision.reason,
-        "attention": attention.implementation,
-        "attention_reason": attention.reason,
+        "attention": choice.implementation,
+        "attention_reason": choice.reason,
     }
 
 
@@ -349,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-packing",
         action="store_true",
         help="the run sets training.packing: false (for the packing line of the report)",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=get_args(AttentionSetting),
+        default="auto",
+        help="the run's training.attention (for the attention line of the report; "
+        "default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
@@ -408,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = describe_model(
         args.model,
         packing=not args.no_packing,
+        attention=args.attention,
         trust_remote_code=args.trust_remote_code,
         **pinned,
     )
