@@ -137,16 +137,22 @@ def qwenft_config(args: argparse.Namespace, model: Path, data: Path, out: Path) 
     }
 
 
-def useful_share(config_path: Path) -> tuple[int, int]:
-    """(real, computed) tokens of the batches qwenft's own dataset and collator produce."""
+def useful_share(config_path: Path, *, cuda: bool) -> tuple[int, int]:
+    """(real, computed) tokens of the batches qwenft's own dataset and collator produce.
+
+    On CUDA the attention kernel may pad every row to max_seq_length (flex_attention).
+    """
+    from qwenft_trainer.attention import row_length
     from qwenft_trainer.config import load_config
-    from qwenft_trainer.modeling import load_tokenizer
+    from qwenft_trainer.modeling import choose_attention, load_tokenizer
     from qwenft_trainer.train import build_collator, build_datasets
 
     config = load_config(config_path)
     tokenizer = load_tokenizer(config.model)
     items, _ = build_datasets(config, tokenizer)
-    collate = build_collator(config, tokenizer)
+    kernel = choose_attention(config, cuda=cuda).implementation
+    rows = row_length(kernel, config.training.max_seq_length)
+    collate = build_collator(config, tokenizer, row_length=rows)
     random.Random(config.training.seed).shuffle(items)
     size = config.training.per_device_batch_size
     real = sum(len(item["input_ids"]) for item in items)
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         work / "qwenft.log",
     )
     ours = json.loads((ours_out / "summary.json").read_text())
-    real, computed = useful_share(config_path)
+    real, computed = useful_share(config_path, cuda=args.device == "cuda")
     print("baseline: Qwen finetune.py recipe (padding to max length) ...", flush=True)
     base_s, base_rss = run_measured(
         [sys.executable, str(ROOT / "bench" / "qwen_finetune_baseline.py"),

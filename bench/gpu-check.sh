@@ -7,7 +7,8 @@
 # Steps (each under its own time limit; a failing step is reported and the next one runs):
 #   env      the GPU, driver and library versions
 #   install  what the GPU machine lacks, from bench/wheels/ only (--no-index)
-#   gpu      every test marked `gpu` (CUDA Q-LoRA, ZeRO-2 over NCCL, varlen packing kernels, ...)
+#   gpu      every test marked `gpu` (CUDA Q-LoRA, ZeRO-2 over NCCL, packed rows under
+#            flex_attention, varlen packing kernels, ...)
 #   train    bench_train.py on random weights in Qwen2.5-1.5B's shape, bf16, against the
 #            padded Qwen-recipe baseline (tokens/s, MFU, peak GPU memory)
 #   serve    bench_serve.py on random weights in Qwen2.5-0.5B's shape against a generate loop

@@ -4,7 +4,8 @@ Covers: each builder's output for each cluster example equals its golden YAML un
 tests/operator/golden/ (regenerate with QWENFT_UPDATE_GOLDEN=1 and review the diff);
 every object passes the Kubernetes 1.37 OpenAPI schema (kubernetes-validate, strict);
 owner references and labels on every child and pod template; the restricted security
-context; the validation pod placed by spec.validation, not by the GPU scheduling; the
+context; the validation pod placed by spec.validation, not by the GPU scheduling, and told
+an explicit training.attention; the
 rendered trainer config (valid TrainConfig, paths as the pods see them, no
 token anywhere); torchrun arguments; GPUs only where they belong; Kueue; the pod failure
 policy (stopped trainers not counted); the training pods' grace period (spec or method
@@ -338,6 +339,14 @@ def test_validation_job_runs_the_validator() -> None:
         "--method", "lora", "--merge-into", "Qwen/Qwen2.5-7B-Instruct",
     ]  # fmt: skip
     assert {v["name"] for v in pod["volumes"]} == {"tmp", "data"}
+
+
+def test_the_validator_is_told_an_explicit_attention_kernel() -> None:
+    assert "--attention" not in validation.build_validation_args(load_run("lora-single-gpu"))
+    body = yaml.safe_load((EXAMPLES / "lora-single-gpu.yaml").read_text())
+    body["spec"]["training"]["attention"] = "flash_attention_2"
+    args = validation.build_validation_args(Run.from_body(body))
+    assert args[args.index("--attention") + 1] == "flash_attention_2"
 
 
 def gptq_run(*, lora: dict[str, Any] | None = None, **merge_spec: Any) -> Run:

@@ -1,10 +1,12 @@
-"""Dockerfile.trainer: lint-clean, installs exactly the `train` extra, non-root, `qwenft` entry.
+"""Dockerfile.trainer: lint-clean, installs exactly the `train` + `gpu` extras, non-root.
 
 Covers: hadolint finds nothing (info level and up); the base is a CUDA *devel* PyTorch image
-pinned by version tag (nvcc is needed to pre-build DeepSpeed ops); the requirement list the
-image installs, produced by running the Dockerfile's own command on pyproject.toml, is the
-core dependencies plus the `train` extra and nothing else; the project is installed as
-``.[train]`` with no other extra; DeepSpeed (a `train` requirement) is rebuilt with its Adam
+pinned by version tag (nvcc is needed to pre-build DeepSpeed ops) whose torch version is
+pyproject's torch floor (the torch the tests run), so the two can't drift; the requirement
+list the image installs, produced by running the Dockerfile's own command on pyproject.toml,
+is the core dependencies plus the `train` and `gpu` extras and nothing else, and holds the
+GPU kernels the trainer uses (flash-linear-attention); the project is installed as
+``.[train,gpu]`` with no other extra; DeepSpeed (a `train` requirement) is rebuilt with its Adam
 ops and a CUDA arch list; the image runs as uid/gid 1000, the operator's pod user, with a
 writable TORCH_EXTENSIONS_DIR in that user's home; ``ENTRYPOINT ["qwenft"]``; the build
 context keeps only what the install needs.
@@ -54,10 +56,36 @@ def test_hadolint_is_clean() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+IMAGE_EXTRAS = ("train", "gpu")
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement)[0]
+
+
+def image_requirements() -> list[str]:
+    extras = PROJECT["optional-dependencies"]
+    return [*PROJECT["dependencies"], *(r for extra in IMAGE_EXTRAS for r in extras[extra])]
+
+
 def test_base_is_a_pinned_cuda_devel_pytorch_image() -> None:
     bases = [rest for word, rest in instructions() if word == "FROM"]
     assert len(bases) == 1
     assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-devel", bases[0])
+
+
+def test_the_base_image_torch_is_the_torch_floor_of_pyproject() -> None:
+    from packaging.version import Version
+
+    base = next(rest for word, rest in instructions() if word == "FROM")
+    tag = re.fullmatch(r"pytorch/pytorch:([\d.]+)-cuda[\d.]+-cudnn\d+-devel", base)
+    assert tag, base
+    (torch,) = [
+        r for r in PROJECT["optional-dependencies"]["train"] if requirement_name(r) == "torch"
+    ]
+    floor = re.fullmatch(r"torch>=([\d.]+)", torch)
+    assert floor, f"torch is declared as {torch!r}; expected torch>=X.Y"
+    assert Version(tag.group(1)) == Version(floor.group(1)), (base, torch)
 
 
 def test_installs_the_core_and_train_requirements_from_pyproject(tmp_path: Path) -> None:
@@ -69,20 +97,20 @@ def test_installs_the_core_and_train_requirements_from_pyproject(tmp_path: Path)
     listed = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.split("\n")
-    expected = PROJECT["dependencies"] + PROJECT["optional-dependencies"]["train"]
-    assert [line for line in listed if line] == expected
+    assert [line for line in listed if line] == image_requirements()
     assert "--requirement /tmp/train-requirements.txt" in command
+    names = {requirement_name(r) for r in image_requirements()}
+    assert "flash-linear-attention" in names  # Qwen3-Next / Qwen3.5 packing on CUDA
 
 
-def test_project_installed_with_the_train_extra_only() -> None:
+def test_project_installed_with_the_image_extras_only() -> None:
     installs = [c for c in run_commands() if "pip install" in c]
     extras = set(re.findall(r"\.\[([\w,]+)\]", " ".join(installs)))
-    assert extras == {"train"}
+    assert extras == {",".join(IMAGE_EXTRAS)}
     assert not re.search(r"\[(dev|operator)", TEXT)
-    # Every package named outright in a pip install is a train requirement (DeepSpeed's rebuild).
+    # Every package named outright in a pip install is an image requirement (DeepSpeed's rebuild).
     named = re.findall(r'"(\w[\w-]*)==', " ".join(installs))
-    train_names = {re.split(r"[<>=!~\[ ]", r)[0] for r in PROJECT["optional-dependencies"]["train"]}
-    assert named and set(named) <= train_names
+    assert named and set(named) <= {requirement_name(r) for r in image_requirements()}
 
 
 def test_deepspeed_ops_are_prebuilt_for_datacenter_gpus() -> None:

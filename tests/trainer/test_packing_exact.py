@@ -18,14 +18,17 @@ moves the numbers far beyond rounding), fp32 on the CPU:
   the probe turns packing off and says why;
 - one optimizer step over a whole dataset through the trainer (``qwenft train``) gives the
   same loss and grad norm with training.packing on and off, to 1e-5 relative, and the mode
-  and reason reach summary.json, the log and the train_start line; qwen3_next packed with
+  and reason, and the attention kernel (sdpa on the CPU) and its reason, reach summary.json,
+  the log and the train_start line; qwen3_next packed with
   the rules and the probe fooled shows how far a leak moves that step (loss 7e-4 relative,
   grad norm 1e-2);
 - under ZeRO-3 (weights partitioned, no probe) attention-only models pack unprobed and
   linear-attention ones train unpacked;
 - ``qwenft data validate`` names each architecture and the packing mode it will get, says
   unknown (and why) when the model's config can't be read, and off with --no-packing;
-- GPU (skipped here): with flash-linear-attention on CUDA the rules pick flattened packing
+- GPU (skipped here): with flash-linear-attention on CUDA, and the attention kernel a CUDA
+  run picks for them (sdpa, or flash_attention_2 where installed: transformers has no
+  flex_attention path for them), the rules pick flattened packing
   for the linear-attention architectures, and whatever the probe then decides, the batch
   trained on gives every sample its own logits (1e-4); fla's gated delta rule with
   cu_seqlens equals each segment run alone.
@@ -412,17 +415,24 @@ def test_one_step_over_a_dataset_is_the_same_packed_or_not(
 
     summary = json.loads((tmp_path / "packed" / "summary.json").read_text())
     assert summary["packing"] == MODE_ON_CPU[arch]
+    assert summary["attention"] == "sdpa"  # the CPU path, whatever the architecture
+    assert summary["attention_reason"].startswith("no CUDA device")
     start = events(packed.stdout, "train_start")[0]
     assert (start["packing"], start["packing_reason"]) == (
         summary["packing"],
         summary["packing_reason"],
     )
+    assert (start["attention"], start["attention_reason"]) == (
+        summary["attention"],
+        summary["attention_reason"],
+    )
     if arch in LINEAR_ATTENTION_ARCHS:
         assert "linear attention" in summary["packing_reason"]
     else:
         assert "start-up probe: packed = separate logits" in summary["packing_reason"]
-    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packing: ")]
+    logged = [r.getMessage() for r in caplog.records]
     assert f"packing: {summary['packing']} ({summary['packing_reason']})" in logged
+    assert f"attention: sdpa ({summary['attention_reason']})" in logged
     off_summary = json.loads((tmp_path / "unpacked" / "summary.json").read_text())
     assert (off_summary["packing"], off_summary["packing_reason"]) == (
         "off",
@@ -461,12 +471,29 @@ def test_linear_attention_packs_flattened_and_exactly_on_cuda(
     pytest.importorskip(
         "fla.ops.gated_delta_rule", reason="flash-linear-attention is not installed"
     )
+    import transformers
+    from qwenft_trainer import architectures, attention
+
     path = tiny_arch_dir(arch)
     tokenizer, samples = tokenized(path)
-    model = load(path).to("cuda")
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    choice = attention.decide_attention(  # what a CUDA run with training.attention auto loads
+        requested="auto",
+        cuda=True,
+        precision="fp32",
+        supported=attention.supported_implementations(architectures.concrete_model_class(config)),
+        problems=attention.kernel_problems_here(cuda=True),
+    )
+    assert choice.implementation != "flex_attention"  # no flex path for these in transformers
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path), attn_implementation=choice.implementation, dtype=torch.float32
+    ).to("cuda")
     assert packing_mode.linear_kernel_problem_here(cuda=True) is None
     rules = decide_packing(
-        model.config, requested=True, attn_implementation="sdpa", linear_kernel_problem=None
+        model.config,
+        requested=True,
+        attn_implementation=choice.implementation,
+        linear_kernel_problem=None,
     )
     assert rules.mode == "flattened_varlen"
     decision = configure_model_for_packing(

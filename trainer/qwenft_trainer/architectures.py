@@ -107,6 +107,18 @@ def model_class(arch: Architecture) -> Any:
     return getattr(transformers, arch.auto_class)
 
 
+def concrete_model_class(model_config: Any) -> Any | None:
+    """The transformers class the auto class picks for a loaded config (None: not built in).
+
+    Its ``_supports_*`` flags say which attention implementations it can run.
+    """
+    auto = model_class(describe(model_config.to_dict()))
+    try:
+        return auto._model_mapping[type(model_config)]
+    except KeyError:  # remote code: the checkpoint's own class, unknown before loading
+        return None
+
+
 def tower_parameters(model: Any, arch: Architecture) -> Iterator[tuple[str, torch.nn.Parameter]]:
     """(name, parameter) of every frozen tower; ``model`` may be wrapped by PEFT."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

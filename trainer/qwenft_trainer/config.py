@@ -30,6 +30,8 @@ Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 # What a reply without reasoning teaches on a hybrid-thinking template (qwenft_trainer.thinking).
 ThinkingPolicy = Literal["empty-in-prompt", "empty-in-reply"]
 DEFAULT_THINKING: ThinkingPolicy = "empty-in-prompt"
+# The attention kernel (qwenft_trainer.attention decides what "auto" means for a run).
+AttentionSetting = Literal["auto", "sdpa", "flex_attention", "flash_attention_2"]
 
 # Every linear projection of a Qwen2 decoder layer: attention and MLP (other architectures'
 # defaults: qwenft_trainer.targets).
@@ -149,6 +151,14 @@ class TrainingSettings(_Section):
         description="Pack several samples per sequence (position ids restart per sample, no "
         "attention across samples) instead of padding each one, where the model packs "
         "exactly; otherwise the run trains unpacked and logs why.",
+    )
+    attention: AttentionSetting = Field(
+        default="auto",
+        description="Attention kernel: 'auto' takes sdpa on the CPU and, on CUDA, "
+        "flex_attention (block-sparse document mask over packed rows) where the model "
+        "supports it, else flash_attention_2 where flash-attn is installed, else sdpa; the "
+        "choice and its reason are logged and written to summary.json. A kernel named here "
+        "that can't run fails the run at start-up.",
     )
     logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
     thinking: ThinkingPolicy = Field(

@@ -4,11 +4,14 @@ The three methods differ only in how the model is loaded and wrapped: LoRA freez
 base and adds low-rank adapters (peft); Q-LoRA also loads the frozen base in 4 bits
 (bitsandbytes) and readies it with ``prepare_model_for_kbit_training``; a full fine-tune
 trains every weight. Everything else in the recipe is the same, so this module is the one
-place that knows the difference. The hub token comes from the environment variable the
-config names and is passed to ``from_pretrained`` only, never logged.
+place that knows the difference. The attention kernel the model loads with is
+:mod:`qwenft_trainer.attention`'s choice (:func:`choose_attention`). The hub token comes
+from the environment variable the config names and is passed to ``from_pretrained``
+only, never logged.
 
     tokenizer = load_tokenizer(config.model)
-    model = prepare_model(load_model(config), config)
+    attention = choose_attention(config, cuda=torch.cuda.is_available())
+    model = prepare_model(load_model(config, attention=attention), config)
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from qwenft_trainer import architectures
 from qwenft_trainer.architectures import Architecture
+from qwenft_trainer.attention import (
+    AttentionChoice,
+    decide_attention,
+    kernel_problems_here,
+    supported_implementations,
+)
 from qwenft_trainer.config import (
     ModelSource,
     Precision,
@@ -102,6 +111,7 @@ def build_load_kwargs(
     device: str | None,
     prequantized: CheckpointQuantization | None = None,
     arch: Architecture | None = None,
+    attn_implementation: str = "sdpa",
 ) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for the method and precision.
 
@@ -121,7 +131,7 @@ def build_load_kwargs(
     if problems:
         raise ValueError("; ".join(problems))
     kwargs = source_kwargs(config.model)
-    kwargs["attn_implementation"] = "sdpa"
+    kwargs["attn_implementation"] = attn_implementation
     if config.method == "full":
         kwargs["dtype"] = torch_dtype("fp32")
     else:
@@ -152,8 +162,42 @@ def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(config: TrainConfig, *, device: str | None = None) -> PreTrainedModel:
+def attention_precision(config: TrainConfig) -> Precision:
+    """The precision attention computes in: Q-LoRA's compute dtype, else training.precision.
+
+    A full fine-tune keeps fp32 master weights but computes under autocast.
+    """
+    if config.method == "qlora" and config.quantization is not None:
+        return config.quantization.compute_dtype
+    return config.training.precision
+
+
+def choose_attention(config: TrainConfig, *, cuda: bool) -> AttentionChoice:
+    """The attention implementation this run loads the model with (:mod:`.attention`).
+
+    Raises :class:`~qwenft_trainer.attention.AttentionError` when ``training.attention``
+    names a kernel that can't run here.
+    """
+    from transformers import AutoConfig
+
+    source = config.model
+    model_config = AutoConfig.from_pretrained(source.name_or_path, **source_kwargs(source))
+    return decide_attention(
+        requested=config.training.attention,
+        cuda=cuda,
+        precision=attention_precision(config),
+        supported=supported_implementations(architectures.concrete_model_class(model_config)),
+        problems=kernel_problems_here(cuda=cuda),
+    )
+
+
+def load_model(
+    config: TrainConfig, *, device: str | None = None, attention: AttentionChoice | None = None
+) -> PreTrainedModel:
     """The whole base checkpoint as the method needs it (4-bit for Q-LoRA).
+
+    ``attention`` is :func:`choose_attention`'s choice; without one the model loads with
+    sdpa, the CPU path.
 
     A multimodal checkpoint (Qwen3.5) loads with its vision tower, so what is saved or
     merged later is still that checkpoint; :mod:`qwenft_trainer.architectures` decides.
@@ -166,7 +210,14 @@ def load_model(config: TrainConfig, *, device: str | None = None) -> PreTrainedM
     base_config = read_base_config(source.name_or_path, **config_kwargs(source))
     prequantized = checkpoint_quantization(base_config)
     arch = architectures.read_architecture(source.name_or_path, **source_kwargs(source))
-    kwargs = build_load_kwargs(config, device=device, prequantized=prequantized, arch=arch)
+    implementation = attention.implementation if attention is not None else "sdpa"
+    kwargs = build_load_kwargs(
+        config,
+        device=device,
+        prequantized=prequantized,
+        arch=arch,
+        attn_implementation=implementation,
+    )
     shown = {k: v for k, v in kwargs.items() if k != "token"}
     log.info("loading %s as %s (%s)", source.name_or_path, arch.auto_class, shown)
     model: PreTrainedModel = architectures.model_class(arch).from_pretrained(

@@ -103,7 +103,9 @@ class PackedCollator:
     flattened into one ``[1, tokens]`` row because sdpa and eager attention cost grows with
     the square of the row length; ``flatten=True`` hands the batch to
     :class:`transformers.DataCollatorWithFlattening` instead, for flash-attention kernels
-    that run variable-length segments without any padding.
+    that run variable-length segments without any padding. ``row_length`` pads every row
+    to that width instead of the longest row's, so every batch has one shape (kernels
+    compiled per shape, flex_attention, then compile once).
     """
 
     def __init__(
@@ -112,8 +114,12 @@ class PackedCollator:
         pad_token_id: int = 0,
         flatten: bool = False,
         return_flash_attn_kwargs: bool = False,
+        row_length: int | None = None,
     ) -> None:
+        if flatten and row_length is not None:
+            raise ValueError("a flattened batch has no rows to pad; pass flatten or row_length")
         self.pad_token_id = pad_token_id
+        self.row_length = row_length
         self._flatten: Any = None
         if flatten:
             from transformers import DataCollatorWithFlattening
@@ -133,6 +139,13 @@ class PackedCollator:
             return flat
         rows = [_row_lists(feature) for feature in features]
         width = max(len(ids) for ids, _, _ in rows)
+        if self.row_length is not None:
+            if width > self.row_length:
+                raise ValueError(
+                    f"a packed row of {width} tokens is longer than the row length "
+                    f"{self.row_length}; pack with the same max_seq_length"
+                )
+            width = self.row_length
         batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
         for ids, labels, positions in rows:
             fill = width - len(ids)

@@ -3,7 +3,11 @@
 Packing only pays if it is exact: a sample's logits inside a packed row must be the logits
 it gets alone. Attention layers keep samples apart through restarting position ids (sdpa
 and eager build a block-diagonal causal mask from them, flash-attention reads the same
-boundaries), so attention-only models pack into padded rows. Linear-attention layers (the
+boundaries), so attention-only models pack into padded rows: sdpa and eager through a
+dense mask, flex_attention through a block-sparse document mask (rows padded to one
+fixed width, :func:`qwenft_trainer.attention.row_length`). flash-attention kernels only see
+boundaries as ``cu_seqlens`` of a flattened batch, so with them every model packs
+flattened. Linear-attention layers (the
 Gated DeltaNet of Qwen3-Next and Qwen3.5) carry a recurrent state and a short convolution
 along the row: they can only keep samples apart in a flattened batch whose ``cu_seqlens``
 their kernel reads (flash-linear-attention, on CUDA). transformers' pure-PyTorch fallback
@@ -40,6 +44,8 @@ PackingMode = Literal["padded_rows", "flattened_varlen", "off"]
 PACKING_MODES: tuple[PackingMode, ...] = get_args(PackingMode)
 # Attention implementations that honour packed position ids without an attention mask.
 PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+# Attention implementations that see sample boundaries only in a flattened batch (cu_seqlens).
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 # Layer types (config.layer_types) that attend through a mask: restarting positions suffice.
 ATTENTION_LAYER_TYPES = frozenset({"full_attention", "sliding_attention", "chunked_attention"})
 LINEAR_ATTENTION = "linear_attention"
@@ -128,11 +134,11 @@ def decide_packing(
     if not requested:
         return PackingDecision("off", "training.packing is false")
     implementation = attn_implementation or "eager"
-    if implementation not in PACKING_ATTENTION:
+    if implementation not in (*PACKING_ATTENTION, *VARLEN_ATTENTION):
         return PackingDecision(
             "off",
             f"attention implementation '{implementation}' can't keep packed samples apart "
-            f"(packing needs one of {', '.join(PACKING_ATTENTION)})",
+            f"(packing needs one of {', '.join((*PACKING_ATTENTION, *VARLEN_ATTENTION))})",
         )
     kinds = layer_types(config)
     stateful = sorted({kind for kind in kinds if kind not in ATTENTION_LAYER_TYPES})
@@ -157,19 +163,38 @@ def decide_packing(
             f"{share}; flash-linear-attention runs each packed sample of a flattened batch "
             "on its own (cu_seqlens)",
         )
+    if implementation in VARLEN_ATTENTION:
+        return PackingDecision(
+            "flattened_varlen",
+            f"attention layers only: {implementation} runs each packed sample of a "
+            "flattened batch on its own (cu_seqlens)",
+        )
+    mask = (
+        "a block-sparse document mask"
+        if implementation == "flex_attention"
+        else "a block-diagonal mask"
+    )
     return PackingDecision(
         "padded_rows",
         f"attention layers only: position ids restart per sample and {implementation} "
-        "attention builds a block-diagonal mask from them",
+        f"attention builds {mask} from them",
     )
 
 
-def build_packing_collator(mode: PackingMode, *, pad_token_id: int) -> PackedCollator:
-    """The collator that batches packed rows for ``mode`` (not for ``off``)."""
+def build_packing_collator(
+    mode: PackingMode, *, pad_token_id: int, row_length: int | None = None
+) -> PackedCollator:
+    """The collator that batches packed rows for ``mode`` (not for ``off``).
+
+    ``row_length`` pads padded rows to one width (the attention kernel compiles per shape).
+    """
     if mode == "off":
         raise ValueError("packing mode 'off' batches with the padding collator")
-    flat = mode == "flattened_varlen"
-    return PackedCollator(pad_token_id=pad_token_id, flatten=flat, return_flash_attn_kwargs=flat)
+    if mode == "flattened_varlen":
+        return PackedCollator(
+            pad_token_id=pad_token_id, flatten=True, return_flash_attn_kwargs=True
+        )
+    return PackedCollator(pad_token_id=pad_token_id, row_length=row_length)
 
 
 def probe_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
@@ -194,8 +219,12 @@ def probe_packing(
     pad_token_id: int,
     lengths: Sequence[int] = PROBE_LENGTHS,
     seed: int = 0,
+    row_length: int | None = None,
 ) -> ProbeResult:
     """Logits of random sequences packed in one row (batched for ``mode``) vs alone.
+
+    ``row_length`` is the width training pads packed rows to, so the probe runs the
+    batch shape (and the attention mask) training will.
 
     A packed forward that raises (transformers' fallback kernels refuse ``cu_seqlens``
     they can't honour) is a result too: not exact, with the error.
@@ -211,7 +240,8 @@ def probe_packing(
         "labels": [token for seq in sequences for token in seq],
         "position_ids": [p for seq in sequences for p in range(len(seq))],
     }
-    batch = build_packing_collator(mode, pad_token_id=pad_token_id)([row])
+    collate = build_packing_collator(mode, pad_token_id=pad_token_id, row_length=row_length)
+    batch = collate([row])
     inputs = {k: _to(v, device) for k, v in batch.items() if k != "labels"}
     was_training = model.training
     model.eval()
@@ -245,13 +275,19 @@ def _partitioned(model: PreTrainedModel) -> bool:
 
 
 def configure_model_for_packing(
-    model: PreTrainedModel, *, requested: bool, pad_token_id: int, device: str | None = None
+    model: PreTrainedModel,
+    *,
+    requested: bool,
+    pad_token_id: int,
+    device: str | None = None,
+    row_length: int | None = None,
 ) -> PackingDecision:
     """Decide the run's packing mode, turn the KV cache off, and probe the model for leaks.
 
     ``device`` is where the run trains: the kernels are those of that device, and the probe
-    runs there (the model is moved there first, as the Trainer would). The KV cache must
-    be off in training because transformers only looks for packed sequences when there is
+    runs there (the model is moved there first, as the Trainer would), on rows as wide as
+    training pads them (``row_length``), with the model's attention implementation. The KV
+    cache must be off in training because transformers only looks for packed sequences when there is
     no cache. A probe that finds packed logits differ from separate ones turns packing
     off; so does ZeRO-3 for linear-attention layers, where the probe can't run on
     partitioned weights and the rules alone are not trusted.
@@ -284,7 +320,7 @@ def configure_model_for_packing(
         return replace(
             decision, reason=f"{decision.reason}; start-up probe skipped (GPTQ / AWQ kernels)"
         )
-    result = probe_packing(model, decision.mode, pad_token_id=pad_token_id)
+    result = probe_packing(model, decision.mode, pad_token_id=pad_token_id, row_length=row_length)
     if not result.exact:
         log.warning("start-up probe: %s; training without packing", result.describe())
         return PackingDecision(

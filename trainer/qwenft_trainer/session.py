@@ -2,7 +2,8 @@
 
 :mod:`qwenft_trainer.train` decides *what* to train on; this module runs the Hugging Face
 Trainer on it the way every rank must agree on: process group first (ZeRO-3 partitions the
-model while it loads), then the model, then the packing decision (rank 0's, probed on the
+model while it loads), then the attention kernel (:mod:`qwenft_trainer.attention`), the
+model loaded with it, then the packing decision (rank 0's, probed on the
 loaded model), the dataset items packed or not accordingly, then resume from the newest
 complete checkpoint, train, save on rank 0, and end with a barrier so no rank leaves while
 another writes. A session that fails after the start still writes its reason to the
@@ -24,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from qwenft_trainer import checkpoints, distributed, exit_codes
 from qwenft_trainer.arguments import build_training_arguments
+from qwenft_trainer.attention import AttentionChoice, row_length
 from qwenft_trainer.config import TrainConfig
 from qwenft_trainer.deepspeed_config import build_deepspeed_config
 from qwenft_trainer.distributed import DistributedEnv
-from qwenft_trainer.modeling import count_parameters, load_model, prepare_model
+from qwenft_trainer.modeling import choose_attention, count_parameters, load_model, prepare_model
 from qwenft_trainer.packing_mode import PackingDecision
 from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
 from qwenft_trainer.summary import (
@@ -51,9 +53,13 @@ log = logging.getLogger(__name__)
 
 
 def _announce(
-    config: TrainConfig, env: DistributedEnv, resumed_from: int, packing: PackingDecision
+    config: TrainConfig,
+    env: DistributedEnv,
+    resumed_from: int,
+    packing: PackingDecision,
+    attention: AttentionChoice,
 ) -> None:
-    """Log the effective batch, packing, tuning advice and resume point once, on rank 0."""
+    """Log the effective batch, attention, packing, advice and resume point once, on rank 0."""
     if not env.is_main:
         return
     t = config.training
@@ -66,6 +72,7 @@ def _announce(
         env.world_size,
         env.nodes,
     )
+    log.info("%s", attention.log_line())
     log.info("%s", packing.log_line())
     advice = config.advice()
     for note in advice:
@@ -82,6 +89,8 @@ def _announce(
             effective_batch_size=effective,
             deepspeed_zero_stage=config.deepspeed.zero_stage if config.deepspeed.enabled else None,
             resumed_from_step=resumed_from,
+            attention=attention.implementation,
+            attention_reason=attention.reason,
             packing=packing.mode,
             packing_reason=packing.reason,
             advice=advice,
@@ -110,13 +119,18 @@ def _decide_packing(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     device: str,
+    rows: int | None,
 ) -> PackingDecision:
     """Every rank decides and probes; rank 0's decision is the one all ranks train with."""
     from qwenft_trainer.packing_mode import configure_model_for_packing, decision_from_text
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     mine = configure_model_for_packing(
-        model, requested=config.training.packing, pad_token_id=pad_id, device=device
+        model,
+        requested=config.training.packing,
+        pad_token_id=pad_id,
+        device=device,
+        row_length=rows,
     )
     mode, reason = distributed.broadcast_texts([mine.mode, mine.reason])
     if mode != mine.mode:
@@ -133,7 +147,7 @@ def _build_trainer(
     *,
     cuda: bool,
     callbacks: list[Any],
-) -> tuple[Trainer, PackingDecision]:
+) -> tuple[Trainer, PackingDecision, AttentionChoice]:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
     from qwenft_trainer.packing import build_features
@@ -152,12 +166,14 @@ def _build_trainer(
     # whatever ran first, or a rerun (and every rank under ZeRO-3) starts elsewhere.
     set_seed(config.training.seed)
     device = distributed.device_of(env, cuda=cuda)
-    model = load_model(config, device=device)
-    packing = _decide_packing(config, model, tokenizer, device)
+    attention = choose_attention(config, cuda=cuda)
+    model = load_model(config, device=device, attention=attention)
+    length = config.training.max_seq_length
+    rows = row_length(attention.implementation, length)
+    packing = _decide_packing(config, model, tokenizer, device, rows)
     model = prepare_model(model, config)
     trainable, total = count_parameters(model)
     log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
-    length = config.training.max_seq_length
     trainer = Trainer(
         model=model,
         args=args,
@@ -167,13 +183,13 @@ def _build_trainer(
             if eval_samples is not None
             else None
         ),
-        data_collator=build_collator(config, tokenizer, packing.mode),
+        data_collator=build_collator(config, tokenizer, packing.mode, row_length=rows),
         processing_class=tokenizer,
         callbacks=[checkpoints.CheckpointCallback(keep=config.checkpoint.keep), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    return trainer, packing
+    return trainer, packing, attention
 
 
 def run_training(
@@ -209,7 +225,7 @@ def run_training(
             progress_bar=env.is_main,
         )
         stopper = StopCallback(stop or StopRequest())
-        trainer, packing = _build_trainer(
+        trainer, packing, attention = _build_trainer(
             config,
             env,
             tokenizer,
@@ -218,7 +234,7 @@ def run_training(
             cuda=cuda,
             callbacks=[telemetry, stopper],
         )
-        _announce(config, env, resumed_from, packing)
+        _announce(config, env, resumed_from, packing, attention)
         resume = checkpoints.Checkpoint(
             Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
         )
@@ -237,7 +253,9 @@ def run_training(
                 eval_loss = float(trainer.evaluate()["eval_loss"])
             trainer.save_model(config.output_dir)
         wall = time.time() - train_start
-        summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss, packing)
+        summary = _summarise(
+            config, env, trainer, resumed_from, wall, eval_loss, packing, attention
+        )
         summary.token_cache = token_cache
         # Every rank says where it stopped: ranks that disagree show up in the logs.
         emit(
@@ -301,6 +319,7 @@ def _summarise(
     wall: float,
     eval_loss: float | None,
     packing: PackingDecision,
+    attention: AttentionChoice,
 ) -> TrainSummary:
     state = trainer.state
     tokens = int(state.num_input_tokens_seen or 0)
@@ -327,4 +346,6 @@ def _summarise(
         effective_batch_size=config.effective_batch_size(env.world_size),
         packing=packing.mode,
         packing_reason=packing.reason,
+        attention=attention.implementation,
+        attention_reason=attention.reason,
     )

@@ -67,6 +67,10 @@ class TrainSummary(BaseModel):
     token_cache: TokenCacheRecord | None = Field(
         None, description="Whether the samples were tokenized or loaded from the token cache."
     )
+    attention: str = Field(
+        "sdpa", description="Attention implementation trained with: sdpa, flex_attention, ..."
+    )
+    attention_reason: str = Field("", description="Why that attention implementation.")
 
 
 def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:

@@ -190,9 +190,17 @@ def build_datasets(
 
 
 def build_collator(
-    config: TrainConfig, tokenizer: PreTrainedTokenizerBase, mode: PackingMode | None = None
+    config: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    mode: PackingMode | None = None,
+    *,
+    row_length: int | None = None,
 ) -> Any:
-    """The batch collator of packing ``mode`` (default: what ``training.packing`` asks for)."""
+    """The batch collator of packing ``mode`` (default: what ``training.packing`` asks for).
+
+    ``row_length`` (:func:`qwenft_trainer.attention.row_length`) gives every batch one
+    width: packed rows, or unpacked samples padded to ``max_seq_length``.
+    """
     from qwenft_trainer.packing import PaddingCollator
     from qwenft_trainer.packing_mode import build_packing_collator
 
@@ -202,8 +210,10 @@ def build_collator(
         # A short row's pad segment must use the real pad id, or the Trainer's count of
         # non-padding tokens would include it.
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return build_packing_collator(mode, pad_token_id=pad_id)
-    return PaddingCollator(tokenizer, max_seq_length=config.training.max_seq_length)
+        return build_packing_collator(mode, pad_token_id=pad_id, row_length=row_length)
+    return PaddingCollator(
+        tokenizer, max_seq_length=config.training.max_seq_length, pad_to_max=row_length is not None
+    )
 
 
 def fail(config: TrainConfig | None, reason: str, message: str) -> int:

@@ -7,9 +7,9 @@ reports sizes, the share of tokens that carry loss, truncation, the chat templat
 and the trained reasoning vs answer tokens, and each bad record with its line and the
 problem. A dataset that truncation would leave with nothing to train on fails, naming the
 ``max_seq_length`` that keeps every dialogue. It also reads the model's config to name its
-architecture and the packing mode training will use (or ``unknown`` when the config can't
-be read). The operator's validation Job runs it with ``--json`` and puts the one-line
-``message`` in the run's status.
+architecture, the attention kernel a CUDA run will load it with and the packing mode it
+will use (or ``unknown`` when the config can't be read). The operator's validation Job
+runs it with ``--json`` and puts the one-line ``message`` in the run's status.
 
     qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct --max-seq-length 2048
     qwenft data validate data.json --model /models/qwen --format sharegpt --json
@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
-from qwenft_trainer.config import DataFormat, Method, ThinkingPolicy, TrainingSettings
+from qwenft_trainer.config import (
+    AttentionSetting,
+    DataFormat,
+    Method,
+    ThinkingPolicy,
+    TrainingSettings,
+)
 from qwenft_trainer.data import IGNORE_INDEX, TemplateError, tokenize_dialogue
 from qwenft_trainer.formats import Conversation, RecordProblem, read_conversations
 from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateKind, describe, probe_template
@@ -87,6 +93,10 @@ class ValidationReport(BaseModel):
         "unknown", description="Packing mode training will use, before its start-up probe."
     )
     packing_reason: str = Field("", description="Why that packing mode.")
+    attention: str = Field(
+        "unknown", description="Attention implementation a CUDA run (training.attention auto) uses."
+    )
+    attention_reason: str = Field("", description="Why that attention implementation.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -133,6 +143,8 @@ class ValidationReport(BaseModel):
             f"  longest sample   {self.longest_sample_tokens:>10,}  tokens"
             + (f" ({self.longest_sample_source})" if self.longest_sample_source else ""),
             f"  architecture     {self.architecture}",
+            f"  attention        {self.attention}"
+            + (f" ({self.attention_reason})" if self.attention_reason else ""),
             f"  packing          {self.packing}"
             + (f" ({self.packing_reason})" if self.packing_reason else ""),
         ]
@@ -243,35 +255,74 @@ def _nothing_to_train(report: ValidationReport, needed: int) -> str:
     )
 
 
-def describe_model(name_or_path: str, *, packing: bool = True, **source: Any) -> dict[str, str]:
+def describe_model(
+    name_or_path: str,
+    *,
+    packing: bool = True,
+    attention: AttentionSetting = "auto",
+    **source: Any,
+) -> dict[str, str]:
     """Architecture and packing plan of a model from its config (``unknown`` if unreadable).
 
     ``source`` are the ``from_pretrained`` keyword arguments of the model (revision,
-    trust_remote_code). The packing plan is the rules' decision for a CUDA run with the
-    kernels installed here, loading with sdpa as training does; the run's start-up probe
-    can still turn it off.
+    trust_remote_code). Attention and packing are the rules' decisions for a bf16 CUDA run
+    with ``training.attention`` set to ``attention`` and the kernels installed here, as
+    training decides them (:mod:`qwenft_trainer.attention`); a kernel that setting names
+    but that can't run makes the attention ``unknown``, with the reason training would
+    fail with. The run's start-up probe can still turn packing off.
     """
     from transformers import AutoConfig
 
+    from qwenft_trainer.architectures import concrete_model_class
+    from qwenft_trainer.attention import (
+        AttentionError,
+        decide_attention,
+        kernel_problems_here,
+        supported_implementations,
+    )
     from qwenft_trainer.packing_mode import decide_packing, linear_kernel_problem_here
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, **source)
     except (OSError, ValueError, KeyError) as err:
         reason = f"can't read the model config of {name_or_path}: {err}".splitlines()[0]
-        return {"architecture": "unknown", "packing": "unknown", "packing_reason": reason}
+        return {
+            "architecture": "unknown",
+            "packing": "unknown",
+            "packing_reason": reason,
+            "attention": "unknown",
+            "attention_reason": reason,
+        }
     classes = getattr(config, "architectures", None) or []
     architecture = str(config.model_type) + (f" ({', '.join(classes)})" if classes else "")
+    try:
+        choice = decide_attention(
+            requested=attention,
+            cuda=True,
+            precision="bf16",
+            supported=supported_implementations(concrete_model_class(config)),
+            problems=kernel_problems_here(cuda=True),
+        )
+    except AttentionError as err:
+        return {
+            "architecture": architecture,
+            "packing": "unknown",
+            "packing_reason": "it depends on the attention kernel",
+            "attention": "unknown",
+            "attention_reason": str(err),
+        }
     decision = decide_packing(
         config,
         requested=packing,
-        attn_implementation="sdpa",
+        attn_implementation=choice.implementation,
         linear_kernel_problem=linear_kernel_problem_here(cuda=True),
     )
     return {
         "architecture": architecture,
         "packing": decision.mode,
         "packing_reason": decision.reason,
+        "attention": choice.implementation,
+        "attention_reason": choice.reason,
     }
 
 
@@ -321,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-packing",
         action="store_true",
         help="the run sets training.packing: false (for the packing line of the report)",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=get_args(AttentionSetting),
+        default="auto",
+        help="the run's training.attention (for the attention line of the report; "
+        "default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
@@ -380,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = describe_model(
         args.model,
         packing=not args.no_packing,
+        attention=args.attention,
         trust_remote_code=args.trust_remote_code,
         **pinned,
     )

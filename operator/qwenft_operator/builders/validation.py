@@ -40,6 +40,8 @@ def build_validation_args(run: Run) -> list[str]:
         args.append("--trust-remote-code")
     if not spec.training.packing:
         args.append("--no-packing")  # the report's packing line says what training will do
+    if spec.training.attention != "auto":
+        args += ["--attention", spec.training.attention]  # and its attention line
     args += ["--method", spec.method]
     if serving.needs_merge(run):
         args += ["--merge-into", merge.merge_base(run)]
