@@ -70,6 +70,7 @@ OTHER_SETTINGS: dict[str, str] = {
     "training.max_grad_norm": "optimisation",
     "training.precision": "compute",
     "training.gradient_checkpointing": "compute",
+    "training.attention": "compute (batches are padded for it after the cache)",
     "training.logging_steps": "reporting",
     "evaluation.steps": "when evaluation runs",
     "lora.r": "the adapter",
