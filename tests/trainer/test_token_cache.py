@@ -98,6 +98,7 @@ SHAPING_CHANGES: dict[str, Any] = {
 }
 # A value other than the default for every setting that can't change the samples.
 OTHER_CHANGES: dict[str, Any] = {
+    "training.attention": "sdpa",
     "training.packing": False,
     "training.epochs": 3.0,
     "training.max_steps": 17,
