@@ -132,6 +132,7 @@ def _build_trainer(
     *,
     cuda: bool,
     callbacks: list[Any],
+    resume_from: Path | None = None,
 ) -> tuple[Trainer, PackingDecision]:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
@@ -157,6 +158,12 @@ def _build_trainer(
     trainable, total = count_parameters(model)
     log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
     length = config.training.max_seq_length
+    first: list[Any] = []
+    if config.lora.adaptive is not None and config.method != "full":
+        from qwenft_trainer.adaptive_rank import AdaptiveRankCallback
+
+        # before the checkpoint marker: a checkpoint is complete with its budget state
+        first.append(AdaptiveRankCallback(config.lora.adaptive, resume_from=resume_from))
     trainer = Trainer(
         model=model,
         args=args,
@@ -168,7 +175,11 @@ def _build_trainer(
         ),
         data_collator=build_collator(config, tokenizer, packing.mode),
         processing_class=tokenizer,
-        callbacks=[checkpoints.CheckpointCallback(keep=config.checkpoint.keep), *callbacks],
+        callbacks=[
+            *first,
+            checkpoints.CheckpointCallback(keep=config.checkpoint.keep),
+            *callbacks,
+        ],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -204,6 +215,9 @@ def run_training(
             progress_bar=env.is_main,
         )
         stopper = StopCallback(stop or StopRequest())
+        resume = checkpoints.Checkpoint(
+            Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
+        )
         trainer, packing = _build_trainer(
             config,
             env,
@@ -212,11 +226,9 @@ def run_training(
             eval_samples,
             cuda=cuda,
             callbacks=[telemetry, stopper],
+            resume_from=resume.path if resumed_from else None,
         )
         _announce(config, env, resumed_from, packing)
-        resume = checkpoints.Checkpoint(
-            Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
-        )
         train_start = time.time()
         eval_loss = telemetry.last_eval_loss
         if resumed_from and checkpoints.is_final(resume, config.training.max_steps):
@@ -284,6 +296,11 @@ def _export_finished(
     trainer.state = TrainerState.load_from_json(str(final.path / checkpoints.TRAINER_STATE))
     if env.is_main:
         checkpoints.export_final(final, config.output_dir)
+        if config.lora.adaptive is not None and config.method != "full":
+            from qwenft_trainer.adaptive_rank import export_checkpoint
+
+            # the checkpoint holds the full-rank adapter; publish it cut to its kept ranks
+            export_checkpoint(trainer.model, final.path, config.output_dir)
     distributed.barrier()
 
 
