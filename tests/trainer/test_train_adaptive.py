@@ -9,7 +9,8 @@ checkpoint exports that same adapter; the merged model gives the logits of base 
 (atol 1e-4) and differs from the base; the builtin server loads the adapter with peft and
 answers a chat completion; the vLLM decision of the trainer (on the adapter) and of the
 operator (on the spec) both merge it first, for the same reason, while the builtin engine
-serves it unmerged. Without training: settings that can't work are refused naming the
+serves it unmerged; two processes with gradient accumulation and checkpointing resume the
+same way. Without training: settings that can't work are refused naming the
 field, AdaLoRA on fused expert tensors is refused, and an epoch-sized run whose schedule
 doesn't fit stops at the start.
 """
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from trainrun import assert_same_adapter, events, run, write_config, write_dialogues
+from trainrun import assert_same_adapter, events, run, torchrun, write_config, write_dialogues
 
 STEPS, SAVE_EVERY, RANK, TARGET = 12, 4, 8, 2
 ADAPTIVE = {"target_rank": TARGET, "warmup_steps": 2, "final_steps": 3, "interval": 1}
@@ -124,6 +125,35 @@ def test_restart_after_the_last_checkpoint_exports_the_cut_adapter(trained: Path
     assert_same_adapter(out, trained)
     assert json.loads((out / "adapter_config.json").read_text())["rank_pattern"]
     assert not (out / "adaptive_rank.pt").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_with_accumulation_resume_like_one_run(trained: Path) -> None:
+    """DDP: every rank scores the same all-reduced gradients; accumulation and gradient
+    checkpointing call the budget update once per optimizer step."""
+    root = trained.parent
+    settings = {
+        "lora": {"r": RANK, "alpha": 16, "dropout": 0.0, "adaptive": {**ADAPTIVE, "interval": 2}},
+        "training": {
+            "max_steps": 8,
+            "gradient_accumulation_steps": 2,
+            "gradient_checkpointing": True,
+        },
+        "checkpoint": {"save_steps": 4, "keep": 3},
+    }
+    model = Path(yaml.safe_load((root / "ref.yaml").read_text())["model"]["name_or_path"])
+    config = write_config(root / "ddp.yaml", model, root / "train.jsonl", root / "ddp", **settings)
+    run(torchrun(2, config), timeout=600)
+    ranks = kept(json.loads((root / "ddp" / "adapter_config.json").read_text()))
+    assert sum(ranks.values()) == TARGET * len(ranks)
+    resumed = root / "ddp-resumed"
+    shutil.copytree(root / "ddp" / "checkpoint-4", resumed / "checkpoint-4")
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    raw["output_dir"] = str(resumed)
+    (root / "ddp-resumed.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    stdout = run(torchrun(2, root / "ddp-resumed.yaml"), timeout=600).stdout
+    assert events(stdout, "train_start")[0]["resumed_from_step"] == 4
+    assert_same_adapter(resumed, root / "ddp")
 
 
 @pytest.mark.slow

@@ -168,6 +168,21 @@ class AdaptiveRankCallback(TrainerCallback):
         # global_step is still the number of steps before this one, as peft counts
         _adalora(kw["model"]).update_and_allocate(state.global_step)
 
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        pattern = _adalora(kw["model"]).peft_config[ADAPTER].rank_pattern
+        if pattern and state.is_world_process_zero:
+            ranks = kept_ranks(pattern).values()
+            log.info(
+                "adaptive rank: %d matrices keep %.2f on average (target %d), %d to %d",
+                len(ranks),
+                sum(ranks) / len(ranks),
+                self.settings.target_rank,
+                min(ranks),
+                max(ranks),
+            )
+
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:

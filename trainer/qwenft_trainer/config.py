@@ -91,18 +91,18 @@ class AdaptiveRankSettings(_Section):
         ge=1,
         le=1024,
         description="Average rank per adapted matrix once pruning ends (AdaLoRA target_r); "
-        "below lora.r, which is the rank every matrix starts with (init_r).",
+        "below r, the rank every matrix starts with (init_r).",
     )
     warmup_steps: int = Field(
         default=0,
         ge=0,
-        description="Optimizer steps at the full rank lora.r before pruning starts (tinit).",
+        description="Optimizer steps at the full rank r before pruning starts (tinit).",
     )
     final_steps: int = Field(
         default=0,
         ge=0,
         description="Last optimizer steps, trained with the ranks fixed (tfinal); pruning "
-        "runs between warmup_steps and the run's total steps minus final_steps.",
+        "runs from the end of the warm-up to the run's total steps minus these.",
     )
     interval: int = Field(
         default=1, ge=1, description="Optimizer steps between two rank reallocations (deltaT)."
@@ -142,7 +142,7 @@ class LoraSettings(_Section):
         default=64,
         ge=1,
         le=1024,
-        description="LoRA rank. With lora.adaptive: the rank every matrix starts with and "
+        description="LoRA rank. With adaptive rank: the rank every matrix starts with and "
         "the largest it can keep.",
     )
     alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r).")
@@ -179,8 +179,8 @@ class LoraSettings(_Section):
     )
     adaptive: AdaptiveRankSettings | None = Field(
         default=None,
-        description="Adaptive rank (AdaLoRA): start every matrix at rank r and prune to an "
-        "average of adaptive.target_rank by importance while training. The adapter is not "
+        description="Adaptive rank (AdaLoRA): start every matrix at rank r and prune by "
+        "importance while training to an average of the target rank. The adapter is not "
         "plain LoRA: vLLM serves it merged. Unset: a fixed rank r.",
     )
 
