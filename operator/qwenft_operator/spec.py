@@ -135,6 +135,46 @@ class QwenFineTuneSpec(SpecObject):
             field=".lora.modulesToSave",
         ),
         Rule(
+            cel="!has(self.lora.adaptive) || self.lora.adaptive.targetRank < self.lora.r",
+            check=lambda s: s.lora.adaptive is None or s.lora.adaptive.target_rank < s.lora.r,
+            message="lora.adaptive starts every matrix at lora.r and prunes to targetRank: "
+            "set targetRank below lora.r (raise lora.r to the largest rank a matrix may keep)",
+            field=".lora.adaptive.targetRank",
+        ),
+        Rule(
+            cel="!has(self.lora.adaptive) || !has(self.lora.targetParameters) || "
+            "size(self.lora.targetParameters) == 0",
+            check=lambda s: s.lora.adaptive is None or not s.lora.target_parameters,
+            message="lora.adaptive (AdaLoRA) adapts linear modules only, not fused expert "
+            "tensors: set lora.targetParameters: [] or remove lora.adaptive",
+            field=".lora.targetParameters",
+        ),
+        Rule(
+            cel="!has(self.lora.adaptive) || self.method != 'full'",
+            check=lambda s: s.lora.adaptive is None or s.method != "full",
+            message="method full trains no adapter: remove lora.adaptive or use lora / qlora",
+            field=".lora.adaptive",
+        ),
+        Rule(
+            cel="!has(self.lora.adaptive) || !self.deepspeed.enabled",
+            check=lambda s: s.lora.adaptive is None or not s.deepspeed.enabled,
+            message="lora.adaptive scores ranks by the gradients, which DeepSpeed clears "
+            "inside backward: set deepspeed.enabled: false (DDP) or remove lora.adaptive",
+            field=".deepspeed.enabled",
+        ),
+        Rule(
+            cel="!has(self.lora.adaptive) || self.training.maxSteps <= 0 || [self.lora.adaptive]"
+            ".all(a, a.warmupSteps + a.finalSteps + a.interval <= self.training.maxSteps)",
+            check=lambda s: (
+                s.lora.adaptive is None
+                or s.training.max_steps <= 0
+                or s.lora.adaptive.schedule_problem(s.training.max_steps, source="") is None
+            ),
+            message="lora.adaptive's schedule must fit training.maxSteps: warmupSteps + "
+            "finalSteps + interval at most maxSteps, so the ranks are pruned at least once",
+            field=".lora.adaptive",
+        ),
+        Rule(
             cel="!(self.evaluation.fraction > 0.0 && has(self.evaluation.file))",
             check=lambda s: not (s.evaluation.fraction > 0 and s.evaluation.file),
             message="set evaluation.fraction or evaluation.file, not both",

@@ -99,6 +99,13 @@ SHAPING_CHANGES: dict[str, Any] = {
 # A value other than the default for every setting that can't change the samples.
 OTHER_CHANGES: dict[str, Any] = {
     "training.attention": "sdpa",
+    "lora.adaptive.target_rank": 4,
+    "lora.adaptive.warmup_steps": 2,
+    "lora.adaptive.final_steps": 2,
+    "lora.adaptive.interval": 2,
+    "lora.adaptive.beta1": 0.9,
+    "lora.adaptive.beta2": 0.9,
+    "lora.adaptive.orthogonal_regularization": 0.1,
     "training.packing": False,
     "training.epochs": 3.0,
     "training.max_steps": 17,
@@ -140,6 +147,11 @@ OTHER_CHANGES: dict[str, Any] = {
 }
 # Settings a change above needs to be valid at all.
 CONTEXT: dict[str, dict[str, Any]] = {
+    **{
+        f"lora.adaptive.{name}": {"lora.adaptive": {"target_rank": 8}}
+        for name in ("target_rank", "warmup_steps", "final_steps", "interval")
+        + ("beta1", "beta2", "orthogonal_regularization")
+    },
     "deepspeed.offload_parameters": {"deepspeed.enabled": True, "deepspeed.zero_stage": 3},
 }
 QLORA_CHANGES: dict[str, Any] = {

@@ -136,6 +136,7 @@ TRAINING_STATE_FILES = (
     "trainer_state.json",
     "latest",
     "zero_to_fp32.py",
+    "adaptive_rank.pt",  # qwenft_trainer.adaptive_rank.STATE_FILE
     MARKER,
 )
 TRAINER_STATE = "trainer_state.json"

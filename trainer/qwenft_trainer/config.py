@@ -77,8 +77,76 @@ class ModelSource(_Section):
         return SecretStr(value) if value else None
 
 
+class AdaptiveRankSettings(_Section):
+    """AdaLoRA (peft ``AdaLoraConfig``): ranks reallocated by importance while training.
+
+    Every adapted matrix starts at rank ``lora.r`` (AdaLoRA's ``init_r``), held as
+    P·diag(E)·Q. After ``warmup_steps`` the run prunes the least important singular values
+    across all matrices, every ``interval`` steps on a cubic schedule, until the average
+    kept rank is ``target_rank``; the last ``final_steps`` train with those ranks fixed.
+    Important matrices keep up to ``lora.r``; others drop far below the target. Ranks never
+    grow: a schedule that grows a rank (16 -> 32 -> 64) maps onto ``lora.r: 64`` (the
+    largest rank any matrix may have) and ``target_rank: 16`` or ``32`` (the budget).
+    """
+
+    target_rank: int = Field(
+        ge=1,
+        le=1024,
+        description="Average rank per adapted matrix once pruning ends (AdaLoRA target_r); "
+        "below r, the rank every matrix starts with (init_r).",
+    )
+    warmup_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Optimizer steps at the full rank r before pruning starts (tinit).",
+    )
+    final_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Last optimizer steps, trained with the ranks fixed (tfinal); pruning "
+        "runs from the end of the warm-up to the run's total steps minus these.",
+    )
+    interval: int = Field(
+        default=1, ge=1, description="Optimizer steps between two rank reallocations (deltaT)."
+    )
+    beta1: float = Field(
+        default=0.85, gt=0.0, lt=1.0, description="EMA factor of the importance (sensitivity)."
+    )
+    beta2: float = Field(
+        default=0.85, gt=0.0, lt=1.0, description="EMA factor of the importance's uncertainty."
+    )
+    orthogonal_regularization: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="Weight of the loss term keeping P and Q orthogonal (orth_reg_weight).",
+    )
+
+    def schedule_problem(self, total_steps: int, *, source: str) -> str | None:
+        """Why the schedule doesn't fit ``total_steps`` optimizer steps (None if it does)."""
+        pruning = total_steps - self.warmup_steps - self.final_steps
+        if pruning < 1:
+            return (
+                f"lora.adaptive.warmup_steps {self.warmup_steps} + lora.adaptive.final_steps "
+                f"{self.final_steps} leave no pruning steps in the run's {total_steps} "
+                f"optimizer steps ({source}): lower them or train longer"
+            )
+        if self.interval > pruning:
+            return (
+                f"lora.adaptive.interval {self.interval} is longer than the {pruning} pruning "
+                f"steps between warmup_steps and final_steps ({total_steps} steps, {source}): "
+                "the ranks would never be reallocated; lower the interval"
+            )
+        return None
+
+
 class LoraSettings(_Section):
-    r: int = Field(default=64, ge=1, le=1024, description="LoRA rank.")
+    r: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="LoRA rank. With adaptive rank: the rank every matrix starts with and "
+        "the largest it can keep.",
+    )
     alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r).")
     dropout: float | None = Field(
         default=None,
@@ -110,6 +178,12 @@ class LoraSettings(_Section):
         default_factory=list,
         description="Modules trained in full and saved with the adapter (e.g. 'lm_head', "
         "'embed_tokens' when new tokens are added).",
+    )
+    adaptive: AdaptiveRankSettings | None = Field(
+        default=None,
+        description="Adaptive rank (AdaLoRA): start every matrix at rank r and prune by "
+        "importance while training to an average of the target rank. The adapter is not "
+        "plain LoRA: vLLM serves it merged. Unset: a fixed rank r.",
     )
 
 
@@ -268,6 +342,7 @@ class TrainConfig(_Section):
             problems.append("deepspeed.offload_parameters needs deepspeed.enabled and zero_stage 3")
         if self.method == "full" and self.lora.modules_to_save:
             problems.append("lora.modules_to_save is set but method 'full' trains every module")
+        problems += self._adaptive_problems()
         if self.evaluation.fraction > 0 and self.evaluation.file:
             problems.append(
                 "evaluation.fraction and evaluation.file are both set: choose one source"
@@ -275,6 +350,42 @@ class TrainConfig(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _adaptive_problems(self) -> list[str]:
+        adaptive = self.lora.adaptive
+        if adaptive is None:
+            return []
+        problems: list[str] = []
+        if adaptive.target_rank >= self.lora.r:
+            problems.append(
+                f"lora.adaptive.target_rank {adaptive.target_rank} must be below lora.r "
+                f"{self.lora.r}: AdaLoRA starts every matrix at lora.r and prunes to the "
+                "target (raise lora.r to the largest rank a matrix may keep)"
+            )
+        if self.lora.target_parameters:
+            problems.append(
+                f"lora.adaptive with lora.target_parameters {self.lora.target_parameters}: "
+                "peft's AdaLoRA adapts linear modules only, not fused expert tensors; set "
+                "lora.target_parameters: [] or remove lora.adaptive"
+            )
+        if self.method == "full":
+            problems.append(
+                "lora.adaptive is set but method 'full' trains no adapter: use method lora "
+                "or qlora, or remove lora.adaptive"
+            )
+        if self.deepspeed.enabled:
+            problems.append(
+                "lora.adaptive with deepspeed.enabled: DeepSpeed steps and clears the "
+                "gradients inside backward, before AdaLoRA can score the ranks by them; "
+                "train adaptive-rank runs with deepspeed.enabled: false (DDP)"
+            )
+        if self.training.max_steps > 0:
+            problem = adaptive.schedule_problem(
+                self.training.max_steps, source="training.max_steps"
+            )
+            if problem:
+                problems.append(problem)
+        return problems
 
     def advice(self) -> list[str]:
         """Warnings from the tuning table: settings that work but are likely not what you want."""

@@ -164,16 +164,26 @@ def read_base(base: str, *, revision: str | None = None) -> BaseInfo:
 
 
 def _expected_base_shape(adapter_key: str, shape: tuple[int, ...]) -> tuple[str, str, int, int]:
-    """(base weight name, adapter part, dim index in the base weight, expected size)."""
+    """(base weight name, adapter part, dim index in the base weight, expected size).
+
+    AdaLoRA (``lora_A`` / ``lora_B`` / ``lora_E`` as bare parameters, ``[rank, in]``,
+    ``[out, rank]``, ``[rank, 1]``) is checked like LoRA; its singular values ``lora_E``
+    only need the adapted module to exist (dim -1 with part ``rank``).
+    """
     name = adapter_key.removeprefix(ADAPTER_PREFIX)
     for part, dim, source in (
         (".lora_A.weight", 1, 1),
         (".lora_B.weight", 0, 0),
         (".lora_embedding_A", 0, 1),
         (".lora_embedding_B", 1, 0),
+        (".lora_A", 1, 1),
+        (".lora_B", 0, 0),
+        (".lora_E", -1, 0),
     ):
         if name.endswith(part):
-            return name[: -len(part)] + ".weight", part.strip("."), dim, shape[source]
+            size = shape[source] if dim >= 0 else 0
+            label = part.strip(".") if dim >= 0 else "rank"
+            return name[: -len(part)] + ".weight", label, dim, size
     return name, "full", -1, 0
 
 
@@ -238,7 +248,7 @@ def check_compatible(adapter: AdapterInfo, base: BaseInfo) -> None:
             problems.append(
                 f"{base_key} {what}: adapter has {list(shape)}, base {list(base_shape)}"
             )
-        elif part != "full" and base_shape[dim] != size:
+        elif part not in ("full", "rank") and base_shape[dim] != size:
             problems.append(
                 f"{base_key}: adapter's {part} expects size {size}, base has {base_shape[dim]}"
             )

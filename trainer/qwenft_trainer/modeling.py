@@ -83,7 +83,9 @@ def build_quantization_config(
 
 
 def build_lora_config(config: TrainConfig, model: PreTrainedModel) -> LoraConfig:
-    """The peft adapter the run trains on ``model`` (targets: :mod:`qwenft_trainer.targets`).
+    """The peft adapter the run trains on ``model`` (targets: :mod:`qwenft_trainer.targets`):
+    a LoRA of rank ``lora.r``, or with ``lora.adaptive`` an AdaLoRA (a ``LoraConfig``
+    subclass) starting at that rank.
 
     Raises :class:`~qwenft_trainer.targets.TargetError` when a target matches nothing.
     """
@@ -93,15 +95,22 @@ def build_lora_config(config: TrainConfig, model: PreTrainedModel) -> LoraConfig
 
     lora = config.lora
     targets = resolve_targets(model, lora)
+    shared: dict[str, Any] = {
+        "lora_dropout": targets.dropout,
+        "target_modules": list(targets.target_modules),
+        "modules_to_save": list(targets.modules_to_save) or None,
+        "bias": "none",
+        "task_type": TaskType.CAUSAL_LM,
+    }
+    if lora.adaptive is not None:
+        from qwenft_trainer.adaptive_rank import build_adalora_config
+
+        return build_adalora_config(config, lora.adaptive, **shared)
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
-        lora_dropout=targets.dropout,
-        target_modules=list(targets.target_modules),
         target_parameters=list(targets.target_parameters) or None,
-        modules_to_save=list(targets.modules_to_save) or None,
-        bias="none",
-        task_type=TaskType.CAUSAL_LM,
+        **shared,
     )
 
 

@@ -3,11 +3,11 @@
 vLLM loads PEFT LoRA adapters next to the base model (``--enable-lora``), which keeps one
 base in GPU memory for many fine-tunes, but it accepts only plain LoRA adapters: a rank no
 larger than ``--max-lora-rank`` (itself one of a fixed set of values), no
-``modules_to_save``, no DoRA, no bias terms, no LoRA on embeddings or the output head, no
-inits that rewrite the base weights. Anything else has to be merged into the base first and
-served as an ordinary model. The operator calls :func:`build_vllm_decision` when it renders
-the vLLM Deployment, so this module reads only ``adapter_config.json`` and imports no torch
-(the operator image has none).
+``modules_to_save``, no DoRA, no AdaLoRA (``lora.adaptive``), no bias terms, no LoRA on
+embeddings or the output head, no inits that rewrite the base weights. Anything else has to
+be merged into the base first and served as an ordinary model. The operator calls
+:func:`build_vllm_decision` when it renders the vLLM Deployment, so this module reads only
+``adapter_config.json`` and imports no torch (the operator image has none).
 
     python -m qwenft_trainer.serving /runs/demo/adapter --served-model-name demo
 """
@@ -48,6 +48,14 @@ VLLM_EXPERT_LORA_MODEL_TYPES: frozenset[str] = frozenset()
 
 # PEFT inits that only set the adapter's starting weights; the saved adapter is plain LoRA.
 _PLAIN_INITS = frozenset({"gaussian", "eva", "orthogonal", "mica", "lora_ga"})
+
+# An adaptive-rank adapter (lora.adaptive) computes B·diag(E)·A scaled by its starting rank,
+# with a different kept rank per matrix; vLLM's LoRA loader reads only plain lora_A/lora_B.
+ADALORA_REASON = (
+    "peft_type is ADALORA (lora.adaptive): an adaptive-rank adapter holds B·diag(E)·A with "
+    "a different rank per matrix, which vLLM's LoRA loader doesn't read; merge it first, "
+    "or serve it with the builtin engine (peft loads it)"
+)
 
 ServeMode = Literal["lora", "merged"]
 
@@ -139,7 +147,9 @@ def unsupported_features(config: dict[str, Any], *, model_type: str | None = Non
     """
     reasons: list[str] = []
     peft_type = str(config.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
+    if peft_type == "ADALORA":
+        reasons.append(ADALORA_REASON)
+    elif peft_type != "LORA":
         reasons.append(f"peft_type is {peft_type}; vLLM serves only LoRA adapters")
     if config.get("modules_to_save"):
         reasons.append(
@@ -177,11 +187,17 @@ def unsupported_features(config: dict[str, Any], *, model_type: str | None = Non
 
 
 def adapter_rank(config: dict[str, Any]) -> int:
-    """The largest rank in the adapter: ``r`` or any per-module ``rank_pattern`` override."""
-    ranks = [
-        int(config.get("r", 8)),
-        *(int(r) for r in (config.get("rank_pattern") or {}).values()),
-    ]
+    """The largest rank in the adapter: ``r`` or any per-module ``rank_pattern`` override.
+
+    An AdaLoRA adapter's ``rank_pattern`` holds a keep-mask per matrix; without one (saved
+    before any pruning) every matrix has its starting rank ``init_r``.
+    """
+    pattern = config.get("rank_pattern") or {}
+    if str(config.get("peft_type", "LORA")).upper() == "ADALORA":
+        if pattern:
+            return max(1, *(sum(bool(v) for v in mask) for mask in pattern.values()))
+        return int(config.get("init_r", 12))
+    ranks = [int(config.get("r", 8)), *(int(r) for r in pattern.values())]
     return max(ranks)
 
 

@@ -147,6 +147,7 @@ def _build_trainer(
     *,
     cuda: bool,
     callbacks: list[Any],
+    resume_from: Path | None = None,
 ) -> tuple[Trainer, PackingDecision, AttentionChoice]:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
@@ -174,6 +175,12 @@ def _build_trainer(
     model = prepare_model(model, config)
     trainable, total = count_parameters(model)
     log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
+    first: list[Any] = []
+    if config.lora.adaptive is not None and config.method != "full":
+        from qwenft_trainer.adaptive_rank import AdaptiveRankCallback
+
+        # before the checkpoint marker: a checkpoint is complete with its budget state
+        first.append(AdaptiveRankCallback(config.lora.adaptive, resume_from=resume_from))
     trainer = Trainer(
         model=model,
         args=args,
@@ -185,7 +192,11 @@ def _build_trainer(
         ),
         data_collator=build_collator(config, tokenizer, packing.mode, row_length=rows),
         processing_class=tokenizer,
-        callbacks=[checkpoints.CheckpointCallback(keep=config.checkpoint.keep), *callbacks],
+        callbacks=[
+            *first,
+            checkpoints.CheckpointCallback(keep=config.checkpoint.keep),
+            *callbacks,
+        ],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -225,6 +236,9 @@ def run_training(
             progress_bar=env.is_main,
         )
         stopper = StopCallback(stop or StopRequest())
+        resume = checkpoints.Checkpoint(
+            Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
+        )
         trainer, packing, attention = _build_trainer(
             config,
             env,
@@ -233,11 +247,9 @@ def run_training(
             eval_samples,
             cuda=cuda,
             callbacks=[telemetry, stopper],
+            resume_from=resume.path if resumed_from else None,
         )
         _announce(config, env, resumed_from, packing, attention)
-        resume = checkpoints.Checkpoint(
-            Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
-        )
         train_start = time.time()
         eval_loss = telemetry.last_eval_loss
         if resumed_from and checkpoints.is_final(resume, config.training.max_steps):
@@ -308,6 +320,11 @@ def _export_finished(
     trainer.state = TrainerState.load_from_json(str(final.path / checkpoints.TRAINER_STATE))
     if env.is_main:
         checkpoints.export_final(final, config.output_dir)
+        if config.lora.adaptive is not None and config.method != "full":
+            from qwenft_trainer.adaptive_rank import export_checkpoint
+
+            # the checkpoint holds the full-rank adapter; publish it cut to its kept ranks
+            export_checkpoint(trainer.model, final.path, config.output_dir)
     distributed.barrier()
 
 

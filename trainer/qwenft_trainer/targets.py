@@ -196,8 +196,9 @@ def resolve_targets(model: nn.Module, lora: LoraSettings) -> ResolvedTargets:
     """The config's targets for ``model``, with architecture defaults filled in.
 
     Raises :class:`TargetError` when a name matches nothing in the model, when
-    ``lora.train_router`` is set on a model without a router, or when an explicit dropout
-    meets expert parameters (peft's LoRA on a bare tensor takes no dropout).
+    ``lora.train_router`` is set on a model without a router, when an explicit dropout
+    meets expert parameters (peft's LoRA on a bare tensor takes no dropout), or when
+    ``lora.adaptive`` meets them (peft's AdaLoRA adapts modules only).
     """
     arch = arch_of(model)
     defaults = default_targets(arch)
@@ -252,6 +253,14 @@ def resolve_targets(model: nn.Module, lora: LoraSettings) -> ResolvedTargets:
         moved = tuple(n for n in modules if n.rsplit(".", 1)[-1] in PEFT_RETARGETED_NAMES)
         modules = tuple(n for n in modules if n not in moved)
         parameters += tuple(f"{name}.weight" for name in moved)
+    if lora.adaptive is not None and parameters:
+        why = f"on {arch}, target_modules {list(moved)} are adapted as tensors; " if moved else ""
+        raise TargetError(
+            f"lora.adaptive can't adapt the tensors {list(parameters)} ({why}peft's AdaLoRA "
+            "adapts linear modules only): set lora.target_parameters: [] "
+            + ("and leave those names out of lora.target_modules " if moved else "")
+            + "to adapt the other projections, or remove lora.adaptive"
+        )
     if lora.dropout is not None:
         dropout = lora.dropout
         if parameters and dropout > 0:

@@ -46,9 +46,12 @@ def predicted_adapter_config(run: Run) -> dict[str, Any]:
     # Unset targets are the architecture's defaults (qwenft_trainer.targets), which vLLM
     # serves; unset target_parameters may be expert tensors, which it doesn't (see below).
     router = ["mlp.gate"] if lora.train_router else []
+    adaptive = lora.adaptive is not None
     return {
-        "peft_type": "LORA",
+        # lora.adaptive trains an AdaLoRA adapter (qwenft_trainer.adaptive_rank)
+        "peft_type": "ADALORA" if adaptive else "LORA",
         "r": lora.r,
+        **({"init_r": lora.r} if adaptive else {}),
         "lora_alpha": lora.alpha,
         "target_modules": list(lora.target_modules) if lora.target_modules else None,
         "target_parameters": lora.target_parameters,
