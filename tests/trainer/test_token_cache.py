@@ -148,9 +148,9 @@ OTHER_CHANGES: dict[str, Any] = {
 # Settings a change above needs to be valid at all.
 CONTEXT: dict[str, dict[str, Any]] = {
     **{
-        f"lora.adaptive.{name}": {"lora.adaptive": {"target_rank": 8}}
-        for name in ("target_rank", "warmup_steps", "final_steps", "interval")
-        + ("beta1", "beta2", "orthogonal_regularization")
+        name: {"lora.adaptive": {"target_rank": 8}}
+        for name in token_keys.OTHER_SETTINGS
+        if name.startswith("lora.adaptive.")
     },
     "deepspeed.offload_parameters": {"deepspeed.enabled": True, "deepspeed.zero_stage": 3},
 }
