@@ -106,7 +106,10 @@ def namespace(api: client.ApiClient, operator: OperatorProcess) -> Iterator[str]
 
 @pytest.fixture
 def healed(cluster: ControlPlane) -> Iterator[ControlPlane]:
-    """The cluster, with every component running and unfrozen again after the test."""
+    """The cluster, with every component running and unfrozen again after the test.
+
+    Tests ask for it last, so it heals the cluster before their namespace is deleted.
+    """
     try:
         yield cluster
     finally:
@@ -194,7 +197,7 @@ def assert_operator_unharmed(operator: OperatorProcess) -> None:
 
 
 def test_api_server_killed_during_training(
-    healed: ControlPlane, api: client.ApiClient, namespace: str, operator: OperatorProcess
+    api: client.ApiClient, namespace: str, operator: OperatorProcess, healed: ControlPlane
 ) -> None:
     run, _ = start_training(api, namespace, pod_runs_for="8s")
     healed.kill("kube-apiserver")
@@ -202,13 +205,14 @@ def test_api_server_killed_during_training(
         time.sleep(OUTAGE_SECONDS)  # the outage under test; the pod's 8 s end inside it
     finally:
         healed.start_component("kube-apiserver")
-    wait_phase(api, namespace, run, "Ready", timeout=120)
+    # the Job controller's own watches come back after their backoff (40 s of it, seen here)
+    wait_phase(api, namespace, run, "Ready", timeout=180)
     assert_one_child_of_each_kind(api, namespace, run)
     assert_operator_unharmed(operator)
 
 
 def test_etcd_frozen_during_training(
-    healed: ControlPlane, api: client.ApiClient, namespace: str, operator: OperatorProcess
+    api: client.ApiClient, namespace: str, operator: OperatorProcess, healed: ControlPlane
 ) -> None:
     run, _ = start_training(api, namespace, pod_runs_for="8s")
     healed.pause("etcd")
@@ -217,13 +221,13 @@ def test_etcd_frozen_during_training(
     finally:
         healed.resume("etcd")
     healed.wait_ready("kube-apiserver", timeout=60)
-    wait_phase(api, namespace, run, "Ready", timeout=120)
+    wait_phase(api, namespace, run, "Ready", timeout=180)
     assert_one_child_of_each_kind(api, namespace, run)
     assert_operator_unharmed(operator)
 
 
 def test_controller_manager_restarted_during_training(
-    healed: ControlPlane, api: client.ApiClient, namespace: str, operator: OperatorProcess
+    api: client.ApiClient, namespace: str, operator: OperatorProcess, healed: ControlPlane
 ) -> None:
     run, pod = start_training(api, namespace, pod_runs_for="4s")
     healed.restart("kube-controller-manager")
@@ -255,7 +259,7 @@ def node_restored(api: client.ApiClient, name: str) -> Iterator[None]:
 
 
 def test_training_node_deleted(
-    healed: ControlPlane, api: client.ApiClient, namespace: str, operator: OperatorProcess
+    api: client.ApiClient, namespace: str, operator: OperatorProcess, healed: ControlPlane
 ) -> None:
     # kwok would still end the pod of a deleted node on time; a dead node's pod never ends
     run, pod = start_training(api, namespace, pod_runs_for="1h")
