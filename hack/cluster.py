@@ -8,6 +8,16 @@
     python3 hack/cluster.py env         # the export lines again
     python3 hack/cluster.py down        # stop exactly what `up` started, remove its temp dir
 
+One component at a time, for reproducing outages by hand (each waits, with --timeout, until
+the component is ready again: etcd /health, API server /readyz, controllers' /healthz, kwok
+holding every node Lease, which takes up to 40 s):
+
+    python3 hack/cluster.py restart kube-apiserver   # SIGTERM (SIGKILL after 5 s), start again
+    python3 hack/cluster.py kill kube-apiserver      # SIGKILL, as a crash; ...
+    python3 hack/cluster.py start kube-apiserver     # ... then start it with the same flags
+    python3 hack/cluster.py pause etcd               # SIGSTOP: it holds its port, answers nothing
+    python3 hack/cluster.py resume etcd              # SIGCONT
+
 `up` records its work dir in ~/.cache/qwenft/devcluster/current (or $QWENFT_CLUSTER_STATE),
 so the other subcommands work from any shell. Only one cluster per state file.
 """
@@ -22,8 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from devcluster import ClusterError, ControlPlane
+from devcluster import ClusterError, ControlPlane, processes
 from devcluster.binaries import BinariesMissingError
+from devcluster.controlplane import COMPONENTS
 
 POINTER = Path(
     os.environ.get("QWENFT_CLUSTER_STATE", Path.home() / ".cache/qwenft/devcluster/current")
@@ -92,13 +103,38 @@ def cmd_status(_: argparse.Namespace) -> int:
     rss = cp.rss_bytes()
     print(f"workdir {cp.workdir}\nserver  {cp.server}\nstarted in {cp.started_seconds:.1f}s")
     for proc, (name, up) in zip(cp.processes, cp.status().items(), strict=True):
-        state = "running" if up else "STOPPED"
+        state = ("PAUSED" if processes.paused(proc) else "running") if up else "STOPPED"
         print(
             f"{name:24} pid {proc.pid:>7}  {state:8} rss {rss[name] / 2**20:7.1f} MiB"
             f"  log {proc.log}"
         )
     print(f"{'total':24} {'':21} rss {sum(rss.values()) / 2**20:7.1f} MiB")
     return 0 if all(cp.status().values()) else 1
+
+
+def cmd_component(args: argparse.Namespace) -> int:
+    """restart, kill, start, pause or resume one component of the recorded cluster."""
+    cp = current()
+    if cp is None:
+        print("no cluster recorded; run `hack/cluster.py up`", file=sys.stderr)
+        return 1
+    name = args.component
+    try:
+        if args.command == "restart":
+            cp.restart(name, timeout=args.timeout)
+        elif args.command == "kill":
+            cp.kill(name)
+        elif args.command == "start":
+            cp.start_component(name, timeout=args.timeout)
+        elif args.command == "pause":
+            cp.pause(name)
+        else:
+            cp.resume(name, timeout=args.timeout)
+    except (ClusterError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{name}: {args.command} done (pid {cp.process(name).pid})", file=sys.stderr)
+    return 0
 
 
 def main() -> int:
@@ -111,6 +147,18 @@ def main() -> int:
     up.set_defaults(func=cmd_up)
     for name, func in (("down", cmd_down), ("env", cmd_env), ("status", cmd_status)):
         sub.add_parser(name).set_defaults(func=func)
+    for name, what in (
+        ("restart", "stop one component and start it again with the same flags"),
+        ("kill", "SIGKILL one component"),
+        ("start", "start a killed component again with the same flags"),
+        ("pause", "SIGSTOP one component"),
+        ("resume", "SIGCONT a paused component"),
+    ):
+        one = sub.add_parser(name, help=what)
+        # the known components, and any other recorded in state.json (checked when loaded)
+        one.add_argument("component", help=f"e.g. {', '.join(COMPONENTS)}")
+        one.add_argument("--timeout", type=float, default=120.0, help="seconds to be ready")
+        one.set_defaults(func=cmd_component)
     args = parser.parse_args()
     return int(args.func(args))
 

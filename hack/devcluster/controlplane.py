@@ -5,22 +5,30 @@ kube-scheduler and kwok on free 127.0.0.1 ports, registers the fake nodes, and r
 the API server is ready, both controllers are healthy, every node is Ready and the default
 service account exists. Its state (PIDs, ports, paths) is saved to `<workdir>/state.json`,
 so `ControlPlane.load(workdir).stop()` works from any shell.
+
+For fault tests one component at a time can be killed (`kill`), frozen and thawed
+(`pause`, `resume`: SIGSTOP and SIGCONT), started again (`start_component`) or restarted
+(`restart`). A component starts again with the command line it was started with, so the
+same flags, ports, certificates and data directory; each start waits for that component's
+readiness check (`devcluster.probes`) with a deadline, and the new PID goes to state.json.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devcluster import components, processes
+from devcluster import components, probes, processes
 from devcluster.api import Api, http_ok, insecure_context, wait_for
 from devcluster.binaries import HACK_DIR, require_binaries
 from devcluster.binaries import bin_dir as default_bin_dir
@@ -182,6 +190,79 @@ class ControlPlane:
         processes.stop(list(reversed(self.processes)))
         if remove_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- faults: one component killed, paused, started again -------------------------
+    def process(self, component: str) -> Process:
+        """The record of one component's process; ClusterError naming the known ones."""
+        for proc in self.processes:
+            if proc.name == component:
+                return proc
+        known = ", ".join(p.name for p in self.processes if p.name != "watchdog")
+        raise ClusterError(f"no component {component!r} in this control plane (known: {known})")
+
+    def kill(self, component: str) -> None:
+        """SIGKILL one component, as a crash would end it, and wait until it is gone."""
+        processes.kill(self.process(component))
+
+    def pause(self, component: str, *, timeout: float = 10.0) -> None:
+        """Freeze one component with SIGSTOP: it keeps its sockets open and answers nothing."""
+        proc = self._running(component)
+        processes.send(proc, signal.SIGSTOP)
+        wait_for(f"{component} to stop", lambda: processes.paused(proc), time.monotonic() + timeout)
+
+    def resume(self, component: str, *, timeout: float = 60.0) -> None:
+        """SIGCONT a paused component and wait until it is ready again."""
+        since = datetime.now(UTC)
+        processes.send(self._running(component), signal.SIGCONT)
+        self.wait_ready(component, since=since, timeout=timeout)
+
+    def start_component(self, component: str, *, timeout: float = 120.0) -> None:
+        """Start a stopped component with its recorded command line; wait until it is ready."""
+        proc = self.process(component)
+        if processes.alive(proc):
+            raise ClusterError(f"{component} is running (pid {proc.pid}); use restart")
+        if component == "watchdog":
+            raise ClusterError("the watchdog is started by `ControlPlane.start(owner_pid=...)`")
+        since = datetime.now(UTC)
+        self.processes[self.processes.index(proc)] = processes.spawn(component, proc.argv, proc.log)
+        self.save()
+        self.wait_ready(component, since=since, timeout=timeout)
+
+    def restart(self, component: str, *, timeout: float = 120.0) -> None:
+        """Stop one component (SIGTERM, SIGKILL after 5 s) and start it again, as it was."""
+        processes.stop([self.process(component)])
+        self.start_component(component, timeout=timeout)
+
+    def wait_ready(
+        self, component: str, *, since: datetime | None = None, timeout: float = 120.0
+    ) -> None:
+        """Wait for one component's readiness check; ClusterError with its log tail if it
+        exits or the deadline passes. ``since``: when it (re)started (default: now)."""
+        proc = self.process(component)
+        check = probes.readiness(
+            component,
+            ports=self.ports,
+            api=Api(self.server, self.token, self.ca_file),
+            since=since or datetime.now(UTC),
+        )
+
+        def ready() -> bool:
+            if not processes.alive(proc):
+                raise ClusterError(
+                    f"{component} exited; end of {proc.log}:\n{self.log_tail(component)}"
+                )
+            return check is None or check()
+
+        try:
+            wait_for(f"{component} to be ready", ready, time.monotonic() + timeout)
+        except TimeoutError as err:
+            raise ClusterError(f"{err}; end of {proc.log}:\n{self.log_tail(component)}") from None
+
+    def _running(self, component: str) -> Process:
+        proc = self.process(component)
+        if not processes.alive(proc):
+            raise ClusterError(f"{component} is not running; start it with start_component")
+        return proc
 
     # ---- inspection ------------------------------------------------------------------
     def log_path(self, component: str) -> Path:

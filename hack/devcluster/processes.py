@@ -3,6 +3,7 @@
 A PID alone can be reused by the system after a process exits, so each started process is
 recorded with its start time from /proc; `stop` signals only a process whose PID and start
 time both still match, which lets `hack/cluster.py down` run from another shell safely.
+`send` and `paused` are for fault tests: a component killed, or frozen with SIGSTOP.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def stop(procs: Sequence[Process], timeout: float = 5.0) -> None:
         if not alive(proc):
             continue
         os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a paused one handles it once resumed
+            os.kill(proc.pid, signal.SIGCONT)
         if not _wait_gone(proc, timeout):
             os.kill(proc.pid, signal.SIGKILL)
             _wait_gone(proc, 5.0)
@@ -109,6 +112,26 @@ def _wait_gone(proc: Process, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def send(proc: Process, sig: signal.Signals) -> bool:
+    """Send sig to the very process we started; False if it is gone already."""
+    if not alive(proc):
+        return False
+    os.kill(proc.pid, sig)
+    return True
+
+
+def kill(proc: Process, timeout: float = 10.0) -> None:
+    """SIGKILL, as a crash would end it, and wait until it is gone (reaped if our child)."""
+    if send(proc, signal.SIGKILL) and not _wait_gone(proc, timeout):
+        raise TimeoutError(f"{proc.name} (pid {proc.pid}) still there {timeout:.0f}s after SIGKILL")
+
+
+def paused(proc: Process) -> bool:
+    """True while the process is stopped by a signal (state T), e.g. after SIGSTOP."""
+    fields = _stat(proc.pid)
+    return fields is not None and fields[19] == proc.start_time and fields[0] == "T"
 
 
 def rss_bytes(proc: Process) -> int:

@@ -266,11 +266,16 @@ class Runner:
         try:
             return await self._reconcile_once(key, body)
         except ApiException as err:
-            if not kube.namespace_terminating(err):
-                self._count_and_retry(key, err)
-                raise
-            log.debug("%s/%s: namespace is being deleted; leaving the run alone", *key)
-            return None
+            if kube.namespace_terminating(err):
+                log.debug("%s/%s: namespace is being deleted; leaving the run alone", *key)
+                return None
+            if err.status == 404 and await self._call(kube.get_run, self.clients, *key) is None:
+                # deleted between its read and its status patch (or with its namespace)
+                log.debug("%s/%s: deleted while being reconciled", *key)
+                self.forget(key)
+                return None
+            self._count_and_retry(key, err)
+            raise
         except OSError as err:
             self._count_and_retry(key, err)
             raise

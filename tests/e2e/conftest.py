@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from operatorkit import fresh_namespace
 
 HACK = Path(__file__).resolve().parents[2] / "hack"
 sys.path.insert(0, str(HACK))
@@ -96,20 +94,8 @@ def kube_client(cluster: ControlPlane) -> Iterator[client.ApiClient]:
 @pytest.fixture
 def e2e_namespace(kube_client: client.ApiClient) -> Iterator[str]:
     """A new namespace, usable at once (its `default` service account exists)."""
-    core = client.CoreV1Api(kube_client)
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            core.read_namespaced_service_account("default", name)
-            break
-        except ApiException as err:
-            if err.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(kube_client) as name:
+        yield name
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,8 @@ CLAIMS = ("qwenft-runs", "model-cache", "datasets", "models")
 SECRETS = {"hf-token": {"token": "aGYtdGVzdA=="}, "s3-credentials": {"AWS_ACCESS_KEY_ID": "eA=="}}
 CONFIG_MAPS = {"support-chats": {"train.jsonl": '{"messages": []}\n'}}
 PRIORITY_CLASSES = ("training", "batch-low")
+# How long kwok keeps a Job pod Running before it succeeds (a Go duration; default 1s).
+KWOK_COMPLETE_AFTER = "qwenft.io/kwok-complete-after"
 
 
 def wait_until(
@@ -68,6 +71,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fresh_namespace(api: client.ApiClient) -> Iterator[str]:
+    """A new namespace, usable at once (its `default` service account exists); deleted after."""
+    core = client.CoreV1Api(api)
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+
+    def usable() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            return False
+        return True
+
+    wait_until(f"the default service account of namespace {name}", usable, timeout=30)
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
 
 
 def install_crd(api: client.ApiClient) -> None:

@@ -5,7 +5,8 @@ order; the echo of the operator's own status patch wakes nothing; a child event 
 changes nothing the decision sees wakes nothing, while a real change reconciles; a pod
 with nothing to report (signature None) wakes nothing and is not held; triggers
 for a run being reconciled are coalesced into one more pass, never run side by side; a
-deleted run is forgotten; parsed specs are reused until the generation changes; a Ready
+deleted run is forgotten, also when it goes between its read and its status patch (no error
+counted, nothing retried); parsed specs are reused until the generation changes; a Ready
 run's smoke test runs once in the background, its outcome is patched into the status by
 the reconcile it wakes, and later reconciles of the same generation send nothing; a
 progress round scrapes only the runs in Training.
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client.rest import ApiException
 from qwenft_operator import runner as runner_module
 from qwenft_operator.metrics import OperatorMetrics
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts
@@ -187,6 +189,42 @@ def test_deleted_run_is_forgotten_and_spec_parse_reused(api: FakeApi) -> None:
 
     assert asyncio.run(scenario()) is None
     assert KEY not in runner._runs
+
+
+def test_run_deleted_before_its_status_patch_is_forgotten_without_an_error(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted (e.g. with its namespace) between its read and its patch: the patch's 404 ends
+    the reconcile quietly; a 404 while the run still exists is an error, counted and retried."""
+    runner = make_runner()
+    retried: list[float] = []
+    monkeypatch.setattr(runner, "_later", lambda key, seconds: retried.append(seconds))
+    gone_on_patch = True
+
+    def patch_status(clients: Any, namespace: str, name: str, patch: Any) -> Any:
+        if gone_on_patch:
+            api.body = None
+        raise ApiException(status=404, reason="Not Found")
+
+    monkeypatch.setattr(runner_module.kube, "patch_status", patch_status)
+    body = copy.deepcopy(api.body)
+
+    async def scenario() -> Any:
+        return await runner.trigger(KEY, body)
+
+    assert asyncio.run(scenario()) is None
+    assert KEY not in runner._runs and KEY not in runner._bodies
+    assert api.events == []  # type: ignore[attr-defined]
+    assert retried == []
+    errors = runner.metrics.reconcile_errors.labels(reason="api404")
+    assert errors._value.get() == 0
+
+    gone_on_patch = False
+    api.body = copy.deepcopy(body)
+    with pytest.raises(ApiException):
+        asyncio.run(scenario())
+    assert retried == [runner_module.API_RETRY_SECONDS]
+    assert errors._value.get() == 1
 
 
 def test_ready_run_is_smoke_tested_once(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
