@@ -1,23 +1,23 @@
 """Gang restarts of multi-node training, as the pure decision takes them step by step.
 
-Covers (qwenft_operator.gang through reconcile.decide, two-node example): a rank that
-failed (the Job failed, BackoffLimitExceeded) -> status.restarts 1, lastRestart with the
-rank, pod, exit code and the replaced Job's UID, Training reason Restarting naming the
-cause, one Warning Event, no Failed condition; the next decisions delete that Job once
-(foreground), wait while it and its pods go (no new Job while a pod is listed, no second
-count or Event), create the new Job, and keep Restarting until every new rank runs; a
-disrupted pod (DisruptionTarget) or a rank stopped with a checkpoint (exit 75) while the
-Job runs -> a restart counted in disruptionRestarts, not against backoffLimit; a failed
-Job with a disrupted pod (the other rank lost its peer after) counts as a disruption, and
-a pod still terminating with DisruptionTarget restarts the gang at once; a failed Job's
-cause is the rank that failed on its own, not one whose trainer said PeerLost (ranks that
-only lost their peer are a counted failure); a rank failing for real while the Job still runs is left to the Job
-controller; the failure after runPolicy.backoffLimit real failures (disruptions not
+Covers (qwenft_operator.gang through reconcile.decide, two-node example): a rank that failed
+(the Job failed, BackoffLimitExceeded) -> status.restarts 1, lastRestart with the rank, pod,
+exit code and the replaced Job's UID, Training reason Restarting naming the cause, one
+Warning Event, no Failed condition; the next decisions delete that Job once (foreground),
+wait while it and its pods go (no new Job while a pod is listed, no second count or Event),
+create the new Job, and keep Restarting until every new rank runs; a disrupted pod
+(DisruptionTarget) or a rank stopped with a checkpoint (exit 75) while the Job runs -> a
+restart counted in disruptionRestarts, not against backoffLimit; a failed Job with a
+disrupted pod (the other rank lost its peer after) counts as a disruption, and a pod still
+terminating with DisruptionTarget restarts the gang at once; a failed Job's cause is the
+rank that failed on its own, not one whose trainer said PeerLost (ranks that only lost their
+peer are a counted failure); a rank failing for real while the Job still runs is left to the
+Job controller; the failure after runPolicy.backoffLimit real failures (disruptions not
 counted) fails the run with BackoffLimitExceeded; exit code 3 and deadlines still fail at
 once; pods of an older Job are ignored; a failed Job whose pod the watch hasn't shown is
-waited for briefly; single-node runs keep the Job's own retries (its backoffLimit), a
-multi-node Job gets backoffLimit 0; parsing of the facts this needs (Job UID and
-deletion, a pod's DisruptionTarget, owning Job and failure reason).
+waited for briefly; single-node runs keep the Job's own retries (its backoffLimit), a multi-
+node Job gets backoffLimit 0; parsing of the facts this needs (Job UID and deletion, a pod's
+DisruptionTarget, owning Job and failure reason).
 """
 
 from __future__ import annotations
