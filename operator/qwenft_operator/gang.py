@@ -126,10 +126,6 @@ def find_cause(job: JobFacts, pods: list[PodFacts]) -> Cause | None:
     return Cause(disruption=False, how=_how(first), pod=first)
 
 
-def _restart_number(d: Draft) -> int:
-    return d.status.restarts or 0
-
-
 def _real_failures(d: Draft) -> int:
     return (d.status.restarts or 0) - (d.status.disruption_restarts or 0)
 
@@ -161,7 +157,7 @@ def restart(d: Draft, run: Run, job: JobFacts, pods: list[PodFacts], *, pod_pend
         d.set(cond.TRAINED, "False", cond.BACKOFF_LIMIT_EXCEEDED, message)
         d.fail(cond.TRAINING, cond.BACKOFF_LIMIT_EXCEEDED, message)
         return True
-    d.status.restarts = _restart_number(d) + 1
+    d.status.restarts = (d.status.restarts or 0) + 1
     if cause.disruption:
         d.status.disruption_restarts = (d.status.disruption_restarts or 0) + 1
     d.status.last_restart = Restart(

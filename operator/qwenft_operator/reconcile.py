@@ -13,7 +13,8 @@ Each step looks at its own child: no child yet -> create it (children are named 
 running -> report; child failed -> Failed with a reason the user can act on; child done ->
 the next step. A running child whose pods no node fits reports the scheduler's verdict
 (:mod:`scheduling`) and fails the run once they waited ``runPolicy.schedulingTimeoutSeconds``
-(a later look is requeued for that moment). Each step writes into a
+(a later look is requeued for that moment). A multi-node training Job one of whose ranks
+failed or was disrupted is replaced as a whole (:mod:`gang`). Each step writes into a
 :class:`~qwenft_operator.draft.Draft`, which turns the new status into Events (every phase
 change and failure) and a status patch.
 
@@ -198,7 +199,8 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
             d.create("Service", training.build_headless_service(run), "train_service")
         d.create("Job", training.build_train_job(run), "train_job")
         _report_stopped(d, run, suspended=spec.suspend, queued=queued)
-        gang.keep_restarting(d, "starting the new training Job")
+        if not (spec.suspend or queued):
+            gang.keep_restarting(d, "starting the new training Job")
         return False
     for slot in ("config_map", *(("train_service",) if rendezvous else ()), "train_job"):
         d.child(slot, getattr(run.names, slot))

@@ -195,6 +195,23 @@ def test_a_failed_rank_restarts_the_whole_gang_step_by_step() -> None:
     assert seventh.status.restarts == 1 and deletes(seventh) == []
 
 
+def test_a_queued_runs_new_job_waits_for_admission_as_queued() -> None:
+    body = yaml.safe_load((EXAMPLES / "qlora-multinode-zero2.yaml").read_text())
+    body["metadata"].update(namespace="team", uid="uid-1", generation=2)
+    body["spec"]["scheduling"]["queueName"] = "team-a"
+    run = Run.from_body(body)
+    record = Restart(time=NOW, cause="Disruption", rank=1, message="disrupted", job_uid=UID)
+    status = training_status(restarts=1, disruption_restarts=1, last_restart=record)
+    status.conditions = cond.set_condition(
+        status.conditions, type=cond.TRAINING, status="True", reason=cond.RESTARTING,
+        message="restart 1", generation=2, now=NOW,
+    )  # fmt: skip
+    decision = decide(run, status, seen(), NOW)
+    assert creates(decision) == [f"ConfigMap {RUN}-config", f"Service {JOB}", f"Job {JOB}"]
+    assert training_condition(decision).reason == cond.QUEUED
+    assert decision.status.phase == Phase.TRAINING
+
+
 def test_a_disrupted_rank_restarts_the_gang_without_counting() -> None:
     run = make_run()
     evicted = rank(1, disruption="EvictionByEvictionAPI: Eviction API: evicting")
