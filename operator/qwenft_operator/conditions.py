@@ -48,6 +48,8 @@ TRAINING_SUCCEEDED = "TrainingSucceeded"  # the training Job completed
 TRAINING_FAILED = "TrainingFailed"  # a pod failed for good; message has exit code and message
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # runPolicy (or validation) activeDeadlineSeconds passed
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # more pod failures than runPolicy.backoffLimit
+# The message of Restarting has the cause: rank, exit code or disruption.
+RESTARTING = "Restarting"  # a rank of a multi-node run ended: every rank restarts together
 SUSPENDED_BY_USER = "SuspendedByUser"  # spec.suspend is true
 RESUMED = "Resumed"  # spec.suspend went back to false; training continues from a checkpoint
 
@@ -82,6 +84,7 @@ REASONS = (
     TRAINING_FAILED,
     DEADLINE_EXCEEDED,
     BACKOFF_LIMIT_EXCEEDED,
+    RESTARTING,
     SUSPENDED_BY_USER,
     RESUMED,
     MERGE_RUNNING,

@@ -1,19 +1,19 @@
 """kopf registrations: which events wake which run, and nothing else.
 
-Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two.
-A run is reconciled on every watch event of its own (created, found at start-up, changed;
-the echo of the operator's own status patch is skipped) and when one of its Jobs or
-Deployments, or one of its Job pods, changes in a way the decision can see (watched
-server-side by the managed-by label): the validator's exit 0, and the scheduler's verdict
-on a pod no node fits. Otherwise pods are only indexed (the failed pod's exit code and
-message, rank 0's address). The reconcile is level-based and idempotent,
-so the run's events use ``kopf.on.event`` rather than kopf's change-detecting handlers,
-which deep-copy and diff every event of the run and write bookkeeping annotations on it
-(a third of the operator's CPU with 100 runs at once); API errors are retried by the
-runner's requeue, and a spec that can never work is reported by a Failed condition.
-Training progress is read by the runner's own timer (:meth:`Runner.start_progress_reader`)
-rather than a ``kopf.timer``, which would put a finalizer on every run entering Training
-and take it off again: two more writes, and two more reconciles, per run.
+Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two. A
+run is reconciled on every watch event of its own (created, found at start-up, changed; the
+echo of the operator's own status patch is skipped) and when one of its Jobs or Deployments,
+or one of its Job pods, changes in a way the decision can see (watched server-side by the
+managed-by label): the validator's exit 0, a training pod that ended (its gang may restart),
+and the scheduler's verdict on a pod no node fits. Otherwise pods are only indexed (the
+failed pod's exit code and message, rank 0's address). The reconcile is level-based and
+idempotent, so the run's events use ``kopf.on.event`` rather than kopf's change-detecting
+handlers, which deep-copy and diff every event of the run and write bookkeeping annotations
+on it (a third of the operator's CPU with 100 runs at once); API errors are retried by the
+runner's requeue, and a spec that can never work is reported by a Failed condition. Training
+progress is read by the runner's own timer (:meth:`Runner.start_progress_reader`) rather
+than a ``kopf.timer``, which would put a finalizer on every run entering Training and take
+it off again: two more writes, and two more reconciles, per run.
 Handlers are registered on a registry passed in, with the operator settings, so nothing is
 registered at import time.
 """
@@ -168,7 +168,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         **kwargs: Any,
     ) -> None:  # fmt: skip
         job = parse_job(body)
-        signature = (job.state, job.ready, job.reason)
+        signature = (job.state, job.ready, job.reason, job.uid, job.deleting)
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Job", job.name),
                              signature, deleted=type == "DELETED")  # fmt: skip
 
@@ -186,9 +186,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             # Its exit 0 matters (see reconcile._validator_exited_zero); failures come
             # through the Job, which decides whether the pod is retried.
             signature: Hashable = (pod.phase == "Succeeded", verdict)
+        elif pod.component == "train" and pod.failed and not deleted:
+            # A training pod that ended: a disrupted or stopped rank is not counted by
+            # the Job, but its gang restarts (qwenft_operator.gang).
+            signature, deleted = ("ended", pod.disruption, pod.failure), False
         else:
             # Only the scheduler's verdict (None: nothing to report, which a pod that
-            # never had one doesn't wake its run for); exits come through the Job.
+            # never had one doesn't wake its run for); other exits come through the Job.
             signature, deleted = verdict, False
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Pod", pod.name),
                              signature, deleted=deleted)  # fmt: skip

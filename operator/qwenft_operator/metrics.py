@@ -2,8 +2,8 @@
 
 One :class:`OperatorMetrics` per operator process, on its own ``CollectorRegistry`` (so
 tests can make several), served on ``QWENFT_METRICS_PORT`` at ``/metrics``. The runner
-reports phase changes, reconcile durations and errors; the progress reader mirrors each
-run's ``status.progress`` into the per-run gauges, which are removed with the run.
+reports phase changes, gang restarts, reconcile durations and errors; the progress reader
+mirrors each run's ``status.progress`` into the per-run gauges, removed with the run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from qwenft_operator.phases import Phase
-from qwenft_operator.status import Progress
+from qwenft_operator.status import Progress, QwenFineTuneStatus
 
 RunKey = tuple[str, str]  # (namespace, name)
 # Creation to Training: validation takes seconds to minutes; queues can take hours.
@@ -48,6 +48,12 @@ class OperatorMetrics:
             "qwenft_operator_time_to_training_seconds",
             "Seconds from a run's creation to its phase Training",
             buckets=TIME_TO_TRAINING_BUCKETS,
+            registry=reg,
+        )
+        self.training_restarts = Counter(
+            "qwenft_operator_training_restarts",
+            "Gang restarts of multi-node training, by cause (Failure, Disruption)",
+            ["cause"],
             registry=reg,
         )
         per_run = ["namespace", "run"]
@@ -96,6 +102,11 @@ class OperatorMetrics:
             self.time_to_training.observe(max(0.0, (now - created).total_seconds()))
         self._phases[key] = new
         self._publish()
+
+    def observe_restarts(self, old: QwenFineTuneStatus, new: QwenFineTuneStatus) -> None:
+        """Count a gang restart the decision just recorded (``status.restarts`` grew)."""
+        if (new.restarts or 0) > (old.restarts or 0) and new.last_restart is not None:
+            self.training_restarts.labels(cause=new.last_restart.cause).inc()
 
     @property
     def tracked_runs(self) -> int:

@@ -9,7 +9,9 @@ say so a little earlier), its failure reason is the condition's reason
 (``BackoffLimitExceeded``, ``DeadlineExceeded``, ``PodFailurePolicy``); a failed
 container's exit code and termination message are in ``state.terminated`` (or
 ``lastState.terminated`` after a restart); a pod the scheduler can't place has
-``PodScheduled`` False with reason ``Unschedulable`` and the scheduler's message.
+``PodScheduled`` False with reason ``Unschedulable`` and the scheduler's message; a pod
+stopped by a disruption (preemption, eviction, node loss) has ``DisruptionTarget`` True
+with the disruption's reason and message.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ JobState = Literal["Suspended", "Active", "Succeeded", "Failed"]
 JOB_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_DEADLINE_EXCEEDED = "DeadlineExceeded"
 JOB_POD_FAILURE_POLICY = "PodFailurePolicy"
+# The label the Job controller puts on its pods: the Job's UID.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 # The PodScheduled condition's reason when no node fits the pod (core/v1).
 POD_UNSCHEDULABLE = "Unschedulable"
 
 _MESSAGE_FIELD = re.compile(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")')
+_REASON_FIELD = re.compile(r'"reason"\s*:\s*"([A-Za-z]+)"')
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -59,6 +64,8 @@ class JobFacts:
 
     name: str
     state: JobState
+    uid: str = ""
+    deleting: bool = False  # metadata.deletionTimestamp is set: its pods are going
     active: int = 0
     ready: int = 0
     succeeded: int = 0
@@ -91,9 +98,12 @@ def parse_job(body: Mapping[str, Any]) -> JobFacts:
     else:
         state = "Active"
     ended = failed or done
+    meta = body["metadata"]
     return JobFacts(
-        name=str(body["metadata"]["name"]),
+        name=str(meta["name"]),
         state=state,
+        uid=str(meta.get("uid") or ""),
+        deleting=bool(meta.get("deletionTimestamp")),
         active=int(status.get("active") or 0),
         ready=int(status.get("ready") or 0),
         succeeded=int(status.get("succeeded") or 0),
@@ -148,6 +158,17 @@ class PodFacts:
     ready: bool = False
     failure: Termination | None = None  # the first container that exited non-zero
     unschedulable: Unschedulable | None = None  # no node fits it (yet)
+    # "PreemptionByScheduler: ..." when DisruptionTarget is True (preempted, evicted, its
+    # node lost or drained): a pod failure the Job's policy does not count.
+    disruption: str | None = None
+    job_uid: str = ""  # the owning Job's UID (label batch.kubernetes.io/controller-uid)
+    # status.reason and status.message of a pod that failed without a container exit
+    # code ("Evicted: The node was low on resource: memory.")
+    ended: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == "Failed"
 
 
 def _terminated(statuses: Iterable[Mapping[str, Any]]) -> Termination | None:
@@ -176,9 +197,18 @@ def _unschedulable(meta: Mapping[str, Any], status: Mapping[str, Any]) -> Unsche
     )
 
 
+def _disruption(status: Mapping[str, Any]) -> str | None:
+    found = _true(_conditions(status), "DisruptionTarget")
+    if found is None:
+        return None
+    reason, message = str(found.get("reason") or ""), str(found.get("message") or "").strip()
+    return ": ".join(part for part in (reason, message) if part) or "DisruptionTarget"
+
+
 def parse_pod(body: Mapping[str, Any]) -> PodFacts:
     """Facts of a Pod (a Job's or a Deployment's)."""
     meta = body["metadata"]
+    pod_labels = meta.get("labels") or {}
     status = body.get("status") or {}
     node_name = (body.get("spec") or {}).get("nodeName")
     index = (meta.get("annotations") or {}).get(labels.JOB_COMPLETION_INDEX_ANNOTATION)
@@ -188,7 +218,7 @@ def parse_pod(body: Mapping[str, Any]) -> PodFacts:
     ]
     return PodFacts(
         name=str(meta["name"]),
-        component=str((meta.get("labels") or {}).get(labels.COMPONENT_KEY, "")),
+        component=str(pod_labels.get(labels.COMPONENT_KEY, "")),
         phase=str(status.get("phase") or "Pending"),
         node_name=node_name,
         pod_ip=status.get("podIP"),
@@ -196,6 +226,11 @@ def parse_pod(body: Mapping[str, Any]) -> PodFacts:
         ready=_true(_conditions(status), "Ready") is not None,
         failure=_terminated(statuses),
         unschedulable=None if node_name else _unschedulable(meta, status),
+        disruption=_disruption(status),
+        job_uid=str(pod_labels.get(JOB_UID_LABEL) or pod_labels.get("controller-uid") or ""),
+        ended=": ".join(
+            str(part).strip() for part in (status.get("reason"), status.get("message")) if part
+        ),
     )
 
 
@@ -278,3 +313,9 @@ def report_message(text: str) -> str:
             pass
     lines = [line.strip() for line in stripped.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def report_reason(text: str) -> str:
+    """The ``reason`` of a JSON report in a termination message ("" when there is none)."""
+    found = _REASON_FIELD.search(text)
+    return found.group(1) if found else ""

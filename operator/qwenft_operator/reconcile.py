@@ -13,7 +13,8 @@ Each step looks at its own child: no child yet -> create it (children are named 
 running -> report; child failed -> Failed with a reason the user can act on; child done ->
 the next step. A running child whose pods no node fits reports the scheduler's verdict
 (:mod:`scheduling`) and fails the run once they waited ``runPolicy.schedulingTimeoutSeconds``
-(a later look is requeued for that moment). Each step writes into a
+(a later look is requeued for that moment). A multi-node training Job one of whose ranks
+failed or was disrupted is replaced as a whole (:mod:`gang`). Each step writes into a
 :class:`~qwenft_operator.draft.Draft`, which turns the new status into Events (every phase
 change and failure) and a status patch.
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from qwenft_operator import conditions as cond
-from qwenft_operator import scheduling
+from qwenft_operator import gang, scheduling
 from qwenft_operator.actions import (
     Decision,
     DeleteChild,
@@ -189,12 +190,17 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
     queued = spec.scheduling.queue_name is not None
     job = observed.train_job
     rendezvous = training.needs_rendezvous_service(run)
+    pods = observed.pods_of("train")
     if job is None:
+        if rendezvous and gang.old_pods_remain(d, pods):
+            return False
         d.create("ConfigMap", config.build_config_map(run), "config_map")
         if rendezvous:
             d.create("Service", training.build_headless_service(run), "train_service")
         d.create("Job", training.build_train_job(run), "train_job")
         _report_stopped(d, run, suspended=spec.suspend, queued=queued)
+        if not (spec.suspend or queued):
+            gang.keep_restarting(d, "starting the new training Job")
         return False
     for slot in ("config_map", *(("train_service",) if rendezvous else ()), "train_job"):
         d.child(slot, getattr(run.names, slot))
@@ -206,6 +212,9 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
         )
         _clear_suspended(d)
         return True
+    pending = _waiting_for_pod(job, first_failure(pods), d.now)
+    if rendezvous and gang.restart(d, run, job, pods, pod_pending=pending):
+        return False
     if job.state == "Failed":
         _train_failed(d, run, job, observed)
         return False
@@ -237,6 +246,7 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
                 failure = report_message(stopped.failure.message)
                 message += f"; pod {stopped.name} {failure}".rstrip()
             d.set(cond.TRAINING, "True", cond.PODS_PENDING, message)
+            gang.keep_restarting(d, f"{job.ready}/{job.completions} training pods ready")
     return False
 
 

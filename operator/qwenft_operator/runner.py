@@ -328,6 +328,7 @@ class Runner:
         for action in decision.of_type(EmitEvent):
             assert isinstance(action, EmitEvent)
             kopf.event(body, type=action.type, reason=action.reason, message=action.message)
+        self.metrics.observe_restarts(status, decision.status)
         created = parse_time(body["metadata"].get("creationTimestamp"))
         self.metrics.observe_phase(
             key, status.phase, decision.status.phase, created=created, now=now

@@ -110,6 +110,23 @@ class Children(StatusObject):
     serve_service: str | None = Field(default=None, description="Server Service.")
 
 
+class Restart(StatusObject):
+    """One restart of every rank of a multi-node run together (a gang restart)."""
+
+    time: datetime = Field(description="When the operator decided the restart.")
+    cause: Literal["Failure", "Disruption"] = Field(
+        description="Failure: a rank failed (counts against runPolicy.backoffLimit); "
+        "Disruption: a rank was preempted, evicted, lost with its node or stopped with a "
+        "checkpoint (does not count)."
+    )
+    rank: int | None = Field(default=None, ge=0, description="Node rank of the pod that ended.")
+    pod: str | None = Field(default=None, max_length=253, description="That pod's name.")
+    message: str = Field(default="", max_length=32768, description="How that pod ended.")
+    job_uid: str = Field(
+        default="", max_length=64, description="UID of the training Job that was replaced."
+    )
+
+
 class SmokeTest(StatusObject):
     """Result of the evaluationPrompts sent to the endpoint."""
 
@@ -150,6 +167,20 @@ class QwenFineTuneStatus(StatusObject):
     resumed_from_step: int | None = Field(
         default=None, ge=0, description="Step the last training start resumed from."
     )
+    restarts: int | None = Field(
+        default=None,
+        ge=0,
+        description="Times every rank of a multi-node run restarted together from the newest "
+        "complete checkpoint, for any cause.",
+    )
+    disruption_restarts: int | None = Field(
+        default=None,
+        ge=0,
+        description="Of those, the restarts after a disruption (preemption, eviction, node "
+        "loss, a rank stopped with a checkpoint); they don't count against "
+        "runPolicy.backoffLimit.",
+    )
+    last_restart: Restart | None = Field(default=None, description="The newest restart.")
     outputs: Outputs | None = Field(default=None, description="Result locations.")
     endpoint: Endpoint | None = Field(default=None, description="Where the model is served.")
     children: Children | None = Field(default=None, description="Objects the run owns.")

@@ -173,8 +173,9 @@ class RunPolicySpec(SpecObject):
         default=3,
         ge=0,
         le=100,
-        description="Pod failures tolerated before the run fails; evictions and preemptions "
-        "don't count, and invalid config or data fails at once.",
+        description="Pod failures tolerated before the run fails (on several nodes each "
+        "failure restarts every rank together); evictions, preemptions and node loss don't "
+        "count, and invalid config or data fails at once.",
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Wall-clock limit of the training Job."

@@ -54,6 +54,7 @@ def test_exported_series_match_the_docs() -> None:
     metrics.reconcile_errors.labels(reason="api500").inc()
     metrics.reconcile_duration.observe(0.1)
     metrics.time_to_training.observe(1.0)
+    metrics.training_restarts.labels(cause="Failure").inc()
     assert exported(metrics) == documented()
 
 

@@ -1,12 +1,14 @@
 """From TrainConfig to the Trainer's settings, without training.
 
-Covers: the TrainingArguments mapping (precision, checkpointing, warmup share, no
-Trainer-side rotation, gloo only for multi-process CPU runs) and that transformers accepts
-it; command-line overrides validated like the file; every shipped TrainConfig example
+Covers: the TrainingArguments mapping (precision, checkpointing, warmup share, no Trainer-
+side rotation, gloo only for multi-process CPU runs) and that transformers accepts it;
+command-line overrides validated like the file; every shipped TrainConfig example
 (``examples/train-*.yaml``) loads and opens with the command that runs it; rank and world
-size read from torchrun's environment; the termination message stays under 4 KiB and is
-written only where the file exists; the method-specific model loading arguments (4-bit
-for Q-LoRA, token passed but never shown); ``qwenft train`` reaching this entry point.
+size read from torchrun's environment; the collective timeout (default, override, a bad
+value named) and which errors mean a collective failed (PeerLost); the termination message
+stays under 4 KiB and is written only where the file exists; the method-specific model
+loading arguments (4-bit for Q-LoRA, token passed but never shown); ``qwenft train``
+reaching this entry point.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from pathlib import Path
 import pytest
 from qwenft_trainer.arguments import build_training_arguments, build_training_kwargs
 from qwenft_trainer.config import ConfigError, TrainConfig, load_config
-from qwenft_trainer.distributed import DistributedEnv
+from qwenft_trainer.distributed import (
+    COLLECTIVE_TIMEOUT_ENV,
+    DistributedEnv,
+    collective_timeout,
+    is_communication_error,
+)
 from qwenft_trainer.summary import build_termination_message, write_termination_log
 from qwenft_trainer.train import apply_overrides, build_parser
 
@@ -110,6 +117,29 @@ def test_shipped_train_configs_load_and_name_their_command(path: Path) -> None:
 
 def test_examples_exist() -> None:
     assert any(p.name == "train-lora.yaml" for p in EXAMPLES)
+
+
+def test_collective_timeout_default_override_and_bad_value() -> None:
+    assert collective_timeout({}).total_seconds() == 600
+    assert collective_timeout({COLLECTIVE_TIMEOUT_ENV: "90"}).total_seconds() == 90
+    with pytest.raises(ValueError, match=f"{COLLECTIVE_TIMEOUT_ENV}='ten'.*whole number"):
+        collective_timeout({COLLECTIVE_TIMEOUT_ENV: "ten"})
+    with pytest.raises(ValueError, match=COLLECTIVE_TIMEOUT_ENV):
+        collective_timeout({COLLECTIVE_TIMEOUT_ENV: "0"})
+
+
+def test_communication_errors_are_told_from_other_errors() -> None:
+    import torch.distributed as dist
+
+    gloo = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+        "[127.0.0.1]:9614: Connection reset by peer."
+    )
+    assert is_communication_error(gloo)
+    assert is_communication_error(dist.DistBackendError("NCCL error: remote process exited"))
+    assert is_communication_error(dist.DistStoreError("timed out waiting for key"))
+    assert not is_communication_error(RuntimeError("CUDA out of memory"))
+    assert not is_communication_error(ValueError("bad gloo/transport value"))
 
 
 def test_distributed_env_from_torchrun_variables() -> None:

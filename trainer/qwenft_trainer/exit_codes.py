@@ -17,3 +17,6 @@ STOPPED = 75
 # 30 s after forwarding a signal, a fixed time in the trainer image's torch) creates the
 # file this variable names instead; every rank checks for it at each optimizer step.
 STOP_FILE_ENV = "QWENFT_STOP_FILE"
+# The termination-log reason of a rank whose collective failed because another rank was
+# lost: a consequence, so the operator looks for the rank that ended first for the cause.
+PEER_LOST = "PeerLost"

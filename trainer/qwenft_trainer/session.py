@@ -10,6 +10,8 @@ another writes. A session that fails after the start still writes its reason to 
 termination log. A session asked to stop (:mod:`qwenft_trainer.stopping`) ends with a
 complete checkpoint, a ``train_stopped`` line and a ``Stopped`` termination log instead of
 the final adapter and ``summary.json``, and returns :data:`~qwenft_trainer.exit_codes.STOPPED`.
+A rank whose peer is lost (a collective fails) says ``PeerLost`` and leaves at once,
+without the final barrier (:mod:`qwenft_trainer.distributed`).
 
     run_training(config, env, tokenizer, train_samples, eval_samples,
                  started=time.time(), stop=request)
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -223,6 +226,7 @@ def run_training(
     cuda = torch.cuda.is_available()
     distributed.ensure_extensions_cache()
     distributed.init_process_group(env, deepspeed=config.deepspeed.enabled, cuda=cuda)
+    broken = False
     try:
         resumed_from = _prepare_output_dir(config, env)
         metrics = None
@@ -279,12 +283,15 @@ def run_training(
             write_termination_log(config.termination_log, short_summary(summary))
             emit(build_log_record("train_end", **summary.model_dump()))
     except Exception as err:
-        if env.is_main:
+        broken = env.distributed and distributed.is_communication_error(err)
+        if broken:
+            _report_peer_lost(config, env, err)
+        elif env.is_main:
             fields = {"status": "failed", "reason": "TrainingError", "message": repr(err)}
             write_termination_log(config.termination_log, fields)
         raise
     finally:
-        distributed.finish(deepspeed=config.deepspeed.enabled)
+        distributed.finish(deepspeed=config.deepspeed.enabled, broken=broken)
     log.info("done in %.1fs; output in %s", time.time() - started, config.output_dir)
     return 0
 
@@ -308,6 +315,24 @@ def _report_stopped(
         fields = {"status": "stopped", "reason": "Stopped", "message": message, "step": step}
         write_termination_log(config.termination_log, {**fields, "checkpoint": checkpoint})
     return exit_codes.STOPPED
+
+
+def _report_peer_lost(config: TrainConfig, env: DistributedEnv, err: BaseException) -> None:
+    """A collective failed: say so at once, on stderr, in a JSON line and the termination log.
+
+    Every rank that sees it reports it (the lost rank can't); the pod's termination
+    message then names the reason, and the operator restarts all ranks together.
+    """
+    detail = next((line.strip() for line in str(err).splitlines() if line.strip()), repr(err))
+    message = (
+        f"rank {env.rank} lost contact with another rank (a collective failed: {detail}); "
+        "every rank must restart from the newest complete checkpoint"
+    )
+    print(f"qwenft train: {message}", file=sys.stderr, flush=True)
+    emit(build_log_record("peer_lost", rank=env.rank, message=detail))
+    if env.local_rank == 0:
+        fields = {"status": "failed", "reason": exit_codes.PEER_LOST, "message": message}
+        write_termination_log(config.termination_log, fields)
 
 
 def _export_finished(

@@ -86,6 +86,18 @@ def needs_rendezvous_service(run: Run) -> bool:
     return run.spec.resources.nodes > 1
 
 
+def job_backoff_limit(run: Run) -> int:
+    """The training Job's ``backoffLimit``.
+
+    A single-node Job retries its pod itself, up to ``runPolicy.backoffLimit``. A
+    multi-node Job fails at its first counted pod failure (0): a replacement of one rank
+    could not join the rendezvous the other ranks hold, so the operator restarts every
+    rank together and counts the failures against ``runPolicy.backoffLimit`` itself
+    (:mod:`qwenft_operator.gang`).
+    """
+    return 0 if needs_rendezvous_service(run) else run.spec.run_policy.backoff_limit
+
+
 def master_address(run: Run) -> str:
     """DNS name of the rank-0 pod (loopback on a single node)."""
     if not needs_rendezvous_service(run):
@@ -173,7 +185,7 @@ def build_train_job(run: Run) -> dict[str, Any]:
         name=run.names.train_job,
         component="train",
         pod_spec=pod_spec,
-        backoff_limit=policy.backoff_limit,
+        backoff_limit=job_backoff_limit(run),
         fail_on_exit_codes=[INVALID_INPUT_EXIT_CODE],
         ignore_exit_codes=[STOPPED_EXIT_CODE],
         extra_labels={labels.KUEUE_QUEUE_KEY: queue} if queue else None,
