@@ -9,7 +9,11 @@ say so a little earlier), its failure reason is the condition's reason
 (``BackoffLimitExceeded``, ``DeadlineExceeded``, ``PodFailurePolicy``); a failed
 container's exit code and termination message are in ``state.terminated`` (or
 ``lastState.terminated`` after a restart); a pod the scheduler can't place has
-``PodScheduled`` False with reason ``Unschedulable`` and the scheduler's message.
+``PodScheduled`` False with reason ``Unschedulable`` and the scheduler's message; a
+container the kubelet can't start for a missing Secret or ConfigMap waits with reason
+``CreateContainerConfigError``. A Job's or Deployment's facts carry the objects its pod
+template mounts (:func:`qwenft_operator.references.template_references`), and ConfigMaps
+and claims into :class:`~qwenft_operator.references.Found` (absent once being deleted).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from qwenft_operator import labels
+from qwenft_operator.references import Found, Reference, template_references
 
 JobState = Literal["Suspended", "Active", "Succeeded", "Failed"]
 
@@ -31,6 +36,8 @@ JOB_DEADLINE_EXCEEDED = "DeadlineExceeded"
 JOB_POD_FAILURE_POLICY = "PodFailurePolicy"
 # The PodScheduled condition's reason when no node fits the pod (core/v1).
 POD_UNSCHEDULABLE = "Unschedulable"
+# A container's waiting reason when a Secret or ConfigMap it reads is missing (kubelet).
+CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
 
 _MESSAGE_FIELD = re.compile(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")')
 
@@ -68,6 +75,7 @@ class JobFacts:
     message: str = ""  # and its message
     start_time: datetime | None = None
     finished_at: datetime | None = None
+    references: tuple[Reference, ...] = ()  # what its pod template mounts
 
     @property
     def finished(self) -> bool:
@@ -103,6 +111,7 @@ def parse_job(body: Mapping[str, Any]) -> JobFacts:
         message=str(failed.get("message") or "") if failed else "",
         start_time=parse_time(status.get("startTime")),
         finished_at=parse_time(ended.get("lastTransitionTime")) if ended else None,
+        references=template_references(body),
     )
 
 
@@ -148,6 +157,9 @@ class PodFacts:
     ready: bool = False
     failure: Termination | None = None  # the first container that exited non-zero
     unschedulable: Unschedulable | None = None  # no node fits it (yet)
+    # The kubelet's message for a container it can't start: a Secret or ConfigMap (or a
+    # key of one) is missing, e.g. 'secret "hf-token" not found'.
+    config_error: str | None = None
 
 
 def _terminated(statuses: Iterable[Mapping[str, Any]]) -> Termination | None:
@@ -176,6 +188,14 @@ def _unschedulable(meta: Mapping[str, Any], status: Mapping[str, Any]) -> Unsche
     )
 
 
+def _config_error(statuses: Iterable[Mapping[str, Any]]) -> str | None:
+    for item in statuses:
+        waiting = (item.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == CREATE_CONTAINER_CONFIG_ERROR:
+            return str(waiting.get("message") or CREATE_CONTAINER_CONFIG_ERROR)
+    return None
+
+
 def parse_pod(body: Mapping[str, Any]) -> PodFacts:
     """Facts of a Pod (a Job's or a Deployment's)."""
     meta = body["metadata"]
@@ -196,6 +216,7 @@ def parse_pod(body: Mapping[str, Any]) -> PodFacts:
         ready=_true(_conditions(status), "Ready") is not None,
         failure=_terminated(statuses),
         unschedulable=None if node_name else _unschedulable(meta, status),
+        config_error=_config_error(statuses),
     )
 
 
@@ -209,6 +230,7 @@ class DeploymentFacts:
     available: bool = False
     failed: bool = False  # rollout stuck: ProgressDeadlineExceeded or a ReplicaFailure
     message: str = ""
+    references: tuple[Reference, ...] = ()  # what its pod template mounts
 
 
 def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
@@ -237,7 +259,19 @@ def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
         and (_true(conditions, "Available") is not None or replicas == 0),
         failed=failure is not None,
         message=str(failure.get("message") or failure.get("reason") or "") if failure else "",
+        references=template_references(body),
     )
+
+
+def parse_reference(body: Mapping[str, Any]) -> Found | None:
+    """A referenced ConfigMap or claim as a check needs it: its keys (a ConfigMap's), or
+    None when it is being deleted (a claim in use waits for its pods to go, and no new
+    pod may mount it)."""
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    if body.get("kind") == "PersistentVolumeClaim":
+        return Found()
+    return Found(keys=frozenset({*(body.get("data") or {}), *(body.get("binaryData") or {})}))
 
 
 def first_failure(pods: Iterable[PodFacts]) -> PodFacts | None:
