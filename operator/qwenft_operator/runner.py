@@ -12,7 +12,8 @@ whose next decision records it. The Secrets, ConfigMaps and claims a decision ch
 (:attr:`~qwenft_operator.actions.Decision.references`) are looked up when the watches'
 indexes don't hold them (Secrets always: the operator may not watch them), and the
 decision is made again if one is missing; a change of one wakes the runs that use it
-(:meth:`Runner.reference_changed`). One more background task reads the training progress of
+(:meth:`Runner.reference_changed`), and a run that relies on a Secret is looked at again
+every ``secret_recheck_seconds``. One more background task reads the training progress of
 every run in Training on a fixed interval. These four jobs in one class are why the module is
 over 400 lines; splitting it by job is planned.
 """
@@ -61,6 +62,9 @@ T = TypeVar("T")
 API_RETRY_SECONDS = 5.0
 WORKERS = 16
 PROGRESS_READS_AT_ONCE = 32
+# Seconds between looks at the Secrets a run's decision relied on (no watch covers them):
+# a Secret deleted under a running child is reported within about this long.
+SECRET_RECHECK_SECONDS = 60.0
 
 
 def _version(body: Mapping[str, Any]) -> int:
@@ -118,6 +122,7 @@ class Runner:
         metrics: OperatorMetrics,
         *,
         workers: int = WORKERS,
+        secret_recheck_seconds: float = SECRET_RECHECK_SECONDS,
     ) -> None:
         self.clients = clients
         self.settings = settings
@@ -137,6 +142,8 @@ class Runner:
         self._smoke_tasks: dict[RunKey, asyncio.Task[None]] = {}
         self._smoke_outcomes: dict[RunKey, smoke.SmokeOutcome] = {}
         self._progress_task: asyncio.Task[None] | None = None
+        self.secret_recheck_seconds = secret_recheck_seconds
+        self._secret_rechecks: dict[RunKey, asyncio.TimerHandle] = {}
         self._lookups = RecentLookups()
         # Which runs use which referenced objects ((namespace, kind, name)), so a change
         # of one wakes them, and the other way round, to forget a run's.
@@ -181,6 +188,8 @@ class Runner:
             self._progress_task.cancel()
         for task in self._smoke_tasks.values():
             task.cancel()
+        for handle in self._secret_rechecks.values():
+            handle.cancel()
         if self._session is not None:
             await self._session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -223,6 +232,7 @@ class Runner:
         self._runs.pop(key, None)
         self._smoke_outcomes.pop(key, None)
         self._track_references(key, ())
+        self._recheck_secrets(key, due=False)
         task = self._smoke_tasks.pop(key, None)
         if task is not None:
             task.cancel()
@@ -340,6 +350,7 @@ class Runner:
                 if references.missing(decision.references, known):
                     decision = decide(run, status, replace(observed, references=known), now)
             self._track_references(key, decision.references)
+            self._recheck_secrets(key, due=any(r.kind == "secret" for r in decision.references))
         patched = await self._call(self._execute, namespace, name, decision)
         if patched is not None:
             self.remember(key, patched)
@@ -395,6 +406,18 @@ class Runner:
             self._users.setdefault(added, set()).add(key)
         if now:
             self._used[key] = now
+
+    def _recheck_secrets(self, key: RunKey, *, due: bool) -> None:
+        """Reconcile ``key`` again in ``secret_recheck_seconds`` (one pending look per run),
+        or drop the pending look when ``due`` is False."""
+        pending = self._secret_rechecks.pop(key, None)
+        if pending is not None:
+            pending.cancel()
+        if due:
+            loop = asyncio.get_running_loop()
+            self._secret_rechecks[key] = loop.call_later(
+                self.secret_recheck_seconds, lambda: loop.create_task(self._quiet_trigger(key))
+            )
 
     async def reference_changed(self, namespace: str, key: ObjectKey) -> None:
         """A ConfigMap or claim appeared, changed or went: reconcile the runs that use it."""

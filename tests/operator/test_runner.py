@@ -12,7 +12,8 @@ progress round scrapes only the runs in Training; the references a decision chec
 looked up once each (ConfigMaps the watch's index holds not at all), shared by runs of one
 namespace; a dataset ConfigMap deleted while validation runs is reported and holds the
 training Job back until the ConfigMap is there again, its watch events waking only the
-runs that use it; a Secret created after the run is noticed within 2 s.
+runs that use it; a Secret created after the run is noticed within 2 s; a Secret deleted
+under a running training Job is reported by the run's periodic recheck, with no event.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from typing import Any
 import pytest
 import yaml
 from qwenft_operator import runner as runner_module
-from qwenft_operator.builders import validation
+from qwenft_operator.builders import training, validation
 from qwenft_operator.metrics import OperatorMetrics
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_job
-from qwenft_operator.references import Found
+from qwenft_operator.references import Found, RecentLookups
 from qwenft_operator.runner import Runner
 from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
@@ -365,3 +366,40 @@ def test_a_secret_created_after_the_run_is_noticed_within_seconds(api: FakeApi) 
         assert noticed < 2.0, noticed  # looked for again after 1 s, not 30
 
     asyncio.run(scenario())
+
+
+def test_a_secret_deleted_under_a_running_job_is_found_by_the_recheck(api: FakeApi) -> None:
+    runner = Runner(
+        object(),  # type: ignore[arg-type]
+        OperatorSettings(),
+        OperatorMetrics(),
+        workers=2,
+        secret_recheck_seconds=0.3,
+    )
+    runner._lookups = RecentLookups(found_ttl=0.1)
+    run = Run.from_body(yaml.safe_load(EXAMPLE.read_text()))
+    train = dataclasses.replace(
+        parse_job(training.build_train_job(run)), state="Active", ready=1, active=1
+    )
+    runner.indexes.jobs = {KEY: [validation_job("Succeeded"), train]}
+
+    def resolved_refs() -> dict[str, Any] | None:
+        assert api.body is not None
+        found = [c for c in api.body["status"]["conditions"] if c["type"] == "ResolvedRefs"]
+        return found[0] if found else None
+
+    async def scenario() -> None:
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # type: ignore[arg-type]
+        assert resolved_refs() is None
+        api.absent.add(TOKEN)
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while resolved_refs() is None:
+            assert asyncio.get_running_loop().time() < deadline, api.calls
+            await asyncio.sleep(0.05)
+        runner._recheck_secrets(KEY, due=False)  # no look left pending at the end
+
+    asyncio.run(scenario())
+    found = resolved_refs()
+    assert found is not None and found["reason"] == "MissingReference"
+    assert "secret hf-token for spec.model.hub.tokenSecretRef" in found["message"]
+    assert "used by Job support-lora-train" in found["message"]
