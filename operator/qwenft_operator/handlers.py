@@ -33,7 +33,13 @@ import kopf
 
 from qwenft_operator import kube, labels
 from qwenft_operator.metrics import OperatorMetrics, RunKey
-from qwenft_operator.observe import parse_deployment, parse_job, parse_pod, parse_reference
+from qwenft_operator.observe import (
+    parse_claim,
+    parse_config_map,
+    parse_deployment,
+    parse_job,
+    parse_pod,
+)
 from qwenft_operator.runner import Indexes, Runner
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
@@ -215,11 +221,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @typed(kopf.index("v1", "configmaps", id="qwenft_config_maps", registry=registry))
     def qwenft_config_maps(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-        return {(namespace, name): parse_reference(body)}
+        return {(namespace, name): parse_config_map(body)}
 
     @typed(kopf.index("v1", "persistentvolumeclaims", id="qwenft_claims", registry=registry))
     def qwenft_claims(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-        return {(namespace, name): parse_reference(body)}
+        return {(namespace, name): parse_claim(body)}
 
     @typed(kopf.on.event("v1", "configmaps", registry=registry))
     async def config_map_changed(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:

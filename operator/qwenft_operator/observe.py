@@ -263,15 +263,21 @@ def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
     )
 
 
-def parse_reference(body: Mapping[str, Any]) -> Found | None:
-    """A referenced ConfigMap or claim as a check needs it: its keys (a ConfigMap's), or
-    None when it is being deleted (a claim in use waits for its pods to go, and no new
-    pod may mount it)."""
-    if (body.get("metadata") or {}).get("deletionTimestamp"):
+def _being_deleted(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def parse_config_map(body: Mapping[str, Any]) -> Found | None:
+    """A ConfigMap as a reference check needs it: its keys (None: being deleted)."""
+    if _being_deleted(body):
         return None
-    if body.get("kind") == "PersistentVolumeClaim":
-        return Found()
     return Found(keys=frozenset({*(body.get("data") or {}), *(body.get("binaryData") or {})}))
+
+
+def parse_claim(body: Mapping[str, Any]) -> Found | None:
+    """A claim as a reference check needs it: None once being deleted (a claim in use
+    waits for its pods to go, and no new pod may mount it)."""
+    return None if _being_deleted(body) else Found()
 
 
 def first_failure(pods: Iterable[PodFacts]) -> PodFacts | None:

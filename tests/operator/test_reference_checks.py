@@ -12,7 +12,8 @@ and the Job (read from the Job's own pod template), the Training condition untou
 Warning Event, nothing created or deleted; a pod the kubelet can't start
 (CreateContainerConfigError) named with the kubelet's message; finished children's
 references not checked; the pod's waiting reason and the Job's references parsed from
-the API objects.
+the API objects, ConfigMaps with their keys, and a claim (or ConfigMap) being deleted as
+absent.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ import yaml
 from qwenft_operator import conditions as cond
 from qwenft_operator.actions import CreateChild, Decision, EmitEvent, Requeue
 from qwenft_operator.builders import training
-from qwenft_operator.observe import JobFacts, PodFacts, parse_job, parse_pod
+from qwenft_operator.observe import (
+    JobFacts,
+    PodFacts,
+    parse_claim,
+    parse_config_map,
+    parse_job,
+    parse_pod,
+)
 from qwenft_operator.phases import Phase
 from qwenft_operator.reconcile import Observed, decide
 from qwenft_operator.references import Found, Reference
@@ -231,3 +239,12 @@ def test_parse_pod_config_error_and_job_references() -> None:
         OUTPUT,
         ("configmap", f"{RUN}-config"),
     }
+
+
+def test_parse_config_maps_and_claims() -> None:
+    config_map = {"metadata": {"name": "c"}, "data": {"a": "1"}, "binaryData": {"b": "Ag=="}}
+    assert parse_config_map(config_map) == Found(frozenset({"a", "b"}))
+    assert parse_claim({"metadata": {"name": "runs"}}) == Found()
+    deleting = {"name": "runs", "deletionTimestamp": "2026-01-02T03:04:05Z"}
+    assert parse_claim({"metadata": deleting}) is None  # in use: held by its finalizer
+    assert parse_config_map({"metadata": deleting}) is None
