@@ -40,6 +40,7 @@ from qwenft_operator.observe import (
     parse_job,
     parse_pod,
 )
+from qwenft_operator.references import ObjectKey
 from qwenft_operator.runner import Indexes, Runner
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
@@ -228,13 +229,18 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         return {(namespace, name): parse_claim(body)}
 
     @typed(kopf.on.event("v1", "configmaps", registry=registry))
-    async def config_map_changed(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    async def config_map_changed(
+        namespace: str, name: str, type: str | None, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
         runner = _runner(memo)
         _use_indexes(runner, kwargs)
-        await runner.reference_changed(namespace, ("configmap", name))
+        await runner.reference_changed(namespace, ("configmap", name), deleted=type == "DELETED")
 
     @typed(kopf.on.event("v1", "persistentvolumeclaims", registry=registry))
-    async def claim_changed(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    async def claim_changed(
+        namespace: str, name: str, type: str | None, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
         runner = _runner(memo)
         _use_indexes(runner, kwargs)
-        await runner.reference_changed(namespace, ("persistentvolumeclaim", name))
+        claim: ObjectKey = ("persistentvolumeclaim", name)
+        await runner.reference_changed(namespace, claim, deleted=type == "DELETED")

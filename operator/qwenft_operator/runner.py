@@ -419,10 +419,17 @@ class Runner:
                 self.secret_recheck_seconds, lambda: loop.create_task(self._quiet_trigger(key))
             )
 
-    async def reference_changed(self, namespace: str, key: ObjectKey) -> None:
-        """A ConfigMap or claim appeared, changed or went: reconcile the runs that use it."""
+    async def reference_changed(self, namespace: str, key: ObjectKey, *, deleted: bool) -> None:
+        """A ConfigMap or claim appeared, changed or went: reconcile the runs that use it.
+
+        After a deletion the runs are read afresh: they may be going too (a namespace
+        being deleted takes its ConfigMaps, claims and runs together).
+        """
         self._lookups.forget(namespace, key)
         users = sorted(self._users.get((namespace, key), ()))
+        if deleted:
+            for run in users:
+                self._bodies.pop(run, None)
         await asyncio.gather(*(self._quiet_trigger(run) for run in users))
 
     def _start_smoke_test(self, key: RunKey, test: RunSmokeTest) -> None:

@@ -326,9 +326,10 @@ def test_a_dataset_deleted_before_training_holds_the_job_until_it_is_back(api: F
         api.calls.clear()
         runner.indexes.config_maps = {}  # deleted: gone from the index, and from the API
         api.absent.add(DATASET)
-        await runner.reference_changed("team", DATASET)
-        await runner.reference_changed("team", ("configmap", "unrelated"))  # wakes nobody
+        await runner.reference_changed("team", DATASET, deleted=True)
+        await runner.reference_changed("team", ("configmap", "unrelated"), deleted=True)
         assert api.calls.count("look up configmap support-chats") == 1
+        assert api.calls.count("get") == 1  # the run read afresh: it may be going too
         conditions = {c["type"]: c for c in api.body["status"]["conditions"]}  # type: ignore[index]
         assert conditions["ResolvedRefs"]["reason"] == "MissingReference"
         assert "used by Job support-lora-validate" in conditions["ResolvedRefs"]["message"]
@@ -339,7 +340,7 @@ def test_a_dataset_deleted_before_training_holds_the_job_until_it_is_back(api: F
         assert conditions["Training"]["reason"] == "MissingReference"
         api.absent.clear()
         runner.indexes.config_maps = index
-        await runner.reference_changed("team", DATASET)
+        await runner.reference_changed("team", DATASET, deleted=False)
 
     asyncio.run(scenario())
     assert api.calls[-3:-1] == [
