@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwenft_operator.references import Reference
 from qwenft_operator.status import QwenFineTuneStatus
 from qwenft_operator.workloads import EvaluationPrompt
 
@@ -83,10 +84,15 @@ Action = (
 
 @dataclass(frozen=True)
 class Decision:
-    """The status the run should have and the actions that get it there."""
+    """The status the run should have and the actions that get it there.
+
+    ``references`` are the objects the decision checked (those of the children it creates
+    and of those that run), for the runner to look up those it did not know about.
+    """
 
     status: QwenFineTuneStatus
     actions: tuple[Action, ...] = ()
+    references: tuple[Reference, ...] = ()
 
     def of_type(self, kind: type[Action]) -> list[Action]:
         return [a for a in self.actions if isinstance(a, kind)]

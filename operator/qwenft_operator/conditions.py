@@ -26,7 +26,10 @@ READY = "Ready"  # the endpoint is available
 SMOKE_TESTED = "SmokeTested"  # the evaluationPrompts passed against the endpoint
 SUSPENDED = "Suspended"  # training is suspended by spec.suspend
 FAILED = "Failed"  # the run stopped for good; the reason says why
-CONDITION_TYPES = (VALIDATED, TRAINING, TRAINED, MERGED, READY, SMOKE_TESTED, SUSPENDED, FAILED)
+RESOLVED_REFS = "ResolvedRefs"  # the Secrets, ConfigMaps and claims its pods mount exist
+CONDITION_TYPES = (
+    VALIDATED, TRAINING, TRAINED, MERGED, READY, SMOKE_TESTED, SUSPENDED, FAILED, RESOLVED_REFS,
+)  # fmt: skip
 
 # Reasons: validation.
 VALIDATION_RUNNING = "ValidationRunning"  # the dataset validation Job is running
@@ -34,6 +37,7 @@ SPEC_VALID = "SpecValid"  # references exist and the dataset passed validation
 INVALID_SPEC = "InvalidSpec"  # the spec can never work (e.g. no output claim in a cluster)
 INVALID_DATASET = "InvalidDataset"  # the validator rejected the data; message has its report
 MISSING_REFERENCE = "MissingReference"  # a referenced Secret, ConfigMap or claim is missing
+REFERENCES_FOUND = "ReferencesFound"  # every missing reference exists again
 
 # Reasons: the pods of a step (validation, training, merge) no node fits. The message has
 # the scheduler's verdict from the pods' PodScheduled condition.
@@ -75,6 +79,7 @@ REASONS = (
     INVALID_SPEC,
     INVALID_DATASET,
     MISSING_REFERENCE,
+    REFERENCES_FOUND,
     PODS_UNSCHEDULABLE,
     UNSCHEDULABLE,
     QUEUED,

@@ -4,7 +4,8 @@
 (conditions, phase, child names, child creations); :meth:`Draft.finish` adds what follows
 from the difference between the old and the new status: an Event for a phase change or
 failure (and a Warning for a newly missing reference or a new verdict of the scheduler on
-a step's pods) and the status patch with only what changed.
+a step's pods, a Normal Event when missing references exist again) and the status patch
+with only what changed.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from qwenft_operator.actions import (
     status_patch,
 )
 from qwenft_operator.phases import Phase
+from qwenft_operator.references import Reference, unique
 from qwenft_operator.status import Children, QwenFineTuneStatus
 
-# Conditions of the steps that can wait on something the user must fix, and the reasons
-# that say so; each new such reason or message is also a Warning Event.
-WAITING_CONDITION_TYPES = (cond.VALIDATED, cond.TRAINING, cond.MERGED)
+# Conditions that can say the run waits on something the user must fix, and the reasons
+# that say so; each new such reason or message is also a Warning Event (ResolvedRefs's
+# only when no step condition says the same).
+WAITING_CONDITION_TYPES = (cond.VALIDATED, cond.TRAINING, cond.MERGED, cond.READY)
 WAITING_REASONS = (cond.MISSING_REFERENCE, cond.PODS_UNSCHEDULABLE)
 
 
@@ -41,6 +44,9 @@ class Draft:
     now: datetime
     status: QwenFineTuneStatus = field(init=False)
     actions: list[Action] = field(default_factory=list)
+    # The references checked (Decision.references), and the missing ones, described.
+    references: list[Reference] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.status = self.old.model_copy(deep=True)
@@ -93,12 +99,16 @@ class Draft:
         actions = list(self.actions)
         if patch:
             actions.append(PatchStatus(patch))
-        return Decision(status=self.status, actions=(*actions, *events))
+        return Decision(
+            status=self.status,
+            actions=(*actions, *events),
+            references=tuple(unique(self.references)),
+        )
 
-    def _waiting_warnings(self) -> list[Action]:
+    def _waiting_warnings(self) -> list[EmitEvent]:
         """A Warning for each step condition that now says why the run waits, or says it
         differently (a reference missing, pods no node fits)."""
-        events: list[Action] = []
+        events: list[EmitEvent] = []
         for type_ in WAITING_CONDITION_TYPES:
             before = cond.get_condition(self.old.conditions, type_)
             after = cond.get_condition(self.status.conditions, type_)
@@ -111,4 +121,12 @@ class Draft:
                 )
             ):
                 events.append(EmitEvent("Warning", after.reason, after.message))
+        before = cond.get_condition(self.old.conditions, cond.RESOLVED_REFS)
+        after = cond.get_condition(self.status.conditions, cond.RESOLVED_REFS)
+        if after is not None and (before is None or before.message != after.message):
+            said = any(e.reason == cond.MISSING_REFERENCE for e in events)
+            if after.status == "False" and not said:
+                events.append(EmitEvent("Warning", after.reason, after.message))
+            elif after.status == "True" and before is not None and before.status == "False":
+                events.append(EmitEvent("Normal", after.reason, after.message))
         return events

@@ -1,19 +1,24 @@
 """kopf registrations: which events wake which run, and nothing else.
 
-Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two. A
-run is reconciled on every watch event of its own (created, found at start-up, changed; the
-echo of the operator's own status patch is skipped) and when one of its Jobs or Deployments,
-or one of its Job pods, changes in a way the decision can see (watched server-side by the
-managed-by label): the validator's exit 0, a training pod that ended (its gang may restart),
-and the scheduler's verdict on a pod no node fits. Otherwise pods are only indexed (the
-failed pod's exit code and message, rank 0's address). The reconcile is level-based and
-idempotent, so the run's events use ``kopf.on.event`` rather than kopf's change-detecting
-handlers, which deep-copy and diff every event of the run and write bookkeeping annotations
-on it (a third of the operator's CPU with 100 runs at once); API errors are retried by the
-runner's requeue, and a spec that can never work is reported by a Failed condition. Training
-progress is read by the runner's own timer (:meth:`Runner.start_progress_reader`) rather
-than a ``kopf.timer``, which would put a finalizer on every run entering Training and take
-it off again: two more writes, and two more reconciles, per run.
+Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two.
+A run is reconciled on every watch event of its own (created, found at start-up, changed;
+the echo of the operator's own status patch is skipped) and when one of its Jobs or
+Deployments, or one of its Job pods, changes in a way the decision can see (watched
+server-side by the managed-by label): the validator's exit 0, a training pod that ended
+(its gang may restart), the scheduler's verdict on a pod no node fits, and a container the
+kubelet can't start for a missing Secret or ConfigMap. Otherwise pods are only indexed
+(the failed pod's exit code and message, rank 0's address). ConfigMaps and PersistentVolumeClaims are indexed and watched without a
+label filter (the ones runs reference are the user's own): one appearing, changing or
+going wakes the runs that use it (:meth:`Runner.reference_changed`). Secrets are not
+watched (the operator may not list them); the runner looks them up. The reconcile is
+level-based and idempotent, so the run's events use ``kopf.on.event`` rather than kopf's
+change-detecting handlers, which deep-copy and diff every event of the run and write
+bookkeeping annotations on it (a third of the operator's CPU with 100 runs at once); API
+errors are retried by the runner's requeue, and a spec that can never work is reported by
+a Failed condition.
+Training progress is read by the runner's own timer (:meth:`Runner.start_progress_reader`)
+rather than a ``kopf.timer``, which would put a finalizer on every run entering Training
+and take it off again: two more writes, and two more reconciles, per run.
 Handlers are registered on a registry passed in, with the operator settings, so nothing is
 registered at import time.
 """
@@ -28,7 +33,14 @@ import kopf
 
 from qwenft_operator import kube, labels
 from qwenft_operator.metrics import OperatorMetrics, RunKey
-from qwenft_operator.observe import parse_deployment, parse_job, parse_pod
+from qwenft_operator.observe import (
+    parse_claim,
+    parse_config_map,
+    parse_deployment,
+    parse_job,
+    parse_pod,
+)
+from qwenft_operator.references import ObjectKey
 from qwenft_operator.runner import Indexes, Runner
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
@@ -80,6 +92,8 @@ def _use_indexes(runner: Runner, kwargs: dict[str, Any]) -> None:
         jobs=kwargs["qwenft_jobs"],
         pods=kwargs["qwenft_pods"],
         deployments=kwargs["qwenft_deployments"],
+        config_maps=kwargs["qwenft_config_maps"],
+        claims=kwargs["qwenft_claims"],
     )
 
 
@@ -185,15 +199,18 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         if pod.component == "validate":
             # Its exit 0 matters (see reconcile._validator_exited_zero); failures come
             # through the Job, which decides whether the pod is retried.
-            signature: Hashable = (pod.phase == "Succeeded", verdict)
+            signature: Hashable = (pod.phase == "Succeeded", verdict, pod.config_error)
         elif pod.component == "train" and pod.failed and not deleted:
             # A training pod that ended: a disrupted or stopped rank is not counted by
             # the Job, but its gang restarts (qwenft_operator.gang).
             signature, deleted = ("ended", pod.disruption, pod.failure), False
         else:
-            # Only the scheduler's verdict (None: nothing to report, which a pod that
-            # never had one doesn't wake its run for); other exits come through the Job.
-            signature, deleted = verdict, False
+            # Only the scheduler's verdict and the kubelet's refusal to start a container
+            # (None: nothing to report, which a pod that never had one doesn't wake its
+            # run for); other exits come through the Job.
+            refused = pod.config_error if not deleted else None
+            signature = (verdict, refused) if verdict or refused else None
+            deleted = False
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Pod", pod.name),
                              signature, deleted=deleted)  # fmt: skip
 
@@ -206,3 +223,28 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         signature = (dep.available, dep.failed, dep.ready_replicas)
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Deployment", dep.name),
                              signature, deleted=type == "DELETED")  # fmt: skip
+
+    @typed(kopf.index("v1", "configmaps", id="qwenft_config_maps", registry=registry))
+    def qwenft_config_maps(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+        return {(namespace, name): parse_config_map(body)}
+
+    @typed(kopf.index("v1", "persistentvolumeclaims", id="qwenft_claims", registry=registry))
+    def qwenft_claims(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+        return {(namespace, name): parse_claim(body)}
+
+    @typed(kopf.on.event("v1", "configmaps", registry=registry))
+    async def config_map_changed(
+        namespace: str, name: str, type: str | None, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        runner = _runner(memo)
+        _use_indexes(runner, kwargs)
+        await runner.reference_changed(namespace, ("configmap", name), deleted=type == "DELETED")
+
+    @typed(kopf.on.event("v1", "persistentvolumeclaims", registry=registry))
+    async def claim_changed(
+        namespace: str, name: str, type: str | None, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        runner = _runner(memo)
+        _use_indexes(runner, kwargs)
+        claim: ObjectKey = ("persistentvolumeclaim", name)
+        await runner.reference_changed(namespace, claim, deleted=type == "DELETED")

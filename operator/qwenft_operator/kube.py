@@ -18,9 +18,10 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from qwenft_operator import references
 from qwenft_operator.actions import ChildKind
 from qwenft_operator.permissions import Access
-from qwenft_operator.references import Reference
+from qwenft_operator.references import Found, ObjectKey, Reference
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
 POOL_SIZE = 32
@@ -183,31 +184,38 @@ def list_children(
     return items
 
 
-def _exists(clients: Clients, ref: Reference, namespace: str) -> bool | None:
-    """True/False, or None when the operator may not look (RBAC) so it can't tell."""
-    kind = REF_KINDS[ref.kind]
+def look_up_reference(clients: Clients, namespace: str, key: ObjectKey) -> Found | None:
+    """A referenced object as found (a ConfigMap with its keys), or None when it is absent.
+
+    An object the operator may not read (RBAC) is taken as present: it can't tell.
+    """
+    kind, name = key
+    path = object_path(REF_KINDS[kind], namespace, name)
     try:
-        if ref.kind != "configmap":
-            # Existence only: the API server sends the metadata, never a Secret's data.
-            path = object_path(kind, namespace, ref.name)
-            clients.request("GET", path, accept=METADATA_ONLY)
-            return True
-        found = clients.request("GET", object_path(kind, namespace, ref.name))
-        keys = {*(found.get("data") or {}), *(found.get("binaryData") or {})}
-        return ref.key is None or ref.key in keys
+        # Existence only for Secrets and claims: the API server sends the metadata, never
+        # a Secret's data.
+        accept = "application/json" if kind == "configmap" else METADATA_ONLY
+        found = clients.request("GET", path, accept=accept)
     except ApiException as err:
         if err.status == 404:
-            return False
-        if err.status == 403:
             return None
+        if err.status == 403:
+            return Found()
         raise
+    if (found.get("metadata") or {}).get("deletionTimestamp"):
+        return None  # being deleted: no new pod may mount it
+    if kind != "configmap":
+        return Found()
+    return Found(keys=frozenset({*(found.get("data") or {}), *(found.get("binaryData") or {})}))
 
 
 def missing_references(
     clients: Clients, namespace: str, refs: Iterable[Reference]
 ) -> tuple[str, ...]:
     """Descriptions of the references that don't exist (or lack their key)."""
-    return tuple(ref.describe() for ref in refs if _exists(clients, ref, namespace) is False)
+    wanted = list(refs)
+    known = {ref.object: look_up_reference(clients, namespace, ref.object) for ref in wanted}
+    return tuple(ref.describe() for ref in references.missing(wanted, known))
 
 
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"

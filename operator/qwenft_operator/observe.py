@@ -11,7 +11,11 @@ container's exit code and termination message are in ``state.terminated`` (or
 ``lastState.terminated`` after a restart); a pod the scheduler can't place has
 ``PodScheduled`` False with reason ``Unschedulable`` and the scheduler's message; a pod
 stopped by a disruption (preemption, eviction, node loss) has ``DisruptionTarget`` True
-with the disruption's reason and message.
+with the disruption's reason and message; a container the kubelet can't start for a
+missing Secret or ConfigMap waits with reason ``CreateContainerConfigError``. A Job's or
+Deployment's facts carry the objects its pod template mounts
+(:func:`qwenft_operator.references.template_references`), and ConfigMaps and claims into
+:class:`~qwenft_operator.references.Found` (absent once being deleted).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from qwenft_operator import labels
+from qwenft_operator.references import Found, Reference, template_references
 
 JobState = Literal["Suspended", "Active", "Succeeded", "Failed"]
 
@@ -35,6 +40,8 @@ JOB_POD_FAILURE_POLICY = "PodFailurePolicy"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 # The PodScheduled condition's reason when no node fits the pod (core/v1).
 POD_UNSCHEDULABLE = "Unschedulable"
+# A container's waiting reason when a Secret or ConfigMap it reads is missing (kubelet).
+CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
 
 _MESSAGE_FIELD = re.compile(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")')
 _REASON_FIELD = re.compile(r'"reason"\s*:\s*"([A-Za-z]+)"')
@@ -75,6 +82,7 @@ class JobFacts:
     message: str = ""  # and its message
     start_time: datetime | None = None
     finished_at: datetime | None = None
+    references: tuple[Reference, ...] = ()  # what its pod template mounts
 
     @property
     def finished(self) -> bool:
@@ -113,6 +121,7 @@ def parse_job(body: Mapping[str, Any]) -> JobFacts:
         message=str(failed.get("message") or "") if failed else "",
         start_time=parse_time(status.get("startTime")),
         finished_at=parse_time(ended.get("lastTransitionTime")) if ended else None,
+        references=template_references(body),
     )
 
 
@@ -169,6 +178,9 @@ class PodFacts:
     @property
     def failed(self) -> bool:
         return self.phase == "Failed"
+    # The kubelet's message for a container it can't start: a Secret or ConfigMap (or a
+    # key of one) is missing, e.g. 'secret "hf-token" not found'.
+    config_error: str | None = None
 
 
 def _terminated(statuses: Iterable[Mapping[str, Any]]) -> Termination | None:
@@ -203,6 +215,12 @@ def _disruption(status: Mapping[str, Any]) -> str | None:
         return None
     reason, message = str(found.get("reason") or ""), str(found.get("message") or "").strip()
     return ": ".join(part for part in (reason, message) if part) or "DisruptionTarget"
+def _config_error(statuses: Iterable[Mapping[str, Any]]) -> str | None:
+    for item in statuses:
+        waiting = (item.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == CREATE_CONTAINER_CONFIG_ERROR:
+            return str(waiting.get("message") or CREATE_CONTAINER_CONFIG_ERROR)
+    return None
 
 
 def parse_pod(body: Mapping[str, Any]) -> PodFacts:
@@ -231,6 +249,7 @@ def parse_pod(body: Mapping[str, Any]) -> PodFacts:
         ended=": ".join(
             str(part).strip() for part in (status.get("reason"), status.get("message")) if part
         ),
+        config_error=_config_error(statuses),
     )
 
 
@@ -244,6 +263,7 @@ class DeploymentFacts:
     available: bool = False
     failed: bool = False  # rollout stuck: ProgressDeadlineExceeded or a ReplicaFailure
     message: str = ""
+    references: tuple[Reference, ...] = ()  # what its pod template mounts
 
 
 def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
@@ -272,7 +292,25 @@ def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
         and (_true(conditions, "Available") is not None or replicas == 0),
         failed=failure is not None,
         message=str(failure.get("message") or failure.get("reason") or "") if failure else "",
+        references=template_references(body),
     )
+
+
+def _being_deleted(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def parse_config_map(body: Mapping[str, Any]) -> Found | None:
+    """A ConfigMap as a reference check needs it: its keys (None: being deleted)."""
+    if _being_deleted(body):
+        return None
+    return Found(keys=frozenset({*(body.get("data") or {}), *(body.get("binaryData") or {})}))
+
+
+def parse_claim(body: Mapping[str, Any]) -> Found | None:
+    """A claim as a reference check needs it: None once being deleted (a claim in use
+    waits for its pods to go, and no new pod may mount it)."""
+    return None if _being_deleted(body) else Found()
 
 
 def first_failure(pods: Iterable[PodFacts]) -> PodFacts | None:

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from qwenft_operator.spec import GROUP, PLURAL
 
 # (API group, resource) of everything the operator watches; "" is the core group.
-WATCHED = ((GROUP, PLURAL), ("batch", "jobs"), ("", "pods"), ("apps", "deployments"))
+WATCHED = (
+    (GROUP, PLURAL),
+    ("batch", "jobs"),
+    ("", "pods"),
+    ("apps", "deployments"),
+    ("", "configmaps"),  # the ConfigMaps and claims runs reference, to see them come and go
+    ("", "persistentvolumeclaims"),
+)
 VERBS = ("list", "watch")
 
 

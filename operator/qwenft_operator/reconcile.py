@@ -16,7 +16,9 @@ the next step. A running child whose pods no node fits reports the scheduler's v
 (a later look is requeued for that moment). A multi-node training Job one of whose ranks
 failed or was disrupted is replaced as a whole (:mod:`gang`). Each step writes into a
 :class:`~qwenft_operator.draft.Draft`, which turns the new status into Events (every phase
-change and failure) and a status patch.
+change and failure) and a status patch. Before each step creates its Job (or the server
+Deployment) the objects that child mounts are checked, and those of the children that run
+are watched (:mod:`reference_checks`).
 
 This module is over 400 lines because it holds every phase step of one decision (the
 pod-scheduling and stopped-pod reports included); splitting it by step is planned with the
@@ -25,11 +27,11 @@ runner's split by job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from qwenft_operator import conditions as cond
-from qwenft_operator import gang, scheduling
+from qwenft_operator import gang, reference_checks, scheduling
 from qwenft_operator.actions import (
     Decision,
     DeleteChild,
@@ -51,12 +53,12 @@ from qwenft_operator.observe import (
     report_message,
 )
 from qwenft_operator.phases import Phase
+from qwenft_operator.reference_checks import Running, Waiting
+from qwenft_operator.references import Known, build_references
 from qwenft_operator.runs import Run
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Endpoint, Outputs, QwenFineTuneStatus
 
-# Seconds between checks while a referenced Secret, ConfigMap or claim is missing.
-MISSING_REFERENCE_RETRY = 30.0
 # A Job can report its failure a moment before the watch shows the failed pod; wait this
 # long for the pod (its exit code and message) before failing with the Job's message.
 POD_REPORT_GRACE = timedelta(seconds=10)
@@ -72,19 +74,14 @@ class Observed:
     merge_job: JobFacts | None = None
     deployment: DeploymentFacts | None = None
     pods: tuple[PodFacts, ...] = ()
-    # Missing Secrets/ConfigMaps/claims ("secret hf-token", ...); None: not checked.
-    missing_references: tuple[str, ...] | None = None
+    # What is known of the Secrets, ConfigMaps and claims the run's children mount
+    # (absent: None); an object not in it is taken as present.
+    references: Known = field(default_factory=dict)
     # The last finished smoke test of the run (any generation); None: none finished.
     smoke: SmokeOutcome | None = None
 
     def pods_of(self, component: str) -> list[PodFacts]:
         return [p for p in self.pods if p.component == component]
-
-
-def needs_reference_check(status: QwenFineTuneStatus, observed: Observed) -> bool:
-    """Whether the decision wants ``missing_references`` (only before validation starts)."""
-    not_started = observed.validate_job is None and observed.train_job is None
-    return not_started and status.phase not in (Phase.FAILED, Phase.SUCCEEDED)
 
 
 def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: datetime) -> Decision:
@@ -102,7 +99,29 @@ def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: dateti
         and _merge(draft, run, observed)
     ):
         _serve(draft, run, observed)
+    if draft.status.phase != Phase.FAILED:
+        _check_running(draft, run, observed)
     return draft.finish()
+
+
+def _check_running(d: Draft, run: Run, observed: Observed) -> None:
+    """The references of the children that run or may start pods again."""
+    names = run.names
+    running = [
+        Running(f"Job {job.name}", component, job.references)
+        for job, component in (
+            (observed.validate_job, "validate"),
+            (observed.train_job, "train"),
+            (observed.merge_job, "merge"),
+        )
+        if job is not None and not job.finished
+    ]
+    if observed.deployment is not None and run.spec.inference.enabled:
+        deployment = observed.deployment
+        running.append(
+            Running(f"Deployment {names.serve_deployment}", "serve", deployment.references)
+        )
+    reference_checks.check_running(d, run, observed.references, running, observed.pods)
 
 
 def decide_invalid_spec(
@@ -141,14 +160,13 @@ def _validate(d: Draft, run: Run, observed: Observed) -> bool:
             d.set(cond.VALIDATED, "True", cond.SPEC_VALID, "references and dataset checked")
         return True
     if job is None:
-        missing = observed.missing_references or ()
-        if missing:
-            message = "waiting for " + ", ".join(missing) + " in namespace " + run.namespace
-            d.set(cond.VALIDATED, "False", cond.MISSING_REFERENCE, message)
-            d.phase(Phase.PENDING)
-            d.actions.append(Requeue(MISSING_REFERENCE_RETRY))
+        body = validation.build_validation_job(run)
+        # Every object the spec names is checked before validation, not only those it mounts.
+        waiting = Waiting(cond.VALIDATED, "False", Phase.PENDING)
+        everything = build_references(run.spec)
+        if not reference_checks.gate(d, run, observed.references, body, waiting, also=everything):
             return False
-        d.create("Job", validation.build_validation_job(run), "validate_job")
+        d.create("Job", body, "validate_job")
         message = f"dataset validation Job {names.validate_job} running"
         d.set(cond.VALIDATED, "Unknown", cond.VALIDATION_RUNNING, message)
         d.phase(Phase.VALIDATING)
@@ -194,10 +212,14 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
     if job is None:
         if rendezvous and gang.old_pods_remain(d, pods):
             return False
+        body = training.build_train_job(run)
+        waiting = Waiting(cond.TRAINING, "False", Phase.TRAINING)
+        if not reference_checks.gate(d, run, observed.references, body, waiting):
+            return False
         d.create("ConfigMap", config.build_config_map(run), "config_map")
         if rendezvous:
             d.create("Service", training.build_headless_service(run), "train_service")
-        d.create("Job", training.build_train_job(run), "train_job")
+        d.create("Job", body, "train_job")
         _report_stopped(d, run, suspended=spec.suspend, queued=queued)
         if not (spec.suspend or queued):
             gang.keep_restarting(d, "starting the new training Job")
@@ -360,7 +382,11 @@ def _merge(d: Draft, run: Run, observed: Observed) -> bool:
         return True
     job = observed.merge_job
     if job is None:
-        d.create("Job", merge.build_merge_job(run), "merge_job")
+        body = merge.build_merge_job(run)
+        waiting = Waiting(cond.MERGED, "False", Phase.MERGING)
+        if not reference_checks.gate(d, run, observed.references, body, waiting):
+            return False
+        d.create("Job", body, "merge_job")
         d.set(cond.MERGED, "Unknown", cond.MERGE_RUNNING, f"Job {run.names.merge_job} running")
         d.phase(Phase.MERGING)
         return False
@@ -401,9 +427,12 @@ def _serve(d: Draft, run: Run, observed: Observed) -> None:
         return
     d.status.endpoint = Endpoint(url=serving.endpoint_url(run), model_name=run.served_model_name)
     if deployment is None:
-        target = serving.build_serve_target(run)
+        body = serving.build_serve_deployment(run, serving.build_serve_target(run))
+        waiting = Waiting(cond.READY, "False", Phase.DEPLOYING)
+        if not reference_checks.gate(d, run, observed.references, body, waiting):
+            return
         d.create("Service", serving.build_serve_service(run), "serve_service")
-        d.create("Deployment", serving.build_serve_deployment(run, target), "serve_deployment")
+        d.create("Deployment", body, "serve_deployment")
         d.set(cond.READY, "False", cond.DEPLOYING, f"Deployment {names.serve_deployment} created")
         d.phase(Phase.DEPLOYING)
         return

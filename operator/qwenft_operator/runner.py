@@ -8,7 +8,12 @@ nothing), asks :func:`~qwenft_operator.reconcile.decide`, and executes the actio
 are coalesced into one more pass, so a burst of child events costs one or two reconciles,
 and two passes never race on the same run. A smoke test the decision asks for runs as a
 background task (:mod:`qwenft_operator.smoke`); its outcome is held and wakes the run,
-whose next decision records it. One more background task reads the training progress of
+whose next decision records it. The Secrets, ConfigMaps and claims a decision checked
+(:attr:`~qwenft_operator.actions.Decision.references`) are looked up when the watches'
+indexes don't hold them (Secrets always: the operator may not watch them), and the
+decision is made again if one is missing; a change of one wakes the runs that use it
+(:meth:`Runner.reference_changed`), and a run that relies on a Secret is looked at again
+every ``secret_recheck_seconds``. One more background task reads the training progress of
 every run in Training on a fixed interval. These four jobs in one class are why the module is
 over 400 lines; splitting it by job is planned.
 """
@@ -29,7 +34,7 @@ import kopf
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from qwenft_operator import kube, progress, smoke
+from qwenft_operator import kube, progress, references, smoke
 from qwenft_operator.actions import (
     CreateChild,
     Decision,
@@ -44,8 +49,8 @@ from qwenft_operator.builders import paths
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.phases import Phase
-from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_reference_check
-from qwenft_operator.references import RecentlyFound, build_references
+from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec
+from qwenft_operator.references import Found, Known, ObjectKey, RecentLookups, Reference
 from qwenft_operator.rules import format_errors
 from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
@@ -57,6 +62,9 @@ T = TypeVar("T")
 API_RETRY_SECONDS = 5.0
 WORKERS = 16
 PROGRESS_READS_AT_ONCE = 32
+# Seconds between looks at the Secrets a run's decision relied on (no watch covers them):
+# a Secret deleted under a running child is reported within about this long.
+SECRET_RECHECK_SECONDS = 60.0
 
 
 def _version(body: Mapping[str, Any]) -> int:
@@ -76,6 +84,19 @@ class Indexes:
     jobs: Mapping[RunKey, Iterable[JobFacts]] = field(default_factory=dict)
     pods: Mapping[RunKey, Iterable[PodFacts]] = field(default_factory=dict)
     deployments: Mapping[RunKey, Iterable[DeploymentFacts]] = field(default_factory=dict)
+    # Every ConfigMap and claim in the watched namespaces, keyed by (namespace, name)
+    # (None: being deleted).
+    config_maps: Mapping[tuple[str, str], Iterable[Found | None]] = field(default_factory=dict)
+    claims: Mapping[tuple[str, str], Iterable[Found | None]] = field(default_factory=dict)
+
+    def found(self, namespace: str, key: ObjectKey) -> tuple[bool, Found | None]:
+        """(whether the watch holds the ConfigMap or claim, how it last saw it)."""
+        kind, name = key
+        if kind == "secret":
+            return False, None
+        index = self.config_maps if kind == "configmap" else self.claims
+        held = _store_values(index.get((namespace, name), ()))
+        return (True, held[0]) if held else (False, None)
 
     def observe(self, run: Run) -> Observed:
         key = (run.namespace, run.name)
@@ -101,6 +122,7 @@ class Runner:
         metrics: OperatorMetrics,
         *,
         workers: int = WORKERS,
+        secret_recheck_seconds: float = SECRET_RECHECK_SECONDS,
     ) -> None:
         self.clients = clients
         self.settings = settings
@@ -120,7 +142,13 @@ class Runner:
         self._smoke_tasks: dict[RunKey, asyncio.Task[None]] = {}
         self._smoke_outcomes: dict[RunKey, smoke.SmokeOutcome] = {}
         self._progress_task: asyncio.Task[None] | None = None
-        self._found_references = RecentlyFound()
+        self.secret_recheck_seconds = secret_recheck_seconds
+        self._secret_rechecks: dict[RunKey, asyncio.TimerHandle] = {}
+        self._lookups = RecentLookups()
+        # Which runs use which referenced objects ((namespace, kind, name)), so a change
+        # of one wakes them, and the other way round, to forget a run's.
+        self._users: dict[tuple[str, ObjectKey], set[RunKey]] = {}
+        self._used: dict[RunKey, set[tuple[str, ObjectKey]]] = {}
 
     def start_progress_reader(self, interval: float) -> None:
         """Every ``interval`` seconds, read the progress of every run in Training."""
@@ -160,6 +188,8 @@ class Runner:
             self._progress_task.cancel()
         for task in self._smoke_tasks.values():
             task.cancel()
+        for handle in self._secret_rechecks.values():
+            handle.cancel()
         if self._session is not None:
             await self._session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -201,6 +231,8 @@ class Runner:
         self._bodies.pop(key, None)
         self._runs.pop(key, None)
         self._smoke_outcomes.pop(key, None)
+        self._track_references(key, ())
+        self._recheck_secrets(key, due=False)
         task = self._smoke_tasks.pop(key, None)
         if task is not None:
             task.cancel()
@@ -314,11 +346,16 @@ class Runner:
             decision = decide_invalid_spec(generation, status, message, now)
         else:
             observed = self.indexes.observe(run)
-            if needs_reference_check(status, observed):
-                missing = await self._missing_references(namespace, run)
-                observed = replace(observed, missing_references=missing)
             observed = replace(observed, smoke=self._smoke_outcomes.get(key))
             decision = decide(run, status, observed, now)
+            if decision.references:
+                # The decision took what it did not know as present; if a lookup finds
+                # otherwise, decide again knowing it.
+                known = await self._look_up(namespace, decision.references)
+                if references.missing(decision.references, known):
+                    decision = decide(run, status, replace(observed, references=known), now)
+            self._track_references(key, decision.references)
+            self._recheck_secrets(key, due=any(r.kind == "secret" for r in decision.references))
         patched = await self._call(self._execute, namespace, name, decision)
         if patched is not None:
             self.remember(key, patched)
@@ -337,15 +374,69 @@ class Runner:
             self._later(key, decision.requeue_after)
         return decision
 
-    async def _missing_references(self, namespace: str, run: Run) -> tuple[str, ...]:
-        """The run's missing references, looking up only those not found just before."""
-        refs = self._found_references.unchecked(namespace, build_references(run.spec))
-        if not refs:
-            return ()
-        missing = await self._call(kube.missing_references, self.clients, namespace, refs)
-        found = [ref for ref in refs if ref.describe() not in missing]
-        self._found_references.record(namespace, found)
-        return missing
+    async def _look_up(self, namespace: str, refs: Iterable[Reference]) -> Known:
+        """What exists of ``refs``: from the watches' indexes, recent lookups, or the API
+        (one call per object not known; an object the index lacks is looked up too, in
+        case the watch has not shown it yet)."""
+        known: dict[ObjectKey, Found | None] = {}
+        unknown: list[ObjectKey] = []
+        for key in dict.fromkeys(ref.object for ref in refs):
+            held, watched = self.indexes.found(namespace, key)
+            fresh, answer = self._lookups.get(namespace, key)
+            if held:
+                known[key] = watched
+            elif fresh:
+                known[key] = answer
+            else:
+                unknown.append(key)
+        if unknown:
+            answers = await self._call(self._look_up_all, namespace, unknown)
+            for key, answer in zip(unknown, answers, strict=True):
+                self._lookups.record(namespace, key, answer)
+                known[key] = answer
+        return known
+
+    def _look_up_all(self, namespace: str, keys: list[ObjectKey]) -> list[Found | None]:
+        return [kube.look_up_reference(self.clients, namespace, key) for key in keys]
+
+    def _track_references(self, key: RunKey, refs: Iterable[Reference]) -> None:
+        now = {(key[0], ref.object) for ref in refs}
+        before = self._used.pop(key, set())
+        for gone in before - now:
+            users = self._users.get(gone)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._users[gone]
+        for added in now - before:
+            self._users.setdefault(added, set()).add(key)
+        if now:
+            self._used[key] = now
+
+    def _recheck_secrets(self, key: RunKey, *, due: bool) -> None:
+        """Reconcile ``key`` again in ``secret_recheck_seconds`` (one pending look per run),
+        or drop the pending look when ``due`` is False."""
+        pending = self._secret_rechecks.pop(key, None)
+        if pending is not None:
+            pending.cancel()
+        if due:
+            loop = asyncio.get_running_loop()
+            self._secret_rechecks[key] = loop.call_later(
+                self.secret_recheck_seconds, lambda: loop.create_task(self._quiet_trigger(key))
+            )
+
+    async def reference_changed(self, namespace: str, key: ObjectKey, *, deleted: bool) -> None:
+        """A ConfigMap or claim appeared, changed or went: reconcile the runs that use it.
+
+        After a deletion the runs are read afresh: they may be going too (a namespace
+        being deleted takes its ConfigMaps, claims and runs together).
+        """
+        self._lookups.forget(namespace, key)
+        users = sorted(self._users.get((namespace, key), ()))
+        if deleted:
+            for run in users:
+                self._bodies.pop(run, None)
+        await asyncio.gather(*(self._quiet_trigger(run) for run in users))
 
     def _start_smoke_test(self, key: RunKey, test: RunSmokeTest) -> None:
         """Run the smoke test in the background unless it runs or ran for this generation."""

@@ -167,6 +167,8 @@ ALLOWED_IN_WATCHED = [
     ("create", "events"),
     ("create", "events.events.k8s.io"),
     ("get", "persistentvolumeclaims"),
+    ("watch", "persistentvolumeclaims"),
+    ("list", "configmaps"),
     ("get", "secrets"),
 ]
 DENIED_IN_WATCHED = [

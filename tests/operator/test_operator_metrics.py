@@ -1,10 +1,9 @@
-"""The operator's Prometheus metrics and the references a run is checked for.
+"""The operator's Prometheus metrics.
 
 Covers: every series of the operator section of docs/metrics.md is exported with its type
 and labels (and nothing else); phase counts follow runs through transitions and deletion;
 transitions and creation-to-Training are recorded once; per-run progress gauges are
-mirrored and removed with the run; the Secrets, ConfigMaps and claims each shipped
-example refers to (each once; ConfigMap keys included; Secrets named, never read).
+mirrored and removed with the run.
 """
 
 from __future__ import annotations
@@ -13,12 +12,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from qwenft_operator.metrics import OperatorMetrics
-from qwenft_operator.references import RecentlyFound, Reference, build_references
-from qwenft_operator.spec import load_manifest
 from qwenft_operator.status import Progress
 
 ROOT = Path(__file__).parents[2]
@@ -83,50 +79,3 @@ def test_phase_counts_transitions_and_time_to_training() -> None:
     assert value(metrics, "qwenft_operator_runs", phase="Training") == 0
     assert value(metrics, "qwenft_operator_run_step", namespace="team", run="demo") is None
     assert metrics.tracked_runs == 0
-
-
-@pytest.mark.parametrize(
-    ("example", "expected"),
-    [
-        ("lora-single-gpu", [
-            Reference("secret", "hf-token", "model.hub.tokenSecretRef"),
-            Reference("configmap", "support-chats", "dataset.configMap", "train.jsonl"),
-            Reference("persistentvolumeclaim", "qwenft-runs", "output.pvc"),
-        ]),
-        ("qlora-multinode-zero2", [
-            Reference("secret", "hf-token", "model.hub.tokenSecretRef"),
-            Reference("persistentvolumeclaim", "model-cache", "model.cache"),
-            Reference("persistentvolumeclaim", "datasets", "dataset.pvc"),
-            Reference("persistentvolumeclaim", "qwenft-runs", "output.pvc"),
-        ]),
-        ("full-finetune", [
-            Reference("persistentvolumeclaim", "models", "model.pvc"),
-            Reference("persistentvolumeclaim", "qwenft-runs", "output.pvc"),
-        ]),
-        ("kueue-queued", [
-            Reference("secret", "s3-credentials", "dataset.url.credentialsSecret"),
-            Reference("persistentvolumeclaim", "qwenft-runs", "output.pvc"),
-        ]),
-    ],
-)  # fmt: skip
-def test_references_of_the_examples(example: str, expected: list[Reference]) -> None:
-    spec = load_manifest(ROOT / "examples" / f"{example}.yaml").spec
-    assert build_references(spec) == expected
-    assert (
-        Reference("secret", "hf-token", "model.hub.tokenSecretRef").describe()
-        == "secret hf-token for spec.model.hub.tokenSecretRef"
-    )
-
-
-def test_recently_found_references_are_not_looked_up_again_until_they_expire() -> None:
-    now = [100.0]
-    found = RecentlyFound(ttl=10.0, clock=lambda: now[0])
-    dataset = Reference("configmap", "support-chats", "dataset.configMap", "train.jsonl")
-    output = Reference("persistentvolumeclaim", "qwenft-runs", "output.pvc")
-    assert found.unchecked("team", [dataset, output]) == [dataset, output]
-    found.record("team", [dataset])  # the claim was missing: not recorded
-    now[0] += 9.0
-    assert found.unchecked("team", [dataset, output]) == [output]
-    assert found.unchecked("other-team", [dataset]) == [dataset]  # per namespace
-    now[0] += 1.0
-    assert found.unchecked("team", [dataset, output]) == [dataset, output]

@@ -112,6 +112,9 @@ def status_in(phase: Phase, *conds: tuple[str, str, str]) -> QwenFineTuneStatus:
 
 
 RUN = "support-lora"
+TOKEN = ("secret", "hf-token")
+DATASET = ("configmap", "support-chats")
+OUTPUT = ("persistentvolumeclaim", "qwenft-runs")
 VALIDATED = status_in(Phase.VALIDATING)
 DONE_VALIDATE = job(f"{RUN}-validate", "Succeeded")
 DONE_TRAIN = job(f"{RUN}-train", "Succeeded")
@@ -128,14 +131,14 @@ STARTS_TRAINING = [
 FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
     (
         "new-run-starts-validation",
-        Observed(missing_references=()),
+        Observed(),
         Phase.VALIDATING,
         [f"create Job {RUN}-validate", "event Normal Validating"],
         None,
     ),
     (
         "missing-reference-waits",
-        Observed(missing_references=("secret hf-token", "persistentvolumeclaim qwenft-runs")),
+        Observed(references={TOKEN: None, ("persistentvolumeclaim", "qwenft-runs"): None}),
         Phase.PENDING,
         ["requeue", "event Normal Pending", "event Warning MissingReference"],
         None,
@@ -342,7 +345,7 @@ def test_failure_messages_carry_what_the_user_needs() -> None:
 
 def test_invalid_spec_in_a_cluster() -> None:
     run = make_run(output={"path": "/tmp/out"})
-    decision = decide(run, QwenFineTuneStatus(), Observed(missing_references=()), NOW)
+    decision = decide(run, QwenFineTuneStatus(), Observed(), NOW)
     assert decision.status.phase == Phase.FAILED
     assert "spec.output.pvc" in failure_message(decision)
     assert summary(decision) == ["event Warning InvalidSpec"]

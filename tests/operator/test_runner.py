@@ -9,7 +9,12 @@ deleted run is forgotten, also when it goes between its read and its status patc
 counted, nothing retried); parsed specs are reused until the generation changes; a Ready
 run's smoke test runs once in the background, its outcome is patched into the status by
 the reconcile it wakes, and later reconciles of the same generation send nothing; a
-progress round scrapes only the runs in Training.
+progress round scrapes only the runs in Training; the references a decision checked are
+looked up once each (ConfigMaps the watch's index holds not at all), shared by runs of one
+namespace; a dataset ConfigMap deleted while validation runs is reported and holds the
+training Job back until the ConfigMap is there again, its watch events waking only the
+runs that use it; a Secret created after the run is noticed within 2 s; a Secret deleted
+under a running training Job is reported by the run's periodic recheck, with no event.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 from qwenft_operator import runner as runner_module
+from qwenft_operator.builders import training, validation
 from qwenft_operator.metrics import OperatorMetrics
-from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts
+from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_job
+from qwenft_operator.references import Found, RecentLookups
 from qwenft_operator.runner import Runner
+from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Progress, SmokeTest
@@ -48,6 +56,7 @@ class FakeApi:
         self.calls: list[str] = []
         self.active = 0
         self.max_active = 0
+        self.absent: set[tuple[str, str]] = set()
 
     def get_run(self, clients: Any, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append("get")
@@ -68,20 +77,30 @@ class FakeApi:
         self.calls.append(f"create {kind} {body['metadata']['name']}")
         return body, True
 
-    def missing_references(self, clients: Any, namespace: str, refs: Any) -> tuple[str, ...]:
-        self.calls.append("check references")
-        return ()
+    def look_up_reference(self, clients: Any, namespace: str, key: Any) -> Found | None:
+        self.calls.append(f"look up {key[0]} {key[1]}")
+        if key in self.absent:
+            return None
+        return Found(frozenset({"train.jsonl"})) if key[0] == "configmap" else Found()
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi()
-    for name in ("get_run", "patch_status", "ensure_child", "missing_references"):
+    for name in ("get_run", "patch_status", "ensure_child", "look_up_reference"):
         monkeypatch.setattr(runner_module.kube, name, getattr(fake, name))
     events: list[str] = []
     monkeypatch.setattr(runner_module.kopf, "event", lambda body, **kw: events.append(kw["reason"]))
     fake.events = events  # type: ignore[attr-defined]
     return fake
+
+
+# The example's references, looked up once each (the first decision names them).
+LOOKUPS = [
+    "look up secret hf-token",
+    "look up configmap support-chats",
+    "look up persistentvolumeclaim qwenft-runs",
+]
 
 
 def make_runner() -> Runner:
@@ -96,7 +115,7 @@ def test_new_run_creates_validation_then_patches_and_reports(api: FakeApi) -> No
 
     asyncio.run(scenario())
     assert api.calls == [
-        "check references",
+        *LOOKUPS,
         "create Job support-lora-validate",
         "patch children,conditions,observedGeneration,phase",
     ]
@@ -315,5 +334,111 @@ def test_runs_sharing_references_look_them_up_once(api: FakeApi) -> None:
         await runner.run_changed(("team", "support-lora-2"), second)
 
     asyncio.run(scenario())
-    assert api.calls.count("check references") == 1
+    assert [c for c in api.calls if c.startswith("look up")] == LOOKUPS
     assert "create Job support-lora-2-validate" in api.calls
+
+
+DATASET = ("configmap", "support-chats")
+TOKEN = ("secret", "hf-token")
+
+
+def validation_job(state: str) -> JobFacts:
+    """The example's validation Job as the watch parses it (with what its pods mount)."""
+    run = Run.from_body(yaml.safe_load(EXAMPLE.read_text()))
+    facts = parse_job(validation.build_validation_job(run))
+    return dataclasses.replace(facts, state=state)  # type: ignore[arg-type]
+
+
+def test_a_dataset_deleted_before_training_holds_the_job_until_it_is_back(api: FakeApi) -> None:
+    """The watch's index answers for ConfigMaps; its events wake the runs that use one."""
+    runner = make_runner()
+    validate = ("Job", "support-lora-validate")
+    index = {("team", "support-chats"): [Found(frozenset({"train.jsonl"}))]}
+
+    async def scenario() -> None:
+        runner.indexes.config_maps = index
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # type: ignore[arg-type]
+        assert "look up configmap support-chats" not in api.calls  # the index had it
+        runner.indexes.jobs = {KEY: [validation_job("Active")]}
+        await runner.child_changed(KEY, validate, ("Active", 0, ""), deleted=False)
+        api.calls.clear()
+        runner.indexes.config_maps = {}  # deleted: gone from the index, and from the API
+        api.absent.add(DATASET)
+        await runner.reference_changed("team", DATASET, deleted=True)
+        await runner.reference_changed("team", ("configmap", "unrelated"), deleted=True)
+        assert api.calls.count("look up configmap support-chats") == 1
+        assert api.calls.count("get") == 1  # the run read afresh: it may be going too
+        conditions = {c["type"]: c for c in api.body["status"]["conditions"]}  # type: ignore[index]
+        assert conditions["ResolvedRefs"]["reason"] == "MissingReference"
+        assert "used by Job support-lora-validate" in conditions["ResolvedRefs"]["message"]
+        runner.indexes.jobs = {KEY: [validation_job("Succeeded")]}
+        await runner.child_changed(KEY, validate, ("Succeeded", 0, ""), deleted=False)
+        assert not any(c.startswith("create") for c in api.calls)
+        conditions = {c["type"]: c for c in api.body["status"]["conditions"]}  # type: ignore[index]
+        assert conditions["Training"]["reason"] == "MissingReference"
+        api.absent.clear()
+        runner.indexes.config_maps = index
+        await runner.reference_changed("team", DATASET, deleted=False)
+
+    asyncio.run(scenario())
+    assert api.calls[-3:-1] == [
+        "create ConfigMap support-lora-config",
+        "create Job support-lora-train",
+    ]
+    assert api.events.count("MissingReference") == 2  # type: ignore[attr-defined]
+
+
+def test_a_secret_created_after_the_run_is_noticed_within_seconds(api: FakeApi) -> None:
+    runner = make_runner()
+    api.absent.add(TOKEN)
+
+    async def scenario() -> None:
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # type: ignore[arg-type]
+        assert api.body is not None and api.body["status"]["phase"] == "Pending"
+        api.absent.clear()
+        created = asyncio.get_running_loop().time()
+        deadline = created + 5.0
+        while "create Job support-lora-validate" not in api.calls:
+            assert asyncio.get_running_loop().time() < deadline, api.calls
+            await asyncio.sleep(0.05)
+        noticed = asyncio.get_running_loop().time() - created
+        assert noticed < 2.0, noticed  # looked for again after 1 s, not 30
+
+    asyncio.run(scenario())
+
+
+def test_a_secret_deleted_under_a_running_job_is_found_by_the_recheck(api: FakeApi) -> None:
+    runner = Runner(
+        object(),  # type: ignore[arg-type]
+        OperatorSettings(),
+        OperatorMetrics(),
+        workers=2,
+        secret_recheck_seconds=0.3,
+    )
+    runner._lookups = RecentLookups(found_ttl=0.1)
+    run = Run.from_body(yaml.safe_load(EXAMPLE.read_text()))
+    train = dataclasses.replace(
+        parse_job(training.build_train_job(run)), state="Active", ready=1, active=1
+    )
+    runner.indexes.jobs = {KEY: [validation_job("Succeeded"), train]}
+
+    def resolved_refs() -> dict[str, Any] | None:
+        assert api.body is not None
+        found = [c for c in api.body["status"]["conditions"] if c["type"] == "ResolvedRefs"]
+        return found[0] if found else None
+
+    async def scenario() -> None:
+        await runner.run_changed(KEY, copy.deepcopy(api.body))  # type: ignore[arg-type]
+        assert resolved_refs() is None
+        api.absent.add(TOKEN)
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while resolved_refs() is None:
+            assert asyncio.get_running_loop().time() < deadline, api.calls
+            await asyncio.sleep(0.05)
+        runner._recheck_secrets(KEY, due=False)  # no look left pending at the end
+
+    asyncio.run(scenario())
+    found = resolved_refs()
+    assert found is not None and found["reason"] == "MissingReference"
+    assert "secret hf-token for spec.model.hub.tokenSecretRef" in found["message"]
+    assert "used by Job support-lora-train" in found["message"]

@@ -100,7 +100,7 @@ Secret exists) only through a namespaced Role, never through a ClusterRole.
   verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- if .namespaced }}
 - apiGroups: [""]
   resources: ["secrets"]
