@@ -1,24 +1,24 @@
 """kopf registrations: which events wake which run, and nothing else.
 
-Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two.
-A run is reconciled on every watch event of its own (created, found at start-up, changed;
-the echo of the operator's own status patch is skipped) and when one of its Jobs or
-Deployments, or one of its Job pods, changes in a way the decision can see (watched
-server-side by the managed-by label): the validator's exit 0, a training pod that ended
-(its gang may restart), the scheduler's verdict on a pod no node fits, and a container the
-kubelet can't start for a missing Secret or ConfigMap. Otherwise pods are only indexed
-(the failed pod's exit code and message, rank 0's address). ConfigMaps and PersistentVolumeClaims are indexed and watched without a
-label filter (the ones runs reference are the user's own): one appearing, changing or
-going wakes the runs that use it (:meth:`Runner.reference_changed`). Secrets are not
-watched (the operator may not list them); the runner looks them up. The reconcile is
-level-based and idempotent, so the run's events use ``kopf.on.event`` rather than kopf's
-change-detecting handlers, which deep-copy and diff every event of the run and write
-bookkeeping annotations on it (a third of the operator's CPU with 100 runs at once); API
-errors are retried by the runner's requeue, and a spec that can never work is reported by
-a Failed condition.
+Every handler hands off to the :class:`~qwenft_operator.runner.Runner` in a line or two. A
+run is reconciled on every watch event of its own (created, found at start-up, changed; the
+echo of the operator's own status patch is skipped) and when one of its Jobs or Deployments,
+or one of its Job pods, changes in a way the decision can see (watched server-side by the
+managed-by label): the validator's exit 0, a training pod that ended (its gang may restart),
+the scheduler's verdict on a pod no node fits, and a container the kubelet can't start for a
+missing Secret or ConfigMap. Otherwise pods are only indexed (the failed pod's exit code and
+message, rank 0's address). ConfigMaps and PersistentVolumeClaims are indexed and watched
+without a label filter (the ones runs reference are the user's own): one appearing, changing
+or going wakes the runs that use it (:meth:`Runner.reference_changed`). Secrets are not
+watched (the operator may not list them); the runner looks them up. The reconcile is level-
+based and idempotent, so the run's events use ``kopf.on.event`` rather than kopf's change-
+detecting handlers, which deep-copy and diff every event of the run and write bookkeeping
+annotations on it (a third of the operator's CPU with 100 runs at once); API errors are
+retried by the runner's requeue, and a spec that can never work is reported by a Failed
+condition.
 Training progress is read by the runner's own timer (:meth:`Runner.start_progress_reader`)
-rather than a ``kopf.timer``, which would put a finalizer on every run entering Training
-and take it off again: two more writes, and two more reconciles, per run.
+rather than a ``kopf.timer``, which would put a finalizer on every run entering Training and
+take it off again: two more writes, and two more reconciles, per run.
 Handlers are registered on a registry passed in, with the operator settings, so nothing is
 registered at import time.
 """
