@@ -178,6 +178,7 @@ class PodFacts:
     @property
     def failed(self) -> bool:
         return self.phase == "Failed"
+
     # The kubelet's message for a container it can't start: a Secret or ConfigMap (or a
     # key of one) is missing, e.g. 'secret "hf-token" not found'.
     config_error: str | None = None
@@ -215,6 +216,8 @@ def _disruption(status: Mapping[str, Any]) -> str | None:
         return None
     reason, message = str(found.get("reason") or ""), str(found.get("message") or "").strip()
     return ": ".join(part for part in (reason, message) if part) or "DisruptionTarget"
+
+
 def _config_error(statuses: Iterable[Mapping[str, Any]]) -> str | None:
     for item in statuses:
         waiting = (item.get("state") or {}).get("waiting") or {}
