@@ -44,7 +44,13 @@ from qwenft_operator.builders import paths
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.phases import Phase
-from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_reference_check
+from qwenft_operator.reconcile import (
+    Observed,
+    decide,
+    decide_invalid_spec,
+    needs_queue_check,
+    needs_reference_check,
+)
 from qwenft_operator.references import RecentlyFound, build_references
 from qwenft_operator.rules import format_errors
 from qwenft_operator.runs import Run
@@ -313,6 +319,10 @@ class Runner:
                 missing = await self._missing_references(namespace, run)
                 observed = replace(observed, missing_references=missing)
             observed = replace(observed, smoke=self._smoke_outcomes.get(key))
+            if needs_queue_check(run, observed):
+                job = run.names.train_job
+                wait = await self._call(kube.queue_wait, self.clients, namespace, job)
+                observed = replace(observed, queue_wait=wait)
             decision = decide(run, status, observed, now)
         patched = await self._call(self._execute, namespace, name, decision)
         if patched is not None:
