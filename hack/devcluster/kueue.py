@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,9 @@ MANIFESTS = "kueue-manifests"  # in the binary directory, written by hack/build-
 GPU = "nvidia.com/gpu"
 # Webhook configuration names as the release's kustomization prefixes them.
 WEBHOOK_PREFIX = "kueue-"
+# Without internal certificate management the manager loads a metrics serving pair from this
+# fixed path at start (cmd/kueue/main.go), even with its metrics listener off.
+METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 BUILD_HINT = "build it with `bash hack/build-cluster.sh kueue` (several minutes the first time)"
 
 
@@ -227,6 +231,13 @@ def start(
     write_serving_cert(
         cert_dir, ca_cert=cp.ca_file, ca_key=cp.ca_file.parent / "ca.key", common_name="kueue"
     )
+    try:
+        _install_metrics_pair(cert_dir)
+    except OSError as err:
+        raise ClusterError(
+            f"Kueue's manager reads its metrics certificate from {METRICS_CERT_DIR}, which "
+            f"could not be written ({err}); run as a user who may create it"
+        ) from None
     ca_bundle = base64.b64encode(cp.ca_file.read_bytes()).decode()
     base_url = f"https://127.0.0.1:{webhook_port}"
     config_file = kdir / "config.yaml"
@@ -265,6 +276,17 @@ def start(
     cp.save()
     if say is not None:
         say(f"Kueue {version()} ready in {time.monotonic() - began:.1f}s (webhooks at {base_url})")
+
+
+def _install_metrics_pair(cert_dir: Path) -> None:
+    """Put a valid key pair (this cluster's webhook pair) where the manager insists on one."""
+    METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.crt", "tls.key"):
+        target = METRICS_CERT_DIR / name
+        staged = target.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_bytes((cert_dir / name).read_bytes())
+        staged.chmod(0o600)
+        os.replace(staged, target)  # atomic: a manager starting elsewhere never reads half
 
 
 def _dry_run_ok(api: Api, obj: dict[str, Any]) -> bool:
