@@ -3,6 +3,7 @@
 
     bash hack/build-cluster.sh          # once per machine: build the binaries
     eval "$(python3 hack/cluster.py up)"  # start; exports KUBECONFIG and PATH
+    python3 hack/cluster.py up --with kueue   # ...with Kueue's manager and a GPU queue
     kubectl get nodes
     python3 hack/cluster.py status      # components, PIDs, ports, memory
     python3 hack/cluster.py env         # the export lines again
@@ -32,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from devcluster import ClusterError, ControlPlane, processes
+from devcluster import ClusterError, ControlPlane, kueue, processes
 from devcluster.binaries import BinariesMissingError
 from devcluster.controlplane import COMPONENTS
 
@@ -60,12 +61,26 @@ def cmd_up(args: argparse.Namespace) -> int:
     running = current()
     if running and all(running.status().values()):
         print(f"already running (workdir {running.workdir})", file=sys.stderr)
+        if "kueue" in args.components and kueue.NAME not in running.optional_components():
+            try:
+                kueue.start(running, say=lambda msg: print(msg, file=sys.stderr))
+            except (ClusterError, BinariesMissingError) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            kueue.create_default_queues(running)
         print(export_lines(running))
         return 0
     if running:
         running.stop()
     try:
-        cp = ControlPlane.start(args.workdir, gpu_nodes=args.gpu_nodes, timeout=args.timeout)
+        cp = ControlPlane.start(
+            args.workdir,
+            gpu_nodes=args.gpu_nodes,
+            timeout=args.timeout,
+            with_kueue="kueue" in args.components,
+        )
+        if "kueue" in args.components:
+            kueue.create_default_queues(cp)
     except (ClusterError, BinariesMissingError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -144,6 +159,15 @@ def main() -> int:
     up.add_argument("--workdir", type=Path, help="default: a new temp dir")
     up.add_argument("--gpu-nodes", type=int, default=4)
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to become ready")
+    up.add_argument(
+        "--with",
+        dest="components",
+        action="append",
+        default=[],
+        choices=["kueue"],
+        help="an optional component: kueue (its manager, CRDs and webhooks, a ResourceFlavor, "
+        "ClusterQueue `cluster-queue` with 8 GPUs and LocalQueue `team-a` in default)",
+    )
     up.set_defaults(func=cmd_up)
     for name, func in (("down", cmd_down), ("env", cmd_env), ("status", cmd_status)):
         sub.add_parser(name).set_defaults(func=func)

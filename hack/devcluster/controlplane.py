@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devcluster import components, probes, processes
+from devcluster import components, kueue, probes, processes
 from devcluster.api import Api, http_ok, insecure_context, wait_for
 from devcluster.binaries import HACK_DIR, require_binaries
 from devcluster.binaries import bin_dir as default_bin_dir
@@ -85,14 +85,18 @@ class ControlPlane:
         timeout: float = 180.0,
         owner_pid: int | None = None,
         say: Callable[[str], None] = _say,
+        with_kueue: bool = False,
     ) -> ControlPlane:
         """Start everything and wait until it is usable; on failure stop it and raise.
 
         With owner_pid, a watchdog stops the cluster if that process dies without stopping it.
+        With with_kueue, Kueue's manager runs too (:mod:`devcluster.kueue`).
         """
         began = time.monotonic()
         bins = bin_dir or default_bin_dir()
         require_binaries(bins)
+        if with_kueue:
+            kueue.require(bins)
         workdir = Path(workdir or tempfile.mkdtemp(prefix="qwenft-cluster-"))
         workdir.mkdir(parents=True, exist_ok=True)
         pki = write_pki(workdir / "pki")
@@ -125,6 +129,8 @@ class ControlPlane:
                 watchdog = [sys.executable, "-m", "devcluster.watchdog", str(owner_pid)]
                 cp._spawn("watchdog", [*watchdog, str(workdir)], cwd=HACK_DIR)
             cp._boot(lay, gpu_nodes, began + timeout, say)
+            if with_kueue:
+                kueue.start(cp, say=say)
         except BaseException:
             cp.stop(remove_workdir=False)
             raise
@@ -276,8 +282,12 @@ class ControlPlane:
         """The last lines of every component's log, with headers, for failure reports."""
         return "\n".join(
             f"==== {name} ({self.log_path(name)}) ====\n{self.log_tail(name, lines)}"
-            for name in COMPONENTS
+            for name in (*COMPONENTS, *self.optional_components())
         )
+
+    def optional_components(self) -> list[str]:
+        """Started components beyond the five (Kueue's manager), in start order."""
+        return [p.name for p in self.processes if p.name == kueue.NAME]
 
     def status(self) -> dict[str, bool]:
         """Component name -> whether its process is still running."""

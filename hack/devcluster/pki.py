@@ -133,3 +133,39 @@ def write_kubeconfig(path: Path, *, server: str, pki: Pki, context: str = "qwenf
     path.write_text(json.dumps(config, indent=2) + "\n")
     path.chmod(0o600)
     return path
+
+
+def write_serving_cert(
+    directory: Path, *, ca_cert: Path, ca_key: Path, common_name: str, san: str = "IP:127.0.0.1"
+) -> tuple[Path, Path]:
+    """Issue a serving certificate from the cluster CA, as `tls.crt` / `tls.key` in directory.
+
+    For local webhook servers (Kueue's manager) that the API server calls at 127.0.0.1: it
+    trusts them through the same CA, given as the webhook configurations' caBundle.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key, csr, ext = (directory / n for n in ("tls.crt", "tls.key", "tls.csr", "tls.ext"))
+    _ec_key(key)
+    _openssl("req", "-new", "-key", str(key), "-out", str(csr), "-subj", f"/CN={common_name}")
+    ext.write_text(
+        f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_cert),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
+    return cert, key

@@ -21,6 +21,14 @@ from kubernetes.client.rest import ApiException
 from qwenft_operator import references
 from qwenft_operator.actions import ChildKind
 from qwenft_operator.permissions import Access
+from qwenft_operator.queueing import (
+    WORKLOAD_GROUP,
+    WORKLOAD_PLURAL,
+    WORKLOAD_VERSION,
+    QueueWait,
+    read_wait,
+    workload_of,
+)
 from qwenft_operator.references import Found, ObjectKey, Reference
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
@@ -216,6 +224,23 @@ def missing_references(
     wanted = list(refs)
     known = {ref.object: look_up_reference(clients, namespace, ref.object) for ref in wanted}
     return tuple(ref.describe() for ref in references.missing(wanted, known))
+
+
+def queue_wait(clients: Clients, namespace: str, job: str) -> QueueWait | None:
+    """Kueue's reason for holding Job ``job``, from its Workload.
+
+    None when Kueue made no Workload yet, admitted it, or is not installed or readable
+    (404/403): the run then says it waits for Kueue without Kueue's words.
+    """
+    path = f"/apis/{WORKLOAD_GROUP}/{WORKLOAD_VERSION}/namespaces/{namespace}/{WORKLOAD_PLURAL}"
+    try:
+        found = clients.request("GET", path)
+    except ApiException as err:
+        if err.status in (403, 404):
+            return None
+        raise
+    workload = workload_of(found.get("items") or [], job)
+    return read_wait(workload) if workload is not None else None
 
 
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"

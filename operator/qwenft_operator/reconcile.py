@@ -53,6 +53,7 @@ from qwenft_operator.observe import (
     report_message,
 )
 from qwenft_operator.phases import Phase
+from qwenft_operator.queueing import QueueWait
 from qwenft_operator.reference_checks import Running, Waiting
 from qwenft_operator.references import Known, build_references
 from qwenft_operator.runs import Run
@@ -63,6 +64,9 @@ from qwenft_operator.status import Endpoint, Outputs, QwenFineTuneStatus
 # long for the pod (its exit code and message) before failing with the Job's message.
 POD_REPORT_GRACE = timedelta(seconds=10)
 POD_REPORT_RETRY = 2.0
+# Seconds between looks at Kueue's Workload while a queued Job waits for admission (the
+# Workload's conditions change without the Job changing, so no watch event says so).
+QUEUE_RECHECK = 10.0
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,18 @@ class Observed:
     references: Known = field(default_factory=dict)
     # The last finished smoke test of the run (any generation); None: none finished.
     smoke: SmokeOutcome | None = None
+    # Kueue's reason for holding the queued training Job; None: not looked up or none given.
+    queue_wait: QueueWait | None = None
 
     def pods_of(self, component: str) -> list[PodFacts]:
         return [p for p in self.pods if p.component == component]
+
+
+def needs_queue_check(run: Run, observed: Observed) -> bool:
+    """Whether the decision wants ``queue_wait``: a queued training Job Kueue holds."""
+    job = observed.train_job
+    queued = run.spec.scheduling.queue_name is not None and not run.spec.suspend
+    return queued and job is not None and job.state == "Suspended"
 
 
 def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: datetime) -> Decision:
@@ -220,7 +233,7 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
         if rendezvous:
             d.create("Service", training.build_headless_service(run), "train_service")
         d.create("Job", body, "train_job")
-        _report_stopped(d, run, suspended=spec.suspend, queued=queued)
+        _report_stopped(d, run, suspended=spec.suspend, queued=queued, observed=observed)
         if not (spec.suspend or queued):
             gang.keep_restarting(d, "starting the new training Job")
         return False
@@ -243,7 +256,7 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
     if spec.suspend:
         if job.state != "Suspended":
             d.actions.append(SetJobSuspended(job.name, True))
-        _report_stopped(d, run, suspended=True, queued=queued)
+        _report_stopped(d, run, suspended=True, queued=queued, observed=observed)
         return False
     if job.state == "Suspended":
         if not queued:
@@ -252,7 +265,7 @@ def _train(d: Draft, run: Run, observed: Observed) -> bool:
             d.set(cond.TRAINING, "True", cond.PODS_PENDING, "resumed; training pods starting")
             d.phase(Phase.TRAINING)
         else:
-            _report_stopped(d, run, suspended=False, queued=True)
+            _report_stopped(d, run, suspended=False, queued=True, observed=observed)
         return False
     _clear_suspended(d)
     d.phase(Phase.TRAINING)
@@ -329,17 +342,22 @@ def _unschedulable(d: Draft, run: Run, observed: Observed, step: _Step, *, wante
     return True
 
 
-def _report_stopped(d: Draft, run: Run, *, suspended: bool, queued: bool) -> None:
+def _report_stopped(
+    d: Draft, run: Run, *, suspended: bool, queued: bool, observed: Observed
+) -> None:
     if suspended:
         message = "spec.suspend is true; training pods are stopped"
         d.set(cond.SUSPENDED, "True", cond.SUSPENDED_BY_USER, message)
         d.set(cond.TRAINING, "False", cond.SUSPENDED_BY_USER, message)
         d.phase(Phase.SUSPENDED)
     elif queued:
-        queue = run.spec.scheduling.queue_name
-        d.set(cond.TRAINING, "False", cond.QUEUED, f"waiting for Kueue to admit it (queue {queue})")
+        message = f"waiting for Kueue to admit it (queue {run.spec.scheduling.queue_name})"
+        if observed.queue_wait is not None:
+            message += f"; {observed.queue_wait.describe()}"
+        d.set(cond.TRAINING, "False", cond.QUEUED, message)
         _clear_suspended(d)
         d.phase(Phase.TRAINING)
+        d.actions.append(Requeue(QUEUE_RECHECK))
     else:
         message = f"0/{run.spec.resources.nodes} training pods ready"
         d.set(cond.TRAINING, "True", cond.PODS_PENDING, message)

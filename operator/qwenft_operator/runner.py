@@ -49,7 +49,7 @@ from qwenft_operator.builders import paths
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.phases import Phase
-from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec
+from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_queue_check
 from qwenft_operator.references import Found, Known, ObjectKey, RecentLookups, Reference
 from qwenft_operator.rules import format_errors
 from qwenft_operator.runs import Run
@@ -347,6 +347,10 @@ class Runner:
         else:
             observed = self.indexes.observe(run)
             observed = replace(observed, smoke=self._smoke_outcomes.get(key))
+            if needs_queue_check(run, observed):
+                job = run.names.train_job
+                wait = await self._call(kube.queue_wait, self.clients, namespace, job)
+                observed = replace(observed, queue_wait=wait)
             decision = decide(run, status, observed, now)
             if decision.references:
                 # The decision took what it did not know as present; if a lookup finds

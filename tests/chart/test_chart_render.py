@@ -148,6 +148,12 @@ def test_rbac_cluster_wide(render: Render) -> None:
     main = _rules(roles["qwenft-operator"])
     assert ("", "namespaces", "watch") in main
     assert all(resource != "secrets" for _, resource, _ in main)
+    # Kueue's Workloads are read (a queued run's reason), never written.
+    assert [v for g, r, v in main if (g, r) == ("kueue.x-k8s.io", "workloads")] == [
+        "get",
+        "list",
+        "watch",
+    ]
     assert _rules(roles["qwenft-operator-crd-reader"]) == [
         ("apiextensions.k8s.io", "customresourcedefinitions", verb)
         for verb in ("get", "list", "watch")

@@ -103,6 +103,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Attach the components' log tails to every failed test that used the cluster."""
     outcome = yield
     report = outcome.get_result()
-    cp = getattr(item, "funcargs", {}).get("cluster")
-    if report.failed and isinstance(cp, ControlPlane):
-        report.sections.append(("control plane logs", cp.log_tails()))
+    used = getattr(item, "funcargs", {}).values()
+    for cp in [value for value in used if isinstance(value, ControlPlane)][:1]:
+        if report.failed:
+            report.sections.append(("control plane logs", cp.log_tails()))

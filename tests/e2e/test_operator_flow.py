@@ -11,8 +11,6 @@ become Ready). Covers:
   evaluationPrompts is smoke-tested once Ready: the in-cluster endpoint name does not
   resolve from the operator here, so SmokeTested turns False (EndpointUnreachable, after
   the retries) with status.smokeTest recorded, and the run stays Ready;
-- the Kueue-queued example: its Job is created suspended with the queue label and the run
-  waits (Training, reason Queued); unsuspending the Job as Kueue would lets it finish;
 - a training pod exiting 3 with a message (kwok failure annotation) ends in Failed,
   reason TrainingFailed, with the exit code and message in the condition and a Warning
   Event;
@@ -20,6 +18,8 @@ become Ready). Covers:
   resumed and the run finishes;
 - deleting a run removes every child (ownerReferences and the garbage collector);
 - ``kubectl get qft`` shows the printer columns.
+
+Queued runs under a real Kueue are in test_kueue.py.
 """
 
 from __future__ import annotations
@@ -194,29 +194,6 @@ def assert_smoke_test_unreachable(
         return any(e.reason == "EndpointUnreachable" for e in events_of(api, namespace, run))
 
     wait_until("the EndpointUnreachable event", warned, timeout=10)
-
-
-def test_kueue_queued_run_waits_for_admission(
-    kube_client: client.ApiClient, namespace: str
-) -> None:
-    run = "queued-lora"
-    create_run(kube_client, namespace, example("kueue-queued"))
-
-    def queued() -> dict[str, Any] | None:
-        found = get_run(kube_client, namespace, run)
-        training = condition(found, "Training")
-        return found if training and training["reason"] == "Queued" else None
-
-    wait_until("the run to wait for Kueue", queued, timeout=30)
-    job = train_job(kube_client, namespace, run)
-    assert job.spec.suspend is True
-    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
-    assert train_pods(kube_client, namespace, run) == []
-    # Kueue admits the workload by unsuspending the Job.
-    client.BatchV1Api(kube_client).patch_namespaced_job(
-        f"{run}-train", namespace, {"spec": {"suspend": False}}
-    )
-    wait_phase(kube_client, namespace, run, "Ready", timeout=60)
 
 
 def suspended_run(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> str:

@@ -53,7 +53,14 @@ from qwenft_operator.observe import (
     report_message,
 )
 from qwenft_operator.phases import Phase
-from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec
+from qwenft_operator.queueing import QueueWait
+from qwenft_operator.reconcile import (
+    QUEUE_RECHECK,
+    Observed,
+    decide,
+    decide_invalid_spec,
+    needs_queue_check,
+)
 from qwenft_operator.runs import Run
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Progress, QwenFineTuneStatus, SmokeTest
@@ -496,6 +503,40 @@ def test_kueue_queued_job_is_left_to_kueue() -> None:
         run, queued.status, Observed(train_job=job("queued-lora-train", ready=1)), NOW
     )
     assert admitted.status.phase == Phase.TRAINING and not admitted.of_type(SetJobSuspended)
+
+
+INSUFFICIENT = (
+    "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu "
+    "in flavor default-flavor, 4 more needed"
+)
+
+
+def test_queued_run_carries_kueues_reason_and_looks_again() -> None:
+    run = make_run("kueue-queued")
+    held = Observed(train_job=job("queued-lora-train", "Suspended"))
+    assert needs_queue_check(run, held)
+    plain = decide(run, VALIDATED, held, NOW)
+    assert plain.requeue_after == QUEUE_RECHECK  # Kueue's verdict changes without the Job
+    told = dataclasses.replace(
+        held, queue_wait=QueueWait("job-queued-lora-train-1a2b3", "Pending", INSUFFICIENT)
+    )
+    decision = decide(run, plain.status, told, NOW)
+    training = cond.get_condition(decision.status.conditions, cond.TRAINING)
+    assert training is not None and (training.status, training.reason) == ("False", cond.QUEUED)
+    assert training.message == (
+        f"waiting for Kueue to admit it (queue team-a); Kueue: {INSUFFICIENT}"
+    )
+    assert decision.status.phase == Phase.TRAINING
+
+
+def test_queue_check_only_for_a_held_queued_job() -> None:
+    queued = make_run("kueue-queued")
+    running = Observed(train_job=job("queued-lora-train", ready=1))
+    held = Observed(train_job=job("queued-lora-train", "Suspended"))
+    assert not needs_queue_check(queued, running)
+    assert not needs_queue_check(queued, Observed())
+    assert not needs_queue_check(make_run("kueue-queued", suspend=True), held)
+    assert not needs_queue_check(make_run(), Observed(train_job=job(f"{RUN}-train", "Suspended")))
 
 
 def test_idempotent_when_children_exist() -> None:

@@ -101,6 +101,10 @@ Secret exists) only through a namespaced Role, never through a ClusterRole.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch"]
+{{- /* Kueue's Workloads: why a queued run's Job is not admitted yet (read only). */}}
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch"]
 {{- if .namespaced }}
 - apiGroups: [""]
   resources: ["secrets"]
