@@ -27,6 +27,7 @@ from qwenft_trainer.arguments import build_training_arguments
 from qwenft_trainer.config import TrainConfig
 from qwenft_trainer.deepspeed_config import build_deepspeed_config
 from qwenft_trainer.distributed import DistributedEnv
+from qwenft_trainer.kernels import KernelDecision, apply_kernels
 from qwenft_trainer.modeling import count_parameters, load_model, prepare_model
 from qwenft_trainer.packing_mode import PackingDecision
 from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
@@ -50,9 +51,13 @@ log = logging.getLogger(__name__)
 
 
 def _announce(
-    config: TrainConfig, env: DistributedEnv, resumed_from: int, packing: PackingDecision
+    config: TrainConfig,
+    env: DistributedEnv,
+    resumed_from: int,
+    packing: PackingDecision,
+    kernels: KernelDecision,
 ) -> None:
-    """Log the effective batch, packing, tuning advice and resume point once, on rank 0."""
+    """Log the effective batch, packing, loss path, advice and resume point once, on rank 0."""
     if not env.is_main:
         return
     t = config.training
@@ -66,6 +71,7 @@ def _announce(
         env.nodes,
     )
     log.info("%s", packing.log_line())
+    log.info("%s", kernels.log_line())
     advice = config.advice()
     for note in advice:
         log.warning("config advice: %s", note)
@@ -83,6 +89,8 @@ def _announce(
             resumed_from_step=resumed_from,
             packing=packing.mode,
             packing_reason=packing.reason,
+            loss_path=kernels.path,
+            loss_path_reason=kernels.reason,
             advice=advice,
         )
     )
@@ -132,7 +140,7 @@ def _build_trainer(
     *,
     cuda: bool,
     callbacks: list[Any],
-) -> tuple[Trainer, PackingDecision]:
+) -> tuple[Trainer, PackingDecision, KernelDecision]:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
     from qwenft_trainer.packing import build_features
@@ -153,6 +161,8 @@ def _build_trainer(
     device = distributed.device_of(env, cuda=cuda)
     model = load_model(config, device=device)
     packing = _decide_packing(config, model, tokenizer, device)
+    # after the packing probe (which reads logits), before PEFT wraps the model
+    kernels = apply_kernels(model, config, cuda=cuda)
     model = prepare_model(model, config)
     trainable, total = count_parameters(model)
     log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
@@ -172,7 +182,7 @@ def _build_trainer(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    return trainer, packing
+    return trainer, packing, kernels
 
 
 def run_training(
@@ -204,7 +214,7 @@ def run_training(
             progress_bar=env.is_main,
         )
         stopper = StopCallback(stop or StopRequest())
-        trainer, packing = _build_trainer(
+        trainer, packing, kernels = _build_trainer(
             config,
             env,
             tokenizer,
@@ -213,7 +223,7 @@ def run_training(
             cuda=cuda,
             callbacks=[telemetry, stopper],
         )
-        _announce(config, env, resumed_from, packing)
+        _announce(config, env, resumed_from, packing, kernels)
         resume = checkpoints.Checkpoint(
             Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
         )
@@ -232,7 +242,7 @@ def run_training(
                 eval_loss = float(trainer.evaluate()["eval_loss"])
             trainer.save_model(config.output_dir)
         wall = time.time() - train_start
-        summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss, packing)
+        summary = _summarise(config, env, trainer, resumed_from, wall, eval_loss, packing, kernels)
         # Every rank says where it stopped: ranks that disagree show up in the logs.
         emit(
             build_log_record("rank_end", rank=env.rank, step=summary.steps, loss=summary.train_loss)
@@ -295,6 +305,7 @@ def _summarise(
     wall: float,
     eval_loss: float | None,
     packing: PackingDecision,
+    kernels: KernelDecision,
 ) -> TrainSummary:
     state = trainer.state
     tokens = int(state.num_input_tokens_seen or 0)
@@ -321,4 +332,6 @@ def _summarise(
         effective_batch_size=config.effective_batch_size(env.world_size),
         packing=packing.mode,
         packing_reason=packing.reason,
+        loss_path=kernels.path,
+        loss_path_reason=kernels.reason,
     )

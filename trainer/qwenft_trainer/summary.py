@@ -52,6 +52,10 @@ class TrainSummary(BaseModel):
         "off", description="Packing mode trained with: padded_rows, flattened_varlen or off."
     )
     packing_reason: str = Field("", description="Why that packing mode (or none).")
+    loss_path: str = Field(
+        "plain", description="How the loss was computed: liger, chunked or plain (full logits)."
+    )
+    loss_path_reason: str = Field("", description="Why that loss path.")
 
 
 def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:
