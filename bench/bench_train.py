@@ -227,8 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vocab-size", type=int, default=QWEN_VOCAB, help="tiny model: embedding rows"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--samples", type=int, default=400, help="training dialogues")
-    parser.add_argument("--eval-samples", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=80, help="training dialogues")
+    parser.add_argument("--eval-samples", type=int, default=32)
     parser.add_argument(
         "--max-seq-length", type=int, default=2048, help="qwenft and TRL: tokens per packed row"
     )

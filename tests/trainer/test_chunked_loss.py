@@ -6,7 +6,8 @@ path's (the model's own forward over full logits) within 1e-5, for LoRA on the t
 packed batch (restarting position ids, first label of each sample ignored), with and
 without ``num_items_in_batch`` (the Trainer's gradient-accumulation normaliser), split into
 several chunks; Qwen3.5-MoE (multimodal class, vision tower frozen) on an unpacked padded
-batch; an output head that is not a plain linear layer goes through the per-module path
+batch; a full fine-tune's tied head and embedding get the same gradients (both uses
+summed); an output head that is not a plain linear layer goes through the per-module path
 with the same result; no trained token gives NaN like the plain path; a forward without
 labels is the original one (logits unchanged). The decision: ``none`` is plain, ``auto``
 is chunked without CUDA, ``liger`` refuses where Liger can't run, a bad value or liger with
@@ -119,6 +120,27 @@ def test_chunked_loss_and_adapter_gradients_equal_the_plain_path(
     if arch == "qwen3_moe":
         assert model.config.output_router_logits  # the aux loss is part of both losses
     _compare(model, batch, chunk_rows=7)
+
+
+def test_a_full_fine_tune_trains_the_tied_head_with_the_same_gradients(
+    tiny_arch_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from qwenft_trainer.modeling import load_model, prepare_model
+
+    config = _config(tiny_arch_dir("qwen2"), tmp_path)
+    config = config.model_copy(update={"method": "full"})
+    model = prepare_model(load_model(config), config).train()
+    head = model.get_output_embeddings()
+    assert head.weight.requires_grad and head.weight is model.get_input_embeddings().weight
+    vocab = head.weight.shape[0]
+    batch = _packed_batch(vocab, [[13, 11, 8], [20, 12]])
+    plain_loss, plain_grads = _loss_and_grads(model, batch)
+    install_chunked_loss(model, chunk_rows=6)
+    loss, grads = _loss_and_grads(model, batch)
+    assert abs(loss - plain_loss) <= TOLERANCE * max(1.0, abs(plain_loss))
+    for name, grad in grads.items():
+        scale = max(1.0, float(plain_grads[name].abs().max()))
+        assert float((grad - plain_grads[name]).abs().max()) <= TOLERANCE * scale, name
 
 
 def test_multimodal_moe_class_on_a_padded_batch(
