@@ -1,17 +1,26 @@
-"""Training throughput: qwenft (packing) against Qwen's finetune.py recipe (padding), one run.
+"""Training throughput and memory: qwenft against TRL's SFTTrainer and Qwen's recipe, one run.
 
-Both arms train the same LoRA on the same model, the same generated dialogues (short,
+Three arms train the same LoRA on the same model, the same generated dialogues (short,
 multi-turn, mixed English / Chinese, shaped like the project's seed data) and the same
-hardware, one epoch each, so both see the same trained tokens. qwenft runs through its real
-entry point (``python -m qwenft_trainer.train --config ...``); the baseline is
-``bench/qwen_finetune_baseline.py`` (HF Trainer + PEFT, every sample padded to
-max_seq_length). Each arm runs in its own process, so peak memory is its own.
+hardware, one epoch each, so all see the same trained tokens:
 
-Reported per arm: trained tokens/s (assistant tokens / training seconds), useful-token share
-(real tokens / tokens the model computed), peak memory (host RSS on CPU, CUDA max allocated
-on GPU), optimizer steps, and the loss on held-out dialogues after the epoch; on GPU also MFU.
+- qwenft, through its real entry point (``python -m qwenft_trainer.train --config ...``):
+  packing on, its loss path from ``training.kernels: auto``;
+- TRL (``bench/trl_sft_baseline.py``): ``SFTTrainer`` with packing on (its default ``bfd``
+  strategy), the same LoRA, optimizer settings, batch tokens and gradient checkpointing;
+- the Qwen recipe (``bench/qwen_finetune_baseline.py``): HF Trainer + PEFT, every sample
+  padded to finetune.py's 512 tokens, the same tokens per micro-batch (4 x 512 = 2048).
 
-    python bench/bench_train.py                                   # CPU, tiny model, minutes
+The default CPU run uses Qwen's real vocabulary (151,936 embedding rows; random weights,
+the tiny model's hidden size of 64, so the output head and its logits weigh what they do in
+a real checkpoint's training step). Each arm runs in its own process, so peak memory is its
+own. Reported per arm: trained tokens/s (assistant tokens / training seconds), useful-token
+share, optimizer steps, peak memory (host RSS on CPU, CUDA max allocated on GPU) and the
+loss on held-out dialogues after the epoch (on GPU also MFU), with the ratios against TRL.
+Goals: against TRL >= 2x trained tokens/s, <= 0.6x peak memory, no worse held-out loss;
+against the recipe >= 1.5x, useful-token share >= 0.95. It exits 1 naming every goal missed.
+
+    python bench/bench_train.py                                   # CPU, minutes on 2 cores
     python bench/bench_train.py --model-arch qwen2.5-1.5b --device cuda --samples 2000 \\
         --max-seq-length 2048 --rows-per-batch 4 --baseline-batch-size 16
 """
@@ -36,6 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
 # Dense bf16 peak of common training GPUs (tensor cores, no sparsity), FLOP/s.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+# Rows of every Qwen2 / Qwen2.5 / Qwen3 checkpoint's embedding (the tokenizer, padded).
+QWEN_VOCAB = 151_936
+# How much higher qwenft's held-out loss may be than TRL's and still count as no worse.
+LOSS_SLACK = 0.005
 # Qwen2.5-1.5B's shape (config.json of Qwen/Qwen2.5-1.5B), for random-weight GPU runs.
 QWEN25_1_5B = {
     "hidden_size": 1536,
@@ -84,10 +97,10 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def build_model(arch: str, path: Path) -> Path:
-    """The tiny test model, or random weights in Qwen2.5-1.5B's shape (bf16, on the GPU)."""
+def build_model(arch: str, path: Path, *, vocab_size: int = QWEN_VOCAB) -> Path:
+    """The tiny model at ``vocab_size`` rows, or random weights in Qwen2.5-1.5B's shape."""
     if arch == "tiny":
-        return ensure_tiny_qwen(path)
+        return ensure_tiny_qwen(path, TinyModelSpec(model_vocab_size=vocab_size))
     if (path / "config.json").exists():
         return path
     import torch
@@ -125,7 +138,7 @@ def qwenft_config(args: argparse.Namespace, model: Path, data: Path, out: Path) 
             "learning_rate": args.learning_rate,
             "max_seq_length": args.max_seq_length,
             "precision": "bf16" if args.device == "cuda" else "fp32",
-            "gradient_checkpointing": False,
+            "gradient_checkpointing": args.gradient_checkpointing,
             "packing": True,
             "seed": args.seed,
         },
@@ -213,96 +226,213 @@ def mfu(model_dir: Path, tokens_per_s: float, context: float) -> float | None:
     return flops_per_token(config, context) * tokens_per_s / peak
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-arch", choices=["tiny", "qwen2.5-1.5b"], default="tiny")
+    parser.add_argument(
+        "--vocab-size", type=int, default=QWEN_VOCAB, help="tiny model: embedding rows"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--samples", type=int, default=1000, help="training dialogues")
-    parser.add_argument("--eval-samples", type=int, default=100)
-    parser.add_argument("--max-seq-length", type=int, default=512, help="finetune.py's 512")
-    parser.add_argument("--rows-per-batch", type=int, default=1, help="qwenft: packed rows")
+    parser.add_argument("--samples", type=int, default=80, help="training dialogues")
+    parser.add_argument("--eval-samples", type=int, default=32)
+    parser.add_argument(
+        "--max-seq-length", type=int, default=2048, help="qwenft and TRL: tokens per packed row"
+    )
+    parser.add_argument(
+        "--baseline-max-seq-length", type=int, default=512, help="Qwen recipe: finetune.py's 512"
+    )
+    parser.add_argument("--rows-per-batch", type=int, default=1, help="qwenft, TRL: packed rows")
     parser.add_argument("--baseline-batch-size", type=int, default=4, help="padded samples")
-    parser.add_argument("--grad-accum", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="every arm")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qwenft-bench"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_qwenft(args: argparse.Namespace, model: Path, train: Path, out: Path) -> dict[str, Any]:
+    config_path = out / "train.yaml"
+    config_path.write_text(yaml.safe_dump(qwenft_config(args, model, train, out)))
+    print(f"qwenft: training {args.samples} dialogues (packing on) ...", flush=True)
+    seconds, rss = run_measured(
+        [sys.executable, "-m", "qwenft_trainer.train", "--config", str(config_path)],
+        out.parent / "qwenft.log",
+    )
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    real, computed = useful_share(config_path, cuda=args.device == "cuda")
+    return {**summary, "process_seconds": seconds, "rss": rss, "real": real, "computed": computed}
+
+
+def run_trl(args: argparse.Namespace, model: Path, train: Path, out: Path) -> dict[str, Any]:
+    print("trl: SFTTrainer, packing on (bfd) ...", flush=True)
+    seconds, rss = run_measured(
+        [sys.executable, str(ROOT / "bench" / "trl_sft_baseline.py"),
+         "--model", str(model), "--data", str(train), "--output", str(out),
+         "--max-seq-length", str(args.max_seq_length), "--batch-size", str(args.rows_per_batch),
+         "--grad-accum", str(args.grad_accum), "--learning-rate", str(args.learning_rate),
+         "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
+         "--precision", "bf16" if args.device == "cuda" else "fp32", "--seed", str(args.seed),
+         *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])],
+        out.parent / "trl.log",
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads((out / "result.json").read_text())
+    return {**result, "process_seconds": seconds, "rss": rss}
+
+
+def run_recipe(args: argparse.Namespace, model: Path, train: Path, out: Path) -> dict[str, Any]:
+    print("baseline: Qwen finetune.py recipe (padding to max length) ...", flush=True)
+    seconds, rss = run_measured(
+        [sys.executable, str(ROOT / "bench" / "qwen_finetune_baseline.py"),
+         "--model", str(model), "--data", str(train), "--output", str(out),
+         "--max-seq-length", str(args.baseline_max_seq_length),
+         "--batch-size", str(args.baseline_batch_size), "--grad-accum", str(args.grad_accum),
+         "--learning-rate", str(args.learning_rate), "--lora-r", str(args.lora_r),
+         "--lora-alpha", str(2 * args.lora_r),
+         "--precision", "bf16" if args.device == "cuda" else "fp32", "--seed", str(args.seed),
+         *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])],
+        out.parent / "baseline.log",
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads((out / "result.json").read_text())
+    return {**result, "process_seconds": seconds, "rss": rss}
+
+
+def build_rows(
+    args: argparse.Namespace,
+    model: Path,
+    arms: dict[str, dict[str, Any]],
+    losses: dict[str, float],
+) -> dict[str, list[Any]]:
+    """metric -> [qwenft, TRL, Qwen recipe] values."""
+    ours, trl, base = arms["qwenft"], arms["trl"], arms["recipe"]
+    trained = base["trained_tokens"]  # same data, one epoch: the same in every arm
+    per_second = [trained / arm["wall_seconds"] for arm in (ours, trl, base)]
+    rows: dict[str, list[Any]] = {
+        "trained tokens/s": per_second,
+        "useful-token share": [
+            ours["real"] / ours["computed"],
+            None,
+            base["real_tokens"] / base["computed_tokens"],
+        ],
+        "computed tokens": [ours["computed"], None, base["computed_tokens"]],
+        "optimizer steps": [ours["steps"], trl["steps"], base["steps"]],
+        "training seconds": [arm["wall_seconds"] for arm in (ours, trl, base)],
+        "process seconds": [arm["process_seconds"] for arm in (ours, trl, base)],
+        "held-out loss": [losses["qwenft"], losses["trl"], losses["recipe"]],
+    }
+    if args.device == "cuda":
+        gib = 2**30
+        rows["peak GPU memory GiB"] = [
+            arm["peak_gpu_memory_bytes"] / gib for arm in (ours, trl, base)
+        ]
+        # PaLM counts attention over the sequence length T: here the average dialogue.
+        context = ours["real"] / max(1, args.samples)
+        rows["MFU"] = [mfu(model, real_rate, context) for real_rate in per_second]
+    else:
+        rows["peak RSS MiB"] = [arm["rss"] / 2**20 for arm in (ours, trl, base)]
+    return rows
+
+
+def memory_row(rows: dict[str, list[Any]]) -> str:
+    return "peak GPU memory GiB" if "peak GPU memory GiB" in rows else "peak RSS MiB"
+
+
+def check_goals(rows: dict[str, list[Any]]) -> list[tuple[str, bool]]:
+    """(goal, met) for every goal of the benchmark."""
+    speed = rows["trained tokens/s"]
+    memory = rows[memory_row(rows)]
+    loss = rows["held-out loss"]
+    share = rows["useful-token share"][0]
+    return [
+        (f"trained tokens/s >= 2x TRL's ({speed[0] / speed[1]:.2f}x)", speed[0] >= 2 * speed[1]),
+        (
+            f"peak memory <= 0.6x TRL's ({memory[0] / memory[1]:.2f}x)",
+            memory[0] <= 0.6 * memory[1],
+        ),
+        (
+            f"held-out loss no worse than TRL's ({loss[0]:.4f} vs {loss[1]:.4f}, "
+            f"<= {1 + LOSS_SLACK:g}x)",
+            loss[0] <= loss[1] * (1 + LOSS_SLACK),
+        ),
+        (
+            f"speed-up >= 1.5x the Qwen recipe ({speed[0] / speed[2]:.2f}x)",
+            speed[0] >= 1.5 * speed[2],
+        ),
+        (f"useful-token share >= 0.95 ({share:.3f})", share >= 0.95),
+    ]
+
+
+def print_table(rows: dict[str, list[Any]]) -> None:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+
+    def ratio(a: Any, b: Any) -> str:
+        ok = isinstance(a, int | float) and isinstance(b, int | float) and b
+        return f"{a / b:.2f}x" if ok else "-"
+
+    print(f"| {'metric':<20} | {'qwenft':>12} | {'TRL':>12} | {'Qwen recipe':>12} "
+          f"| {'qwenft/TRL':>10} | {'recipe/TRL':>10} |")  # fmt: skip
+    print(f"|{'-' * 22}|{'-' * 14}|{'-' * 14}|{'-' * 14}|{'-' * 12}|{'-' * 12}|")
+    for name, (a, t, b) in rows.items():
+        print(f"| {name:<20} | {cell(a):>12} | {cell(t):>12} | {cell(b):>12} "
+              f"| {ratio(a, t):>10} | {ratio(b, t):>10} |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(args.model_arch, work / f"model-{args.model_arch}")
+    name = f"model-{args.model_arch}" + (
+        f"-v{args.vocab_size}" if args.model_arch == "tiny" else ""
+    )
+    model = build_model(args.model_arch, work / name, vocab_size=args.vocab_size)
     records = build_dialogues(args.samples + args.eval_samples, args.seed)
     train = write_jsonl(work / "train.jsonl", records[: args.samples])
     held_out = write_jsonl(work / "eval.jsonl", records[args.samples :])
 
-    ours_out, base_out = work / "qwenft", work / "baseline"
-    for path in (ours_out, base_out):
+    outs = {arm: work / arm for arm in ("qwenft", "trl", "recipe")}
+    for path in outs.values():
         subprocess.run(["rm", "-rf", str(path)], check=True)
         path.mkdir(parents=True)
-    config_path = ours_out / "train.yaml"
-    config_path.write_text(yaml.safe_dump(qwenft_config(args, model, train, ours_out)))
-    print(f"qwenft: training {args.samples} dialogues (packing on) ...", flush=True)
-    ours_s, ours_rss = run_measured(
-        [sys.executable, "-m", "qwenft_trainer.train", "--config", str(config_path)],
-        work / "qwenft.log",
-    )
-    ours = json.loads((ours_out / "summary.json").read_text())
-    real, computed = useful_share(config_path, cuda=args.device == "cuda")
-    print("baseline: Qwen finetune.py recipe (padding to max length) ...", flush=True)
-    base_s, base_rss = run_measured(
-        [sys.executable, str(ROOT / "bench" / "qwen_finetune_baseline.py"),
-         "--model", str(model), "--data", str(train), "--output", str(base_out),
-         "--max-seq-length", str(args.max_seq_length),
-         "--batch-size", str(args.baseline_batch_size), "--grad-accum", str(args.grad_accum),
-         "--learning-rate", str(args.learning_rate), "--lora-r", str(args.lora_r),
-         "--lora-alpha", str(2 * args.lora_r),
-         "--precision", "bf16" if args.device == "cuda" else "fp32", "--seed", str(args.seed)],
-        work / "baseline.log",
-    )  # fmt: skip
-    base = json.loads((base_out / "result.json").read_text())
-    trained = base["trained_tokens"]  # same data, one epoch: the same for both arms
-    print("evaluating both adapters on held-out dialogues ...", flush=True)
-    rows: dict[str, tuple[Any, Any]] = {
-        "trained tokens/s": (trained / ours["wall_seconds"], trained / base["wall_seconds"]),
-        "useful-token share": (real / computed, base["real_tokens"] / base["computed_tokens"]),
-        "computed tokens": (computed, base["computed_tokens"]),
-        "optimizer steps": (ours["steps"], base["steps"]),
-        "training seconds": (ours["wall_seconds"], base["wall_seconds"]),
-        "process seconds": (ours_s, base_s),
-        "held-out loss": (
-            eval_loss(model, find_adapter(ours_out), held_out, args.max_seq_length, args.device),
-            eval_loss(model, find_adapter(base_out), held_out, args.max_seq_length, args.device),
-        ),
+    arms = {
+        "qwenft": run_qwenft(args, model, train, outs["qwenft"]),
+        "trl": run_trl(args, model, train, outs["trl"]),
+        "recipe": run_recipe(args, model, train, outs["recipe"]),
     }
-    if args.device == "cuda":
-        gib = 2**30
-        rows["peak GPU memory GiB"] = (
-            ours["peak_gpu_memory_bytes"] / gib,
-            base["peak_gpu_memory_bytes"] / gib,
-        )
-        # PaLM counts attention over the sequence length T: here the average dialogue.
-        context = real / max(1, args.samples)
-        rows["MFU"] = tuple(  # type: ignore[assignment]
-            mfu(model, real / s, context) for s in (ours["wall_seconds"], base["wall_seconds"])
-        )
-    else:
-        rows["peak RSS MiB"] = (ours_rss / 2**20, base_rss / 2**20)
-    print(f"\n{args.model_arch} on {args.device}, {args.samples} dialogues, {trained:,.0f} "
-          f"trained tokens each, max_seq_length {args.max_seq_length}\n")  # fmt: skip
-    print(f"| {'metric':<20} | {'qwenft':>12} | {'baseline':>12} | {'ratio':>7} |")
-    print(f"|{'-' * 22}|{'-' * 14}|{'-' * 14}|{'-' * 9}|")
-    for name, (a, b) in rows.items():
-        ratio = f"{a / b:.2f}x" if isinstance(a, int | float) and b else "-"
-        fa, fb = (f"{v:,.3f}" if isinstance(v, float) else f"{v or '-':,}" for v in (a, b))
-        print(f"| {name:<20} | {fa:>12} | {fb:>12} | {ratio:>7} |")
+    print("evaluating the three adapters on held-out dialogues ...", flush=True)
+    length = max(args.max_seq_length, args.baseline_max_seq_length)
+    losses = {
+        arm: eval_loss(model, find_adapter(out), held_out, length, args.device)
+        for arm, out in outs.items()
+    }
+    rows = build_rows(args, model, arms, losses)
+    trained = arms["recipe"]["trained_tokens"]
+    if arms["trl"]["trained_tokens"] != trained:
+        print(f"warning: the recipe's {args.baseline_max_seq_length}-token truncation trains "
+              f"{trained:,} tokens, the packed arms {arms['trl']['trained_tokens']:,}")  # fmt: skip
+    vocab = json.loads((model / "config.json").read_text()).get("vocab_size")
+    print(f"\n{args.model_arch} (vocabulary {vocab:,}) on {args.device}, {args.samples} dialogues, "
+          f"{trained:,.0f} trained tokens each; qwenft / TRL: {args.rows_per_batch} x "
+          f"{args.max_seq_length}-token packed rows, recipe: {args.baseline_batch_size} x "
+          f"{args.baseline_max_seq_length} padded; {args.grad_accum} accumulation; qwenft loss "
+          f"path: {arms['qwenft'].get('loss_path', '?')}\n")  # fmt: skip
+    print_table(rows)
     (work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    speedup, share = rows["trained tokens/s"][0] / rows["trained tokens/s"][1], real / computed
-    ok = speedup >= 1.5 and share >= 0.95
-    print(f"\ngoals (share >= 0.95, speed-up >= 1.5x): {'met' if ok else 'NOT met'}")
-    return 0 if ok else 1
+    goals = check_goals(rows)
+    print()
+    for goal, met in goals:
+        print(f"goal {'met' if met else 'NOT met'}: {goal}")
+    missed = [goal for goal, met in goals if not met]
+    if missed:
+        print(f"\n{len(missed)} goal(s) not met: " + "; ".join(missed))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=16)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
         max_grad_norm=1.0,
+        gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.precision == "bf16",
         logging_steps=1,
         save_strategy="no",

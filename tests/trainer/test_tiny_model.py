@@ -83,3 +83,12 @@ def test_ensure_rebuilds_a_directory_of_another_architecture(tmp_path: Path) -> 
     ensure_tiny_qwen(tmp_path, TinyModelSpec(arch="qwen2"))
     ensure_tiny_qwen(tmp_path, TinyModelSpec(arch="qwen3"))
     assert AutoConfig.from_pretrained(tmp_path).model_type == "qwen3"
+
+
+def test_model_vocab_size_pads_the_embedding_like_a_qwen_checkpoint(tmp_path: Path) -> None:
+    path = build_tiny_qwen(tmp_path / "wide", TinyModelSpec(model_vocab_size=4096))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert len(tokenizer) < 4096
+    assert model.config.vocab_size == 4096
+    assert model.get_output_embeddings().weight.shape[0] == 4096

@@ -29,6 +29,8 @@ DataFormat = Literal["auto", "dialogue_sequence", "conversations", "sharegpt", "
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 # What a reply without reasoning teaches on a hybrid-thinking template (qwenft_trainer.thinking).
 ThinkingPolicy = Literal["empty-in-prompt", "empty-in-reply"]
+# How the loss is computed (qwenft_trainer.kernels): Liger on CUDA, chunked, or plain logits.
+Kernels = Literal["auto", "liger", "none"]
 DEFAULT_THINKING: ThinkingPolicy = "empty-in-prompt"
 # The attention kernel (qwenft_trainer.attention decides what "auto" means for a run).
 AttentionSetting = Literal["auto", "sdpa", "flex_attention", "flash_attention_2"]
@@ -234,6 +236,14 @@ class TrainingSettings(_Section):
         "choice and its reason are logged and written to summary.json. A kernel named here "
         "that can't run fails the run at start-up.",
     )
+    kernels: Kernels = Field(
+        default="auto",
+        description="How the loss is computed without the full logits tensor: 'auto' uses "
+        "Liger Kernel on CUDA for the architectures it patches (fused linear cross-entropy, "
+        "RMSNorm, RoPE, SwiGLU) and a chunked cross-entropy over the hidden states elsewhere; "
+        "'liger' requires Liger (CUDA, not ZeRO-3); 'none' keeps the model's own loss over "
+        "full logits. The log and summary.json say which path ran and why.",
+    )
     logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
     thinking: ThinkingPolicy = Field(
         default=DEFAULT_THINKING,
@@ -340,6 +350,16 @@ class TrainConfig(_Section):
             not self.deepspeed.enabled or self.deepspeed.zero_stage != 3
         ):
             problems.append("deepspeed.offload_parameters needs deepspeed.enabled and zero_stage 3")
+        if (
+            self.training.kernels == "liger"
+            and self.deepspeed.enabled
+            and self.deepspeed.zero_stage == 3
+        ):
+            problems.append(
+                "training.kernels 'liger' with deepspeed.zero_stage 3: Liger's fused loss reads "
+                "the output head's weight, which ZeRO-3 partitions; use kernels 'auto' (chunked "
+                "loss there) or zero_stage 2"
+            )
         if self.method == "full" and self.lora.modules_to_save:
             problems.append("lora.modules_to_save is set but method 'full' trains every module")
         problems += self._adaptive_problems()

@@ -32,6 +32,7 @@ from qwenft_trainer.attention import AttentionChoice, row_length
 from qwenft_trainer.config import TrainConfig
 from qwenft_trainer.deepspeed_config import build_deepspeed_config
 from qwenft_trainer.distributed import DistributedEnv
+from qwenft_trainer.kernels import KernelDecision, apply_kernels
 from qwenft_trainer.modeling import choose_attention, count_parameters, load_model, prepare_model
 from qwenft_trainer.packing_mode import PackingDecision
 from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
@@ -61,8 +62,10 @@ def _announce(
     resumed_from: int,
     packing: PackingDecision,
     attention: AttentionChoice,
+    kernels: KernelDecision,
 ) -> None:
-    """Log the effective batch, attention, packing, advice and resume point once, on rank 0."""
+    """Log the effective batch, attention, packing, loss path, advice and resume point once,
+    on rank 0."""
     if not env.is_main:
         return
     t = config.training
@@ -77,6 +80,7 @@ def _announce(
     )
     log.info("%s", attention.log_line())
     log.info("%s", packing.log_line())
+    log.info("%s", kernels.log_line())
     advice = config.advice()
     for note in advice:
         log.warning("config advice: %s", note)
@@ -96,6 +100,8 @@ def _announce(
             attention_reason=attention.reason,
             packing=packing.mode,
             packing_reason=packing.reason,
+            loss_path=kernels.path,
+            loss_path_reason=kernels.reason,
             advice=advice,
         )
     )
@@ -151,7 +157,7 @@ def _build_trainer(
     cuda: bool,
     callbacks: list[Any],
     resume_from: Path | None = None,
-) -> tuple[Trainer, PackingDecision, AttentionChoice]:
+) -> tuple[Trainer, PackingDecision, AttentionChoice, KernelDecision]:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
     from qwenft_trainer.packing import build_features
@@ -175,6 +181,8 @@ def _build_trainer(
     length = config.training.max_seq_length
     rows = row_length(attention.implementation, length)
     packing = _decide_packing(config, model, tokenizer, device, rows)
+    # after the packing probe (which reads logits), before PEFT wraps the model
+    kernels = apply_kernels(model, config, cuda=cuda)
     model = prepare_model(model, config)
     trainable, total = count_parameters(model)
     log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
@@ -203,7 +211,7 @@ def _build_trainer(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    return trainer, packing, attention
+    return trainer, packing, attention, kernels
 
 
 def run_training(
@@ -243,7 +251,7 @@ def run_training(
         resume = checkpoints.Checkpoint(
             Path(config.output_dir) / f"{checkpoints.PREFIX}{resumed_from}", resumed_from, True
         )
-        trainer, packing, attention = _build_trainer(
+        trainer, packing, attention, kernels = _build_trainer(
             config,
             env,
             tokenizer,
@@ -253,7 +261,7 @@ def run_training(
             callbacks=[telemetry, stopper],
             resume_from=resume.path if resumed_from else None,
         )
-        _announce(config, env, resumed_from, packing, attention)
+        _announce(config, env, resumed_from, packing, attention, kernels)
         train_start = time.time()
         eval_loss = telemetry.last_eval_loss
         if resumed_from and checkpoints.is_final(resume, config.training.max_steps):
@@ -270,7 +278,7 @@ def run_training(
             trainer.save_model(config.output_dir)
         wall = time.time() - train_start
         summary = _summarise(
-            config, env, trainer, resumed_from, wall, eval_loss, packing, attention
+            config, env, trainer, resumed_from, wall, eval_loss, packing, attention, kernels
         )
         summary.token_cache = token_cache
         # Every rank says where it stopped: ranks that disagree show up in the logs.
@@ -362,6 +370,7 @@ def _summarise(
     eval_loss: float | None,
     packing: PackingDecision,
     attention: AttentionChoice,
+    kernels: KernelDecision,
 ) -> TrainSummary:
     state = trainer.state
     tokens = int(state.num_input_tokens_seen or 0)
@@ -390,4 +399,6 @@ def _summarise(
         packing_reason=packing.reason,
         attention=attention.implementation,
         attention_reason=attention.reason,
+        loss_path=kernels.path,
+        loss_path_reason=kernels.reason,
     )

@@ -71,6 +71,10 @@ class TrainSummary(BaseModel):
         "sdpa", description="Attention implementation trained with: sdpa, flex_attention, ..."
     )
     attention_reason: str = Field("", description="Why that attention implementation.")
+    loss_path: str = Field(
+        "plain", description="How the loss was computed: liger, chunked or plain (full logits)."
+    )
+    loss_path_reason: str = Field("", description="Why that loss path.")
 
 
 def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:

@@ -99,6 +99,9 @@ class TinyModelSpec:
     num_experts_per_tok: int = 2
     initializer_range: float = 0.02
     seed: int = 0
+    # Embedding rows when more than the tokenizer's (Qwen pads its checkpoints to 151,936),
+    # so the output head and the logits have a real checkpoint's width.
+    model_vocab_size: int | None = None
 
 
 def chat_template(arch: str) -> str:
@@ -278,7 +281,7 @@ def build_tiny_qwen(output_dir: str | Path, spec: TinyModelSpec | None = None) -
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     token_ids.update({t: tokenizer.convert_tokens_to_ids(t) for t in added_tokens(spec.arch)})
-    token_ids["vocab"] = len(tokenizer)
+    token_ids["vocab"] = max(len(tokenizer), spec.model_vocab_size or 0)
     model = build_model(spec, build_config(spec, token_ids))
     model.generation_config = GenerationConfig(
         bos_token_id=token_ids[ENDOFTEXT],
