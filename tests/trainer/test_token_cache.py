@@ -99,6 +99,7 @@ SHAPING_CHANGES: dict[str, Any] = {
 # A value other than the default for every setting that can't change the samples.
 OTHER_CHANGES: dict[str, Any] = {
     "training.attention": "sdpa",
+    "training.kernels": "none",
     "lora.adaptive.target_rank": 4,
     "lora.adaptive.warmup_steps": 2,
     "lora.adaptive.final_steps": 2,

@@ -78,6 +78,7 @@ OTHER_SETTINGS: dict[str, str] = {
     "lora.adaptive.beta2": "adapter schedule",
     "lora.adaptive.orthogonal_regularization": "optimisation",
     "training.attention": "compute (batches are padded for it after the cache)",
+    "training.kernels": "compute (the loss path)",
     "training.logging_steps": "reporting",
     "evaluation.steps": "when evaluation runs",
     "lora.r": "the adapter",
