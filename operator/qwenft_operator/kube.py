@@ -11,15 +11,18 @@ Secrets are only ever looked up for existence, as metadata: their data is never 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from qwenft_operator import references
-from qwenft_operator.actions import ChildKind
+from qwenft_operator.actions import ChildKind, EmitEvent
+from qwenft_operator.events import build_event
 from qwenft_operator.permissions import Access
 from qwenft_operator.queueing import (
     WORKLOAD_GROUP,
@@ -31,6 +34,8 @@ from qwenft_operator.queueing import (
 )
 from qwenft_operator.references import Found, ObjectKey, Reference
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
 
 POOL_SIZE = 32
 
@@ -150,6 +155,27 @@ def patch_status(
     """Merge-patch ``status`` (the status subresource) with ``patch``."""
     path = object_path("QwenFineTune", namespace, name) + "/status"
     return clients.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
+
+
+def post_event(clients: Clients, run: Mapping[str, Any], event: EmitEvent) -> None:
+    """Post an Event on ``run``; a refusal is logged, never raised (Events are best effort).
+
+    In a namespace being deleted the refusal is expected and logged at debug level only.
+    """
+    body = build_event(run, event, datetime.now(UTC))
+    namespace = body["metadata"]["namespace"]
+    try:
+        clients.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+    except ApiException as err:
+        if namespace_terminating(err):
+            log.debug("event %s on %s/%s dropped: namespace is being deleted", event.reason,
+                      namespace, run["metadata"]["name"])  # fmt: skip
+        else:
+            log.warning("event %s on %s/%s not posted: %s %s", event.reason, namespace,
+                        run["metadata"]["name"], err.status, err.reason)  # fmt: skip
+    except OSError as err:
+        log.warning("event %s on %s/%s not posted: %s", event.reason, namespace,
+                    run["metadata"]["name"], err)  # fmt: skip
 
 
 def ensure_child(

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
-import kopf
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
@@ -368,7 +367,7 @@ class Runner:
             self._start_smoke_test(key, test)
         for action in decision.of_type(EmitEvent):
             assert isinstance(action, EmitEvent)
-            kopf.event(body, type=action.type, reason=action.reason, message=action.message)
+            await self._call(kube.post_event, self.clients, body, action)
         self.metrics.observe_restarts(status, decision.status)
         created = parse_time(body["metadata"].get("creationTimestamp"))
         self.metrics.observe_phase(

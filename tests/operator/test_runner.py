@@ -90,7 +90,9 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     for name in ("get_run", "patch_status", "ensure_child", "look_up_reference"):
         monkeypatch.setattr(runner_module.kube, name, getattr(fake, name))
     events: list[str] = []
-    monkeypatch.setattr(runner_module.kopf, "event", lambda body, **kw: events.append(kw["reason"]))
+    monkeypatch.setattr(
+        runner_module.kube, "post_event", lambda clients, body, event: events.append(event.reason)
+    )
     fake.events = events  # type: ignore[attr-defined]
     return fake
 
