@@ -11,7 +11,10 @@ binaries are missing or a component does not come up, showing the component's lo
 
 Fixtures: `cluster` (devcluster.ControlPlane), `kubeconfig_path` (Path), `kube_client`
 (kubernetes.client.ApiClient), `e2e_namespace` (a fresh namespace whose default service
-account exists, deleted afterwards).
+account exists, deleted afterwards), `operator` (the real operator process, one per test
+module, with the CRD and priority classes installed) and `namespace` (`e2e_namespace` with
+what the examples reference: dataset ConfigMap, token Secret, claims). A module that needs
+another operator or control plane defines its own.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from operatorkit import fresh_namespace
+from operatorkit import (
+    OperatorProcess,
+    ensure_priority_classes,
+    fresh_namespace,
+    install_crd,
+    prepare_namespace,
+    running_operator,
+)
 
 HACK = Path(__file__).resolve().parents[2] / "hack"
 sys.path.insert(0, str(HACK))
@@ -96,6 +106,22 @@ def e2e_namespace(kube_client: client.ApiClient) -> Iterator[str]:
     """A new namespace, usable at once (its `default` service account exists)."""
     with fresh_namespace(kube_client) as name:
         yield name
+
+
+@pytest.fixture(scope="module")
+def operator(
+    kube_client: client.ApiClient, kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    install_crd(kube_client)
+    ensure_priority_classes(kube_client)
+    with running_operator(kubeconfig_path, tmp_path_factory.mktemp("operator")) as proc:
+        yield proc
+
+
+@pytest.fixture
+def namespace(kube_client: client.ApiClient, e2e_namespace: str, operator: OperatorProcess) -> str:
+    prepare_namespace(kube_client, e2e_namespace)
+    return e2e_namespace
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -24,24 +24,17 @@ Queued runs under a real Kueue are in test_kueue.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from operatorkit import (
-    OperatorProcess,
     children,
     condition,
     create_run,
-    ensure_priority_classes,
     example,
     get_run,
-    install_crd,
     patch_run,
-    prepare_namespace,
-    running_operator,
     wait_phase,
     wait_until,
 )
@@ -50,22 +43,6 @@ pytestmark = pytest.mark.e2e
 KWOK_FAIL_CODE = "qwenft.io/kwok-fail-exit-code"
 KWOK_FAIL_MESSAGE = "qwenft.io/kwok-fail-message"
 KWOK_AFTER = "qwenft.io/kwok-complete-after"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    kube_client: client.ApiClient, kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_crd(kube_client)
-    ensure_priority_classes(kube_client)
-    with running_operator(kubeconfig_path, tmp_path_factory.mktemp("operator")) as proc:
-        yield proc
-
-
-@pytest.fixture
-def namespace(kube_client: client.ApiClient, e2e_namespace: str, operator: OperatorProcess) -> str:
-    prepare_namespace(kube_client, e2e_namespace)
-    return e2e_namespace
 
 
 def train_pods(api: client.ApiClient, namespace: str, run: str) -> list[Any]:

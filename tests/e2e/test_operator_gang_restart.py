@@ -17,24 +17,18 @@ or a preemption would leave it). Covers, with the two-node Q-LoRA example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from operatorkit import (
-    OperatorProcess,
     condition,
     create_run,
-    ensure_priority_classes,
     example,
     get_run,
-    install_crd,
-    prepare_namespace,
-    running_operator,
+    wait_for_other_runs_pods_gone,
     wait_phase,
     wait_until,
 )
@@ -46,27 +40,12 @@ HOLD = "qwenft.io/e2e-hold"  # a finalizer that keeps a pod from going
 TRAIN = "finetune.qwenft.io/component=train"
 
 
-@pytest.fixture(scope="module")
-def operator(
-    kube_client: client.ApiClient, kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_crd(kube_client)
-    ensure_priority_classes(kube_client)
-    with running_operator(kubeconfig_path, tmp_path_factory.mktemp("operator")) as proc:
-        yield proc
-
-
-@pytest.fixture
-def namespace(kube_client: client.ApiClient, e2e_namespace: str, operator: OperatorProcess) -> str:
-    prepare_namespace(kube_client, e2e_namespace)
-    return e2e_namespace
-
-
 def queued_run(api: client.ApiClient, namespace: str, name: str, backoff_limit: int) -> str:
     body = example("qlora-multinode-zero2")
     body["metadata"]["name"] = name
     body["spec"]["runPolicy"]["backoffLimit"] = backoff_limit
     body["spec"]["scheduling"]["queueName"] = "team-a"  # each new Job waits for admission
+    wait_for_other_runs_pods_gone(api, namespace)  # the gang needs both GPU nodes' room
     create_run(api, namespace, body)
     return name
 

@@ -16,23 +16,16 @@ nvidia.com/gpu each, two of them H100, and a CPU node). Covers:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from operatorkit import (
-    OperatorProcess,
     condition,
     create_run,
-    ensure_priority_classes,
     example,
     get_run,
-    install_crd,
     patch_run,
-    prepare_namespace,
-    running_operator,
     wait_phase,
     wait_until,
 )
@@ -41,22 +34,6 @@ pytestmark = pytest.mark.e2e
 KWOK_AFTER = "qwenft.io/kwok-complete-after"  # how long kwok keeps a Job pod running
 INSUFFICIENT_GPUS = "Insufficient nvidia.com/gpu"
 SELECTOR_MISMATCH = "didn't match Pod's node affinity/selector"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    kube_client: client.ApiClient, kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_crd(kube_client)
-    ensure_priority_classes(kube_client)
-    with running_operator(kubeconfig_path, tmp_path_factory.mktemp("operator")) as proc:
-        yield proc
-
-
-@pytest.fixture
-def namespace(kube_client: client.ApiClient, e2e_namespace: str, operator: OperatorProcess) -> str:
-    prepare_namespace(kube_client, e2e_namespace)
-    return e2e_namespace
 
 
 def named(body: dict[str, Any], name: str) -> dict[str, Any]:

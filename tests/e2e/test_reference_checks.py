@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,16 +25,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from operatorkit import (
     CONFIG_MAPS,
-    OperatorProcess,
     condition,
     create_run,
-    ensure_priority_classes,
     example,
     get_run,
-    install_crd,
     patch_run,
-    prepare_namespace,
-    running_operator,
     wait_phase,
     wait_until,
 )
@@ -48,22 +42,6 @@ CPU_NODE = "cpu-node-0"
 # How soon a change of a reference must show on the run (the operator sees ConfigMaps
 # through a watch, Secrets by looking again after 1-5 s).
 NOTICED_WITHIN = 10.0
-
-
-@pytest.fixture(scope="module")
-def operator(
-    kube_client: client.ApiClient, kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_crd(kube_client)
-    ensure_priority_classes(kube_client)
-    with running_operator(kubeconfig_path, tmp_path_factory.mktemp("operator")) as proc:
-        yield proc
-
-
-@pytest.fixture
-def namespace(kube_client: client.ApiClient, e2e_namespace: str, operator: OperatorProcess) -> str:
-    prepare_namespace(kube_client, e2e_namespace)
-    return e2e_namespace
 
 
 def condition_with(
