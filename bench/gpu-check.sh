@@ -27,7 +27,7 @@
 # random weights dominates that step); QWENFT_GPU_CHECK_SCALE=0.5 halves the sample counts.
 # A benchmark step whose goals are missed exits 1 and reads "failed (1)".
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${QWENFT_BENCH_OUT:-bench/out}
 SCRATCH=${QWENFT_GPU_SCRATCH:-/tmp/qwenft-gpu-check}
 SCALE=${QWENFT_GPU_CHECK_SCALE:-1}
