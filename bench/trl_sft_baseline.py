@@ -24,7 +24,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from qwenft_trainer.config import QWEN2_LINEAR_MODULES
 from qwenft_trainer.data import IGNORE_INDEX, load_conversations, tokenize_all
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import SFTConfig, SFTTrainer
 
 
@@ -42,13 +42,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--load-in-4bit",
+        action="store_true",
+        help="Q-LoRA: NF4 base with double quantization, bf16 compute (qwenft's defaults)",
+    )
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    quantization = None
+    if args.load_in_4bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
     model = AutoModelForCausalLM.from_pretrained(
-        args.model, dtype=dtype, attn_implementation="sdpa"
+        args.model,
+        dtype=dtype,
+        attn_implementation="sdpa",
+        quantization_config=quantization,
+        **({"device_map": {"": 0}} if quantization else {}),
     )
     model.config.use_cache = False
     samples = tokenize_all(load_conversations(args.data), tokenizer, args.max_seq_length)
