@@ -221,22 +221,6 @@ def condition(run: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
-def wait_for_other_runs_pods_gone(api: client.ApiClient, namespace: str) -> None:
-    """Wait until no run's pod outside ``namespace`` is left on the shared nodes.
-
-    Earlier tests delete their namespaces at the end, and their pods go a little later:
-    until then they hold CPU and GPUs a test that places a whole gang needs.
-    """
-
-    def gone() -> bool:
-        pods = client.CoreV1Api(api).list_pod_for_all_namespaces(
-            label_selector="finetune.qwenft.io/component"
-        )
-        return not [p for p in pods.items if p.metadata.namespace != namespace]
-
-    wait_until("other tests' run pods to be gone", gone, timeout=180)
-
-
 def children(api: client.ApiClient, namespace: str, run: str) -> dict[str, list[str]]:
     """Names of the run's children by kind (found by label)."""
     selector = f"finetune.qwenft.io/name={run}"
