@@ -117,6 +117,9 @@ def test_a_stop_asked_for_before_training_exits_stopped_without_a_step(
         {"event": "train_stopped", "step": 0, "checkpoint": None, "cause": "stop file"}
     ]
     assert not events(run.stdout, "train_log")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    # only the tokenized samples, kept for the resumed run: no checkpoint, no adapter
+    from qwenft_trainer.token_cache import CACHE_SUBDIR
+
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [CACHE_SUBDIR]
     report = (tmp_path / "termination-log").read_text()
     assert '"reason":"Stopped"' in report and "nothing to save" in report
