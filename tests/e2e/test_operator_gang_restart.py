@@ -37,6 +37,7 @@ pytestmark = pytest.mark.e2e
 KWOK_AFTER = "qwenft.io/kwok-complete-after"  # how long kwok keeps a Job pod running
 HOLD = "qwenft.io/e2e-hold"  # a finalizer that keeps a pod from going
 TRAIN = "finetune.qwenft.io/component=train"
+A100 = "NVIDIA-A100-SXM4-80GB"  # gpu-node-2 and gpu-node-3 (hack/devcluster/nodes.py)
 
 
 def queued_run(api: client.ApiClient, namespace: str, name: str, backoff_limit: int) -> str:
@@ -44,11 +45,13 @@ def queued_run(api: client.ApiClient, namespace: str, name: str, backoff_limit: 
     body["metadata"]["name"] = name
     body["spec"]["runPolicy"]["backoffLimit"] = backoff_limit
     body["spec"]["scheduling"]["queueName"] = "team-a"  # each new Job waits for admission
-    # Small ranks: the shared nodes may still carry earlier tests' pods (a pod whose Job
-    # is gone can stay Terminating on a kwok node), and the gang must be placed whole.
+    # Small ranks on the A100 nodes: the shared nodes may still carry other tests' pods (a
+    # pod whose Job is gone can stay Terminating on a kwok node), the gang must be placed
+    # whole, and what it leaves behind must not take the H100s later tests fill.
     body["spec"]["resources"].update(
         gpusPerNode=1, requests={"cpu": "1", "memory": "1Gi"}, sharedMemorySize="1Gi"
     )
+    body["spec"]["scheduling"]["nodeSelector"] = {"nvidia.com/gpu.product": A100}
     create_run(api, namespace, body)
     return name
 
