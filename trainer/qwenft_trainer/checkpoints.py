@@ -72,11 +72,12 @@ def mark_complete(path: str | Path, *, step: int) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, marker)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return marker
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's new entries durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

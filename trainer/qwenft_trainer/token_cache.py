@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwenft_trainer.checkpoints import fsync_dir
 from qwenft_trainer.config import TrainConfig
 from qwenft_trainer.data import TokenizedSample
 from qwenft_trainer.distributed import DistributedEnv
@@ -152,19 +153,6 @@ def _write_synced(path: Path, write: Callable[[Any], None]) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_entry(root: Path, key: CacheKey, samples: Samples, *, build_id: str) -> Path:
     """Publish the samples as entry ``root/<key.name>``: temporary directory, then rename."""
     import numpy as np
@@ -190,7 +178,7 @@ def write_entry(root: Path, key: CacheKey, samples: Samples, *, build_id: str) -
         }
         payload = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
         _write_synced(temp / META_FILE, lambda handle: handle.write(payload))
-        _fsync_dir(temp)
+        fsync_dir(temp)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)  # a disk that filled up keeps no half entry
         raise
@@ -198,7 +186,7 @@ def write_entry(root: Path, key: CacheKey, samples: Samples, *, build_id: str) -
     if entry.exists():  # a damaged entry of this key: the caller found it untrustworthy
         shutil.rmtree(entry)
     os.replace(temp, entry)
-    _fsync_dir(root)
+    fsync_dir(root)
     return entry
 
 
