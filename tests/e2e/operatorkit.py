@@ -96,6 +96,49 @@ def fresh_namespace(api: client.ApiClient) -> Iterator[str]:
         core.delete_namespace(name)
 
 
+@contextlib.contextmanager
+def own_gpu_nodes(api: client.ApiClient, count: int, gpus: int = 8) -> Iterator[dict[str, str]]:
+    """``count`` fresh kwok GPU nodes only one test's pods can select; deleted after.
+
+    Yields the node selector that picks exactly these nodes. A test that counts placed
+    pods or free GPUs uses them, so pods that earlier tests left Terminating on the shared
+    nodes (kwok keeps a pod whose Job's tracking finalizer outlived the Job) can't skew it.
+    """
+    from devcluster.nodes import build_node
+
+    core = client.CoreV1Api(api)
+    pool = uuid.uuid4().hex[:8]
+    selector = {"qwenft.io/e2e-pool": pool}
+    names = [f"pool-{pool}-{i}" for i in range(count)]
+    for name in names:
+        core.create_node(
+            build_node(
+                name,
+                labels={**selector, "nvidia.com/gpu.present": "true"},
+                capacity={
+                    "cpu": "96",
+                    "memory": "1Ti",
+                    "pods": "110",
+                    "ephemeral-storage": "2Ti",
+                    "nvidia.com/gpu": str(gpus),
+                },
+            )
+        )
+
+    def ready(name: str) -> bool:
+        node = core.read_node(name)
+        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+    try:
+        for name in names:
+            wait_until(f"kwok to report node {name} Ready", lambda n=name: ready(n), timeout=30)
+        yield selector
+    finally:
+        for name in names:
+            with contextlib.suppress(ApiException):
+                core.delete_node(name)
+
+
 def install_crd(api: client.ApiClient) -> None:
     """Create or replace the CRD and wait until it is Established."""
     ext = client.ApiextensionsV1Api(api)
