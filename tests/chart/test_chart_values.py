@@ -4,12 +4,14 @@ Covers: a typo'd key, a wrong type and a value outside an enum are each rejected
 `helm template` with a message naming the key; every object in the schema forbids unknown keys
 and every property has a description; values.yaml has a schema hint on line 1 and a comment
 over every key; every key of values.yaml is in the schema and the other way round; the chart
-README's values table is the output of hack/gen_chart_docs.py.
+README's values table and values.schema.json are what hack/gen_chart_docs.py generates from
+values.yaml's comments, and the generator names the line of a comment it can't read.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from charttools import CHART, ROOT, run_helm, template_args
 sys.path.insert(0, str(ROOT / "hack"))
 
 import gen_chart_docs
+from chart_values import ValuesError, build_schema
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES_TEXT = (CHART / "values.yaml").read_text()
@@ -123,3 +126,44 @@ def test_chart_readme_values_table_is_generated() -> None:
     assert gen_chart_docs.values_table() in readme, (
         "charts/qwenft-operator/README.md is stale; run: python hack/gen_chart_docs.py"
     )
+
+
+def test_schema_is_generated_from_values_comments() -> None:
+    assert (CHART / "values.schema.json").read_text() == gen_chart_docs.schema_text(), (
+        "charts/qwenft-operator/values.schema.json is stale; run: python hack/gen_chart_docs.py"
+    )
+
+
+def test_generator_reads_description_type_and_schema_block() -> None:
+    text = (
+        "# A section heading.\n"
+        "server:\n"
+        "  # -- Port the server listens on,\n"
+        "  # continued on a second line.\n"
+        "  # @schema\n"
+        "  # minimum: 1\n"
+        "  # @schema\n"
+        "  port: 8080\n"
+    )
+    server = build_schema(text)["properties"]["server"]
+    assert server["description"] == "A section heading."
+    assert server["additionalProperties"] is False
+    assert server["properties"]["port"] == {
+        "type": "integer",
+        "description": "Port the server listens on, continued on a second line.",
+        "minimum": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("# -- A port.\n# @schema\n# minimum: 1\nport: 1\n", "values.yaml:1: a '# @schema'"),
+        ("# -- A port.\n# @schema\n# [1, 2\n# @schema\nport: 1\n", "values.yaml:1: the '# @sch"),
+        ("name: x\n", "values.yaml:1: `name` has no description"),
+    ],
+    ids=["unclosed-block", "not-yaml", "undocumented-key"],
+)
+def test_generator_names_the_line_it_cannot_read(text: str, expected: str) -> None:
+    with pytest.raises(ValuesError, match=re.escape(expected)):
+        build_schema(text)
