@@ -9,22 +9,27 @@
   operator created for it, in the order of their creation times: same kinds and names,
   and each rendered object is contained in the stored one (the API server only adds
   defaults);
-- ``qwenft logs`` picks a multi-node run's training pod by node rank among the Job's real
-  pods, and names the phase when the asked-for pod doesn't exist.
+- ``qwenft logs`` reads real pod logs through the API server: kwok serves the cluster's
+  pod log file (CRI format, hack/devcluster) as every fake pod's logs; it picks a multi-node
+  run's training pod by node rank among the Job's real pods, follows (``-f``) the server pod
+  as lines are appended, and names the phase when the asked-for pod doesn't exist.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from devcluster import ControlPlane
 from kubernetes import client
-from operatorkit import EXAMPLES, create_run, example, get_run, wait_phase
+from operatorkit import EXAMPLES, create_run, example, get_run, wait_phase, wait_until
 from qwenft_operator import kube
 
 pytestmark = pytest.mark.e2e
@@ -149,23 +154,68 @@ def test_render_prints_what_the_operator_created(
         ("Service", "qlora-72b-train"),
     ]
 
-    # qwenft logs: the training pod of each node rank, among the Job's real pods.
+
+def cri_lines(*texts: str) -> str:
+    """Log lines in the CRI format a container runtime writes (and kwok reads)."""
+    return "".join(f"2026-01-01T00:00:0{i}.000000000Z stdout F {t}\n" for i, t in enumerate(texts))
+
+
+def test_logs_by_rank_and_follow(
+    kube_client: client.ApiClient, namespace: str, kubeconfig_path: Path, cluster: ControlPlane
+) -> None:
+    create_run(kube_client, namespace, example("qlora-multinode-zero2"))
+    wait_phase(kube_client, namespace, "qlora-72b", "Ready", timeout=120)
+    with cluster.pod_log.open("a", encoding="utf-8") as log:
+        log.write(cri_lines("step 1 loss 2.31", "step 2 loss 2.05"))
     pods = (
         client.CoreV1Api(kube_client)
-        .list_namespaced_pod(
-            namespace,
-            label_selector="finetune.qwenft.io/name=qlora-72b,finetune.qwenft.io/component=train",
-        )
+        .list_namespaced_pod(namespace, label_selector="finetune.qwenft.io/name=qlora-72b")
         .items
     )
     for rank in (0, 1):
         of_rank = [
             p for p in pods
-            if p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == str(rank)
+            if p.metadata.labels["finetune.qwenft.io/component"] == "train"
+            and p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == str(rank)
         ]  # fmt: skip
         newest = max(of_rank, key=lambda p: p.metadata.creation_timestamp).metadata.name
         shown = qwenft(kubeconfig_path, "logs", "qlora-72b", "-n", namespace, "--rank", str(rank))
-        assert f"==> pod {newest}, container train" in shown.stderr, shown.stderr
+        assert shown.returncode == 0, shown.stderr
+        assert f"==> pod {newest}, container train" in shown.stderr
+        assert shown.stdout.endswith("step 1 loss 2.31\nstep 2 loss 2.05\n"), shown.stdout
+
+    # -f on a Ready run: the server pod's log, with lines appended while it follows.
+    servers = [p for p in pods if p.metadata.labels["finetune.qwenft.io/component"] == "serve"]
+    server = max(servers, key=lambda p: p.metadata.creation_timestamp).metadata.name
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig_path)}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "qwenft_operator.cli", "logs", "qlora-72b", "-n", namespace, "-f"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    assert follow.stdout is not None
+    stdout = follow.stdout
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    seen: list[str] = []
+
+    def has(text: str) -> bool:
+        while not lines.empty():
+            seen.append(lines.get_nowait())
+        return f"{text}\n" in seen
+
+    try:
+        wait_until("the followed log's first lines", lambda: has("step 2 loss 2.05"), timeout=30)
+        with cluster.pod_log.open("a", encoding="utf-8") as log:
+            log.write(cri_lines("served request 1"))
+        wait_until("a line appended while following", lambda: has("served request 1"), timeout=30)
+        assert follow.poll() is None  # still following
+    finally:
+        follow.terminate()
+        _, err = follow.communicate(timeout=10)
+    assert f"==> pod {server}, container server" in err, err
+
     absent = qwenft(kubeconfig_path, "logs", "qlora-72b", "-n", namespace, "--rank", "5")
     assert absent.returncode == 1
     assert "run 'qlora-72b' is Ready: no train pod of rank 5 exists yet" in absent.stderr
+    merged = qwenft(kubeconfig_path, "logs", "qlora-72b", "-n", namespace, "--job", "merge")
+    assert merged.returncode == 0 and "container merge" in merged.stderr, merged.stderr
