@@ -21,6 +21,7 @@ from kubernetes.config import ConfigException
 from pydantic import ValidationError
 
 from qwenft_operator import kube
+from qwenft_operator.conditions import FAILED, get_condition
 from qwenft_operator.phases import TERMINAL_PHASES, Phase
 from qwenft_operator.status import CheckpointRecord, Progress, QwenFineTuneStatus
 
@@ -108,6 +109,9 @@ def format_status(run: Mapping[str, Any], now: datetime) -> str:
         name += f"  (generation {generation}; operator has seen {observed})"
     lines: list[tuple[str, str]] = [("Run", name)]
     lines.append(("Phase", str(status.phase) if status.phase else "Pending (not seen yet)"))
+    failed = get_condition(status.conditions, FAILED)
+    if status.phase == Phase.FAILED and failed is not None:
+        lines.append(("Why", f"{failed.reason}: {failed.message}"))
     if status.phase in (Phase.TRAINING, Phase.SUSPENDED) or status.progress is not None:
         lines.extend(_progress_lines(status.progress))
     if status.resumed_from_step:

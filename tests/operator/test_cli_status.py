@@ -122,6 +122,20 @@ def test_ready_run_shows_endpoint_outputs_and_smoke_test() -> None:
     assert fields["Smoke test"] == "2 prompts, passed"
 
 
+def test_failed_run_says_why_from_the_failed_condition() -> None:
+    run = training_run()
+    message = "container train exited with code 3: CUDA out of memory"
+    run["status"]["phase"] = "Failed"
+    run["status"]["conditions"] = [
+        cond("Failed", "True", "TrainingFailed", message, 1),
+        cond("Training", "False", "TrainingFailed", message, 1),
+    ]
+    fields = lines_of(format_status(run, NOW))
+    assert fields["Phase"] == "Failed"
+    assert fields["Why"] == f"TrainingFailed: {message}"
+    assert "Why" not in lines_of(format_status(training_run(), NOW))
+
+
 def test_new_run_and_unseen_spec_change() -> None:
     fresh = format_status({"metadata": {"name": "demo", "namespace": "default"}}, NOW)
     assert lines_of(fresh)["Phase"] == "Pending (not seen yet)"
