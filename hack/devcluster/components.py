@@ -15,6 +15,13 @@ from devcluster.pki import Pki
 SERVICE_CIDR = "10.0.0.0/24"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_CONFIGS = ("kwok.yaml", "node-stages.yaml", "pod-stages.yaml")
+# The fake nodes' InternalIP (kwok.yaml's options.nodeIP): the API server reaches their
+# "kubelet", kwok's own server, there.
+KWOK_NODE_IP = "127.240.0.1"
+# In the work dir: what every fake pod's containers log (a ClusterLogs, followed), and the
+# kwok configuration that says so.
+POD_LOG = "pod.log"
+KWOK_LOGS_CONFIG = "kwok-logs.yaml"
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Layout:
     apiserver_port: int
     controller_manager_port: int
     scheduler_port: int
+    kwok_port: int
 
 
 def etcd(lay: Layout) -> list[str]:
@@ -72,6 +80,8 @@ def kube_apiserver(lay: Layout) -> list[str]:
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
         "--profiling=false",
+        # fake nodes have no resolvable hostname; their InternalIP reaches kwok's server
+        "--kubelet-preferred-address-types=InternalIP",
     ]
 
 
@@ -121,11 +131,32 @@ def kube_scheduler(lay: Layout) -> list[str]:
     ]
 
 
+def write_kwok_logs_config(lay: Layout) -> Path:
+    """A ClusterLogs serving the work dir's ``pod.log`` (empty at first) as every pod's logs."""
+    (lay.workdir / POD_LOG).touch()
+    path = lay.workdir / KWOK_LOGS_CONFIG
+    logs = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "ClusterLogs",
+        "metadata": {"name": "every-pod"},
+        "spec": {"logs": [{"logsFile": str(lay.workdir / POD_LOG), "follow": True}]},
+    }
+    path.write_text(json.dumps(logs, indent=2))
+    return path
+
+
 def kwok(lay: Layout) -> list[str]:
+    p = lay.pki
     return [
         str(lay.bin_dir / "kwok"),
         f"--kubeconfig={lay.kubeconfig}",
         *(f"--config={KWOK_DIR / name}" for name in KWOK_CONFIGS),
+        f"--config={lay.workdir / KWOK_LOGS_CONFIG}",
         "--manage-all-nodes=false",
         "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        # the nodes' kubelet endpoint (HTTPS; the API server does not check its certificate)
+        f"--server-address={KWOK_NODE_IP}:{lay.kwok_port}",
+        f"--node-port={lay.kwok_port}",
+        f"--tls-cert-file={p.server_cert}",
+        f"--tls-private-key-file={p.server_key}",
     ]

@@ -100,7 +100,7 @@ class ControlPlane:
         workdir = Path(workdir or tempfile.mkdtemp(prefix="qwenft-cluster-"))
         workdir.mkdir(parents=True, exist_ok=True)
         pki = write_pki(workdir / "pki")
-        names = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler")
+        names = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")
         ports = dict(zip(names, free_ports(len(names)), strict=True))
         server = f"https://127.0.0.1:{ports['apiserver']}"
         lay = components.Layout(
@@ -113,8 +113,10 @@ class ControlPlane:
             apiserver_port=ports["apiserver"],
             controller_manager_port=ports["controller_manager"],
             scheduler_port=ports["scheduler"],
+            kwok_port=ports["kwok"],
         )
         components.write_scheduler_config(lay)
+        components.write_kwok_logs_config(lay)
         cp = cls(
             workdir=workdir,
             server=server,
@@ -271,6 +273,11 @@ class ControlPlane:
         return proc
 
     # ---- inspection ------------------------------------------------------------------
+    @property
+    def pod_log(self) -> Path:
+        """The file kwok serves as every fake pod's container logs (append to it)."""
+        return self.workdir / components.POD_LOG
+
     def log_path(self, component: str) -> Path:
         return self.workdir / "logs" / f"{component}.log"
 

@@ -28,6 +28,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("run",): ("qwenft_operator.local", "run a QwenFineTune manifest (--local: no cluster)"),
     ("operator",): ("qwenft_operator.main", "run the operator against the current cluster"),
+    ("render",): ("qwenft_operator.cli_render", "print the objects the operator makes for a run"),
+    ("status",): ("qwenft_operator.cli_status", "show a run's phase, progress and endpoint"),
+    ("logs",): ("qwenft_operator.cli_logs", "print or follow the logs of a run's pods"),
 }
 
 
