@@ -6,10 +6,10 @@ timer, turns it into ``status.progress`` (and ``status.resumedFromStep``), makes
 ``status.checkpoints`` the complete checkpoints the trainer has on disk (it exports one
 series per checkpoint and drops a pruned one's) and mirrors progress into its own per-run
 gauges. :func:`parse_progress` and :func:`build_checkpoints` are pure;
-:func:`fetch_progress` is the one HTTP call (aiohttp: hundreds of runs are scraped without
-tying up threads).
+:func:`fetch_progress` is the one HTTP call (an ``httpx.AsyncClient``, the operator's one HTTP
+client besides the Kubernetes API's: hundreds of runs are scraped without tying up threads).
 
-    progress = await fetch_progress(session, metrics_url(pod))
+    progress = await fetch_progress(http, metrics_url(pod))
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwenft_operator.builders.config import TRAINER_METRICS_PORT
@@ -158,7 +158,7 @@ def metrics_url(pod: PodFacts, port: int = TRAINER_METRICS_PORT) -> str:
 
 
 async def fetch_progress(
-    session: aiohttp.ClientSession,
+    http: httpx.AsyncClient,
     url: str,
     *,
     run: str | None = None,
@@ -166,10 +166,9 @@ async def fetch_progress(
 ) -> TrainerProgress | None:
     """Scrape ``url``; None when the trainer does not answer (not started, restarting)."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            if response.status != 200:
-                return None
-            text = await response.text()
-    except (aiohttp.ClientError, TimeoutError, OSError):
+        response = await http.get(url, timeout=timeout)
+    except (httpx.HTTPError, OSError):
         return None
-    return parse_progress(text, run=run)
+    if response.status_code != 200:
+        return None
+    return parse_progress(response.text, run=run)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-import aiohttp
+import httpx
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
@@ -136,7 +136,7 @@ class Runner:
         self._runs: dict[RunKey, tuple[tuple[str, int], Run]] = {}
         # What each child last looked like to the decision, so repeats wake nobody.
         self._signatures: dict[tuple[str, str, str], Hashable] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._http: httpx.AsyncClient | None = None
         # Smoke tests in flight (held so they are not garbage-collected) and finished ones.
         self._smoke_tasks: dict[RunKey, asyncio.Task[None]] = {}
         self._smoke_outcomes: dict[RunKey, smoke.SmokeOutcome] = {}
@@ -189,8 +189,8 @@ class Runner:
             task.cancel()
         for handle in self._secret_rechecks.values():
             handle.cancel()
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.clients.close()
 
@@ -486,9 +486,9 @@ class Runner:
         pod = progress.rank_zero(_store_values(self.indexes.pods.get(key, ())))
         if pod is None:
             return
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        found = await progress.fetch_progress(self._session, progress.metrics_url(pod), run=key[1])
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        found = await progress.fetch_progress(self._http, progress.metrics_url(pod), run=key[1])
         if found is None:
             return
         current = QwenFineTuneStatus.model_validate(dict(body.get("status") or {}))

@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
+import httpx
 import pytest
 from qwenft_operator.observe import PodFacts
 from qwenft_operator.progress import (
@@ -150,8 +150,8 @@ def test_rank_zero_pod() -> None:
 
 def scrape(url: str, run: str | None = None) -> TrainerProgress | None:
     async def once() -> TrainerProgress | None:
-        async with aiohttp.ClientSession() as session:
-            return await fetch_progress(session, url, run=run, timeout=2)
+        async with httpx.AsyncClient() as http:
+            return await fetch_progress(http, url, run=run, timeout=2)
 
     return asyncio.run(once())
 

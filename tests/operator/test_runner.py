@@ -314,8 +314,8 @@ def test_progress_round_reads_training_runs_only(
 
     async def scenario() -> None:
         await runner.read_all_progress()
-        if runner._session is not None:
-            await runner._session.close()
+        if runner._http is not None:
+            await runner._http.aclose()
 
     asyncio.run(scenario())
     assert scraped == ["http://127.244.0.9:9400/metrics"]
