@@ -39,6 +39,11 @@ class OperatorMetrics:
         self.reconcile_errors = Counter(
             "qwenft_operator_reconcile_errors", "Failed reconciles", ["reason"], registry=reg
         )
+        self.runs_retrying = Gauge(
+            "qwenft_operator_runs_retrying",
+            "Runs whose last reconcile failed on an API error, waiting to be tried again",
+            registry=reg,
+        )
         self.reconcile_duration = Histogram(
             "qwenft_operator_reconcile_duration_seconds",
             "Time spent in one reconcile",

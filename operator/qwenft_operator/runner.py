@@ -44,6 +44,7 @@ from qwenft_operator.actions import (
     SetJobSuspended,
     dump_status,
 )
+from qwenft_operator.backoff import RetryBackoff
 from qwenft_operator.builders import paths
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
@@ -58,7 +59,6 @@ from qwenft_operator.status import QwenFineTuneStatus
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
-API_RETRY_SECONDS = 5.0
 WORKERS = 16
 PROGRESS_READS_AT_ONCE = 32
 # Seconds between looks at the Secrets a run's decision relied on (no watch covers them):
@@ -144,6 +144,8 @@ class Runner:
         self.secret_recheck_seconds = secret_recheck_seconds
         self._secret_rechecks: dict[RunKey, asyncio.TimerHandle] = {}
         self._lookups = RecentLookups()
+        # API errors in a row per run: the next try waits longer (backoff.py).
+        self._backoff = RetryBackoff()
         # Which runs use which referenced objects ((namespace, kind, name)), so a change
         # of one wakes them, and the other way round, to forget a run's.
         self._users: dict[tuple[str, ObjectKey], set[RunKey]] = {}
@@ -230,6 +232,8 @@ class Runner:
         self._bodies.pop(key, None)
         self._runs.pop(key, None)
         self._smoke_outcomes.pop(key, None)
+        self._backoff.succeeded(key)
+        self.metrics.runs_retrying.set(self._backoff.waiting)
         self._track_references(key, ())
         self._recheck_secrets(key, due=False)
         task = self._smoke_tasks.pop(key, None)
@@ -295,7 +299,7 @@ class Runner:
     ) -> Decision | None:
         started = time.monotonic()
         try:
-            return await self._reconcile_once(key, body)
+            decision = await self._reconcile_once(key, body)
         except ApiException as err:
             if kube.namespace_terminating(err):
                 log.debug("%s/%s: namespace is being deleted; leaving the run alone", *key)
@@ -312,11 +316,17 @@ class Runner:
             raise
         finally:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
+        self._backoff.succeeded(key)
+        self.metrics.runs_retrying.set(self._backoff.waiting)
+        return decision
 
     def _count_and_retry(self, key: RunKey, err: ApiException | OSError) -> None:
         reason = f"api{err.status}" if isinstance(err, ApiException) else "connection"
         self.metrics.reconcile_errors.labels(reason=reason).inc()
-        self._later(key, API_RETRY_SECONDS)
+        delay = self._backoff.failed(key)
+        self.metrics.runs_retrying.set(self._backoff.waiting)
+        log.info("%s/%s: reconcile tried again in %.0f s", key[0], key[1], delay)
+        self._later(key, delay)
 
     async def _reconcile_once(
         self, key: RunKey, given: Mapping[str, Any] | None

@@ -242,10 +242,22 @@ def test_run_deleted_before_its_status_patch_is_forgotten_without_an_error(
 
     gone_on_patch = False
     api.body = copy.deepcopy(body)
+    for _ in range(3):
+        with pytest.raises(ApiException):
+            asyncio.run(scenario())
+    # Each failure in a row waits twice as long; the run is counted as retrying.
+    assert retried == [2.0, 4.0, 8.0]
+    assert errors._value.get() == 3
+    assert runner.metrics.runs_retrying._value.get() == 1
+
+    # A reconcile that gets through resets the wait.
+    monkeypatch.setattr(runner_module.kube, "patch_status", lambda *args: api.body)
+    asyncio.run(scenario())
+    assert runner.metrics.runs_retrying._value.get() == 0
+    monkeypatch.setattr(runner_module.kube, "patch_status", patch_status)
     with pytest.raises(ApiException):
         asyncio.run(scenario())
-    assert retried == [runner_module.API_RETRY_SECONDS]
-    assert errors._value.get() == 1
+    assert retried[-1] == 2.0
 
 
 def test_ready_run_is_smoke_tested_once(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
