@@ -16,9 +16,10 @@ detecting handlers, which deep-copy and diff every event of the run and write bo
 annotations on it (a third of the operator's CPU with 100 runs at once); API errors are
 retried by the runner's requeue, and a spec that can never work is reported by a Failed
 condition.
-Training progress is read by the runner's own timer (:meth:`Runner.start_progress_reader`)
-rather than a ``kopf.timer``, which would put a finalizer on every run entering Training and
-take it off again: two more writes, and two more reconciles, per run.
+Training progress is read by the runner's own timer
+(:class:`~qwenft_operator.progress_reader.ProgressReader`) rather than a ``kopf.timer``,
+which would put a finalizer on every run entering Training and take it off again: two more
+writes, and two more reconciles, per run.
 Handlers are registered on a registry passed in, with the operator settings, so nothing is
 registered at import time.
 """
@@ -133,7 +134,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         metrics = OperatorMetrics()
         memo["metrics_server"] = metrics.serve(operator_settings.metrics_port)
         runner = Runner(kube.Clients.connect(), operator_settings, metrics)
-        runner.start_progress_reader(operator_settings.progress_interval)
+        runner.progress.start(operator_settings.progress_interval)
         memo["runner"] = runner
 
     @typed(kopf.on.cleanup(registry=registry))

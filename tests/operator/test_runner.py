@@ -22,13 +22,17 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client.rest import ApiException
+from qwenft_operator import progress as progress_module
 from qwenft_operator import runner as runner_module
+from qwenft_operator import smoke as smoke_module
 from qwenft_operator.builders import training, validation
 from qwenft_operator.metrics import OperatorMetrics
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_job
@@ -105,6 +109,22 @@ LOOKUPS = [
 ]
 
 
+def passes(runner: Runner) -> int:
+    """Reconcile passes so far, as the operator's metrics count them."""
+    count = runner.metrics.registry.get_sample_value(
+        "qwenft_operator_reconcile_duration_seconds_count"
+    )
+    return int(count or 0)
+
+
+async def wait_for(probe: Callable[[], bool], timeout: float) -> None:
+    """Return once ``probe()`` holds; fail at ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not probe():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def make_runner() -> Runner:
     return Runner(object(), OperatorSettings(), OperatorMetrics(), workers=2)  # type: ignore[arg-type]
 
@@ -151,47 +171,33 @@ def test_own_patch_echo_and_unchanged_children_wake_nothing(api: FakeApi) -> Non
 def test_a_pod_with_nothing_to_report_wakes_nobody_and_is_not_held(api: FakeApi) -> None:
     """A training pod's signature is the scheduler's verdict, None while it has none."""
     runner = make_runner()
-    passes: list[Any] = []
-    plain = runner._reconcile_once
-
-    async def counted(key: Any, given: Any) -> Any:
-        passes.append(key)
-        return await plain(key, given)
-
-    runner._reconcile_once = counted  # type: ignore[method-assign]
     pod = ("Pod", "support-lora-train-0-x")
-    slot = (KEY[0], *pod)
 
     async def scenario() -> None:
         await runner.child_changed(KEY, pod, None, deleted=False)
-        assert passes == [] and slot not in runner._signatures
+        assert passes(runner) == 0
         await runner.child_changed(KEY, pod, "0/5 nodes are available", deleted=False)
         await runner.child_changed(KEY, pod, "0/5 nodes are available", deleted=False)
-        assert len(passes) == 1 and runner._signatures[slot] == "0/5 nodes are available"
+        assert passes(runner) == 1
         await runner.child_changed(KEY, pod, None, deleted=False)  # scheduled: look again
-        assert len(passes) == 2 and slot not in runner._signatures
+        assert passes(runner) == 2
+        await runner.child_changed(KEY, pod, None, deleted=False)  # None was not held
+        assert passes(runner) == 2
+        await runner.child_changed(KEY, pod, "0/5 nodes are available", deleted=False)
+        assert passes(runner) == 3
 
     asyncio.run(scenario())
 
 
 def test_triggers_are_coalesced_not_concurrent(api: FakeApi) -> None:
     runner = make_runner()
-    passes = 0
-    plain = runner._reconcile_once
-
-    async def counted(key: Any, given: Any) -> Any:
-        nonlocal passes
-        passes += 1
-        await asyncio.sleep(0.05)
-        return await plain(key, given)
-
-    runner._reconcile_once = counted  # type: ignore[method-assign]
 
     async def scenario() -> None:
+        # The first pass waits for its read of the run; the other four arrive meanwhile.
         await asyncio.gather(*(runner.trigger(KEY) for _ in range(5)))
 
     asyncio.run(scenario())
-    assert passes == 2  # the first pass, and one more for the four triggers during it
+    assert passes(runner) == 2  # the first pass, and one more for the four triggers during it
     assert api.max_active == 1
 
 
@@ -199,27 +205,32 @@ def test_deleted_run_is_forgotten_and_spec_parse_reused(api: FakeApi) -> None:
     runner = make_runner()
     body = copy.deepcopy(api.body)
     assert body is not None
-    first = runner._run_of(KEY, body)
-    assert runner._run_of(KEY, body) is first
+    first = runner.runs.run_of(KEY, body)
+    assert runner.runs.run_of(KEY, body) is first
     body["metadata"]["generation"] = 2
-    assert runner._run_of(KEY, body) is not first
+    assert runner.runs.run_of(KEY, body) is not first
     api.body = None
 
     async def scenario() -> Any:
         return await runner.trigger(KEY)
 
     assert asyncio.run(scenario()) is None
-    assert KEY not in runner._runs
+    assert not runner.runs.holds(KEY)
 
 
 def test_run_deleted_before_its_status_patch_is_forgotten_without_an_error(
-    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Deleted (e.g. with its namespace) between its read and its patch: the patch's 404 ends
     the reconcile quietly; a 404 while the run still exists is an error, counted and retried."""
     runner = make_runner()
-    retried: list[float] = []
-    monkeypatch.setattr(runner, "_later", lambda key, seconds: retried.append(seconds))
+    caplog.set_level(logging.INFO, logger=runner_module.__name__)
+
+    def retried() -> list[str]:
+        return [
+            r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "tried again" in r.msg
+        ]
+
     gone_on_patch = True
 
     def patch_status(clients: Any, namespace: str, name: str, patch: Any) -> Any:
@@ -234,9 +245,9 @@ def test_run_deleted_before_its_status_patch_is_forgotten_without_an_error(
         return await runner.trigger(KEY, body)
 
     assert asyncio.run(scenario()) is None
-    assert KEY not in runner._runs and KEY not in runner._bodies
+    assert not runner.runs.holds(KEY)
     assert api.events == []  # type: ignore[attr-defined]
-    assert retried == []
+    assert retried() == []
     errors = runner.metrics.reconcile_errors.labels(reason="api404")
     assert errors._value.get() == 0
 
@@ -246,7 +257,7 @@ def test_run_deleted_before_its_status_patch_is_forgotten_without_an_error(
         with pytest.raises(ApiException):
             asyncio.run(scenario())
     # Each failure in a row waits twice as long; the run is counted as retrying.
-    assert retried == [2.0, 4.0, 8.0]
+    assert retried() == ["2 s", "4 s", "8 s"]
     assert errors._value.get() == 3
     assert runner.metrics.runs_retrying._value.get() == 1
 
@@ -257,34 +268,30 @@ def test_run_deleted_before_its_status_patch_is_forgotten_without_an_error(
     monkeypatch.setattr(runner_module.kube, "patch_status", patch_status)
     with pytest.raises(ApiException):
         asyncio.run(scenario())
-    assert retried[-1] == 2.0
+    assert retried()[-1] == "2 s"
 
 
 def test_ready_run_is_smoke_tested_once(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = make_runner()
     asked: list[tuple[str, str, int, int]] = []
-    done = asyncio.Event()
 
     async def fake_smoke_test(url: str, model: str, prompts: Any, *, generation: int) -> Any:
         asked.append((url, model, len(prompts), generation))
         return SmokeOutcome(generation, SmokeTest(passed=True, total=len(prompts)), True)
 
-    monkeypatch.setattr(runner_module.smoke, "run_smoke_test", fake_smoke_test)
+    monkeypatch.setattr(smoke_module, "run_smoke_test", fake_smoke_test)
     runner.indexes.jobs = {
         KEY: [JobFacts(f"{KEY[1]}-{step}", "Succeeded") for step in ("train", "merge")]
     }
     runner.indexes.deployments = {KEY: [DeploymentFacts(f"{KEY[1]}-serve", 1, 1, True)]}
 
+    def smoke_recorded() -> bool:
+        return api.body is not None and "smokeTest" in api.body.get("status", {})
+
     async def scenario() -> None:
-        plain = runner._quiet_trigger
-
-        async def woken(key: Any) -> None:
-            await plain(key)
-            done.set()
-
-        runner._quiet_trigger = woken  # type: ignore[method-assign]
         await runner.trigger(KEY, copy.deepcopy(api.body))
-        await asyncio.wait_for(done.wait(), timeout=10)
+        # The test runs in the background; its outcome wakes the run, which records it.
+        await wait_for(smoke_recorded, timeout=10)
         await runner.trigger(KEY)
 
     asyncio.run(scenario())
@@ -308,16 +315,16 @@ def test_progress_round_reads_training_runs_only(
 
     async def fake_fetch(session: Any, url: str, *, run: str) -> Any:
         scraped.append(url)
-        return runner_module.progress.TrainerProgress(Progress(step=7, total_steps=70))
+        return progress_module.TrainerProgress(Progress(step=7, total_steps=70))
 
-    monkeypatch.setattr(runner_module.progress, "fetch_progress", fake_fetch)
+    monkeypatch.setattr(progress_module, "fetch_progress", fake_fetch)
     training, validating = copy.deepcopy(api.body), copy.deepcopy(api.body)
     assert training is not None and validating is not None
     training["status"] = {"phase": "Training"}
     validating["status"] = {"phase": "Validating"}
     other = ("team", "other-run")
-    runner.remember(KEY, training)
-    runner.remember(other, validating)
+    runner.runs.remember(KEY, training)
+    runner.runs.remember(other, validating)
     rank_zero = PodFacts(
         name="support-lora-train-0-abc", component="train", phase="Running",
         pod_ip="127.244.0.9", completion_index=0,
@@ -325,9 +332,8 @@ def test_progress_round_reads_training_runs_only(
     runner.indexes.pods = {KEY: [rank_zero], other: [dataclasses.replace(rank_zero, pod_ip="x")]}
 
     async def scenario() -> None:
-        await runner.read_all_progress()
-        if runner._http is not None:
-            await runner._http.aclose()
+        await runner.progress.read_all()
+        await runner.progress.close()
 
     asyncio.run(scenario())
     assert scraped == ["http://127.244.0.9:9400/metrics"]
@@ -429,7 +435,7 @@ def test_a_secret_deleted_under_a_running_job_is_found_by_the_recheck(api: FakeA
         workers=2,
         secret_recheck_seconds=0.3,
     )
-    runner._lookups = RecentLookups(found_ttl=0.1)
+    runner.lookups = RecentLookups(found_ttl=0.1)
     run = Run.from_body(yaml.safe_load(EXAMPLE.read_text()))
     train = dataclasses.replace(
         parse_job(training.build_train_job(run)), state="Active", ready=1, active=1
@@ -449,7 +455,7 @@ def test_a_secret_deleted_under_a_running_job_is_found_by_the_recheck(api: FakeA
         while resolved_refs() is None:
             assert asyncio.get_running_loop().time() < deadline, api.calls
             await asyncio.sleep(0.05)
-        runner._recheck_secrets(KEY, due=False)  # no look left pending at the end
+        runner.forget(KEY)  # no look left pending at the end
 
     asyncio.run(scenario())
     found = resolved_refs()
