@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from qwenft_operator import conditions as cond
-from qwenft_operator import gang, reference_checks, scheduling
+from qwenft_operator import gang, gpu_fit, reference_checks, scheduling
 from qwenft_operator.actions import (
     Decision,
     DeleteChild,
@@ -85,6 +85,9 @@ class Observed:
     smoke: SmokeOutcome | None = None
     # Kueue's reason for holding the queued training Job; None: not looked up or none given.
     queue_wait: QueueWait | None = None
+    # One GPU's memory from the labels of the nodes the run targets; None: not looked up
+    # or unknown (spec.resources.gpuMemory, when set, wins anyway).
+    gpu_memory: gpu_fit.GpuMemory | None = None
 
     def pods_of(self, component: str) -> list[PodFacts]:
         return [p for p in self.pods if p.component == component]
@@ -95,6 +98,18 @@ def needs_queue_check(run: Run, observed: Observed) -> bool:
     job = observed.train_job
     queued = run.spec.scheduling.queue_name is not None and not run.spec.suspend
     return queued and job is not None and job.state == "Suspended"
+
+
+def needs_gpu_memory(run: Run, observed: Observed) -> bool:
+    """Whether the decision wants ``gpu_memory``: validation passed, training not created."""
+    return (
+        observed.train_job is None
+        and gpu_fit.needs_node_lookup(run)
+        and (
+            (observed.validate_job is not None and observed.validate_job.state == "Succeeded")
+            or _validator_exited_zero(observed)
+        )
+    )
 
 
 def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: datetime) -> Decision:
@@ -187,7 +202,8 @@ def _validate(d: Draft, run: Run, observed: Observed) -> bool:
     d.child("validate_job", job.name)
     if job.state == "Succeeded" or _validator_exited_zero(observed):
         d.set(cond.VALIDATED, "True", cond.SPEC_VALID, "references and dataset checked")
-        return True
+        report = next((p.report for p in observed.pods_of("validate") if p.report), "")
+        return gpu_fit.gate(d, run, report, observed.gpu_memory)
     if job.state != "Failed":
         d.phase(Phase.VALIDATING)
         step = _Step(cond.VALIDATED, "Unknown", "validate", "validation", job.name)

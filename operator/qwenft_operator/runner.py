@@ -33,7 +33,7 @@ import aiohttp
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from qwenft_operator import kube, progress, references, smoke
+from qwenft_operator import gpu_fit, kube, progress, references, smoke
 from qwenft_operator.actions import (
     CreateChild,
     Decision,
@@ -48,7 +48,13 @@ from qwenft_operator.builders import paths
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.phases import Phase
-from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_queue_check
+from qwenft_operator.reconcile import (
+    Observed,
+    decide,
+    decide_invalid_spec,
+    needs_gpu_memory,
+    needs_queue_check,
+)
 from qwenft_operator.references import Found, Known, ObjectKey, RecentLookups, Reference
 from qwenft_operator.rules import format_errors
 from qwenft_operator.runs import Run
@@ -350,6 +356,11 @@ class Runner:
                 job = run.names.train_job
                 wait = await self._call(kube.queue_wait, self.clients, namespace, job)
                 observed = replace(observed, queue_wait=wait)
+            if needs_gpu_memory(run, observed):
+                selector = run.spec.scheduling.node_selector
+                nodes = await self._call(kube.node_labels, self.clients, selector)
+                memory = gpu_fit.gpu_memory_of_nodes(nodes) if nodes is not None else None
+                observed = replace(observed, gpu_memory=memory)
             decision = decide(run, status, observed, now)
             if decision.references:
                 # The decision took what it did not know as present; if a lookup finds

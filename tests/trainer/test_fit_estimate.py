@@ -11,13 +11,20 @@ verdict (fits / tight / too large, with the fixes that would fit).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from qwenft_trainer import fit_estimate
 from qwenft_trainer.config import TrainConfig
 from qwenft_trainer.fit_estimate import GIB, estimate_memory, fixes_that_fit, judge
-from qwenft_trainer.model_shapes import KNOWN_CONFIGS, ModelShape, ShapeError, known_config
+from qwenft_trainer.model_shapes import (
+    KNOWN_CONFIGS,
+    ModelShape,
+    ShapeError,
+    known_config,
+    shape_fields,
+)
 
 # Qwen-7B's config.json (Qwen/Qwen-7B, the Qwen1 architecture): intermediate_size counts
 # both SwiGLU branches (11008 each).
@@ -116,6 +123,10 @@ def test_parameter_count_equals_transformers_model(arch: str) -> None:
         model = tiny.build_model(spec, config)
     real = sum(p.numel() for p in model.parameters())
     assert ModelShape.from_config(config.to_dict()).parameters() == real
+    # the validator reports only the shape fields; they size the model the same
+    reported = shape_fields(config.to_dict())
+    assert ModelShape.from_config(reported).parameters() == real
+    assert len(json.dumps(reported)) < 2048
 
 
 @pytest.mark.parametrize(

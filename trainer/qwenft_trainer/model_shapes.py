@@ -319,6 +319,48 @@ def vision_tower_parameters(vision: dict[str, Any]) -> int:
     return patch_embed + positions * h + depth * block + merger
 
 
+# The config.json fields ModelShape reads (the validator reports only these).
+SHAPE_KEYS = frozenset(
+    {
+        "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "kv_channels", "intermediate_size", "vocab_size",
+        "tie_word_embeddings", "num_experts", "num_local_experts", "num_experts_per_tok",
+        "moe_intermediate_size", "shared_expert_intermediate_size", "decoder_sparse_step",
+        "mlp_only_layers", "layer_types", "full_attention_interval", "linear_num_key_heads",
+        "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+        "linear_conv_kernel_dim",
+    }
+)  # fmt: skip
+_QUANTIZATION_KEYS = frozenset(
+    {"quant_method", "bits", "w_bit", "group_size", "q_group_size", "load_in_4bit", "load_in_8bit"}
+)
+_VISION_KEYS = frozenset(
+    {
+        "hidden_size", "intermediate_size", "depth", "patch_size", "temporal_patch_size",
+        "in_channels", "out_hidden_size", "spatial_merge_size", "num_position_embeddings",
+    }
+)  # fmt: skip
+
+
+def shape_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a ``config.json`` that decides the model's shape (a few hundred bytes)."""
+    fields = {k: v for k, v in config.items() if k in SHAPE_KEYS}
+    for key, keep in (
+        ("text_config", SHAPE_KEYS | {"quantization_config"}),
+        ("vision_config", _VISION_KEYS),
+        ("quantization_config", _QUANTIZATION_KEYS),
+    ):
+        nested = config.get(key)
+        if isinstance(nested, dict):
+            fields[key] = {k: v for k, v in nested.items() if k in keep}
+            if key == "text_config" and isinstance(nested.get("quantization_config"), dict):
+                found = nested["quantization_config"]
+                fields[key]["quantization_config"] = {
+                    k: v for k, v in found.items() if k in _QUANTIZATION_KEYS
+                }
+    return fields
+
+
 # Shape fields of public hub checkpoints' config.json (instruct and base share them).
 _QWEN25 = {"model_type": "qwen2", "vocab_size": 151936}
 _QWEN3 = {"model_type": "qwen3", "vocab_size": 151936, "head_dim": 128}
