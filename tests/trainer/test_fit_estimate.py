@@ -299,3 +299,17 @@ def test_fixes_that_fit_name_only_changes_that_fit() -> None:
     for fix in fixes:
         assert float(fix.rsplit("(", 1)[1].split()[0]) <= plain * 0.75 / GIB + 0.05
     assert fixes_that_fit(shape, config, 1, 1 * GIB) == []
+
+
+def test_docs_table_shows_the_current_estimates() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "gpu-fit.md").read_text(encoding="utf-8")
+    for label, config, method, seq in (
+        ("Qwen-7B LoRA | 256 ", QWEN_7B, "lora", 256),
+        ("Qwen-7B LoRA | 8192 ", QWEN_7B, "lora", 8192),
+        ("Qwen-7B Q-LoRA (Int4) | 256 ", QWEN_7B_INT4, "qlora", 256),
+    ):
+        row = next(line for line in doc.splitlines() if line.startswith(f"| {label}"))
+        total = estimate_memory(config, qwen_script(method, seq), gpus=1).total / GIB
+        assert f"**{total:.1f}**" in row, row
