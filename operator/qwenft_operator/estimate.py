@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="CONFIG_JSON",
         help="the base model's config.json (default: the known shape of spec.model.hub.id; "
-        f"known: {', '.join(sorted(KNOWN_CONFIGS))}, with -Instruct/-Base variants)",
+        f"known: {', '.join(sorted(KNOWN_CONFIGS))}, with their -Instruct/-Base and "
+        "-GPTQ-Int4/-GPTQ-Int8/-AWQ releases)",
     )
     parser.add_argument(
         "--gpu-memory",

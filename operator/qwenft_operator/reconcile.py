@@ -18,7 +18,8 @@ failed or was disrupted is replaced as a whole (:mod:`gang`). Each step writes i
 :class:`~qwenft_operator.draft.Draft`, which turns the new status into Events (every phase
 change and failure) and a status patch. Before each step creates its Job (or the server
 Deployment) the objects that child mounts are checked, and those of the children that run
-are watched (:mod:`reference_checks`).
+are watched (:mod:`reference_checks`). Between validation and training the run's memory
+estimate is checked against its GPUs (:mod:`gpu_fit`): a run that can't fit fails there.
 
 This module is over 400 lines because it holds every phase step of one decision (the
 pod-scheduling and stopped-pod reports included); splitting it by step is planned with the

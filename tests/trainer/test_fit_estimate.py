@@ -188,7 +188,10 @@ def test_known_shapes_are_near_their_published_sizes(name: str) -> None:
 def test_known_config_accepts_release_suffixes() -> None:
     assert known_config("Qwen/Qwen2.5-7B-Instruct") == KNOWN_CONFIGS["Qwen/Qwen2.5-7B"]
     assert known_config("Qwen/Qwen3-30B-A3B-Instruct-2507") == KNOWN_CONFIGS["Qwen/Qwen3-30B-A3B"]
-    assert known_config("Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4") is None
+    int4 = known_config("Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4") or {}
+    assert int4["hidden_size"] == 3584 and int4["quantization_config"]["bits"] == 4
+    awq = ModelShape.from_config(known_config("Qwen/Qwen2.5-7B-Instruct-AWQ") or {})
+    assert awq.quantization is not None and awq.quantization.method == "awq"
     assert known_config("/models/qwen") is None
 
 

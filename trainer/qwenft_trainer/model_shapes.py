@@ -423,14 +423,30 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 _VARIANT_SUFFIXES = ("-Instruct", "-Thinking", "-Base", "-Chat")
 
 
+# Qwen's quantized releases: the base's shape, packed as their config.json says (GPTQ and
+# AWQ both with groups of 128).
+_QUANTIZED_RELEASES = {
+    "-GPTQ-Int4": {"quant_method": "gptq", "bits": 4, "group_size": 128},
+    "-GPTQ-Int8": {"quant_method": "gptq", "bits": 8, "group_size": 128},
+    "-AWQ": {"quant_method": "awq", "bits": 4, "group_size": 128},
+}
+
+
 def known_config(name: str) -> dict[str, Any] | None:
     """The shape fields of a known hub id (``Qwen/Qwen2.5-7B-Instruct``), or None.
 
-    Quantized releases (``-GPTQ-Int4``, ``-AWQ``) are not in the table: their packing is
-    read from their own ``config.json``.
+    A quantized release (``-GPTQ-Int4``, ``-GPTQ-Int8``, ``-AWQ``) has its base's shape and
+    the packing of Qwen's releases.
     """
-    stem = name.strip().rstrip("/").removesuffix("-2507")
+    stem = name.strip().rstrip("/")
+    packing: dict[str, Any] | None = None
+    for suffix, found in _QUANTIZED_RELEASES.items():
+        if stem.endswith(suffix):
+            stem, packing = stem.removesuffix(suffix), found
+    stem = stem.removesuffix("-2507")
     for suffix in _VARIANT_SUFFIXES:
         stem = stem.removesuffix(suffix)
-    found = KNOWN_CONFIGS.get(stem)
-    return dict(found) if found is not None else None
+    known = KNOWN_CONFIGS.get(stem)
+    if known is None:
+        return None
+    return {**known, "quantization_config": dict(packing)} if packing else dict(known)
