@@ -2,7 +2,8 @@
 
 Covers: parameter counts from config.json equal transformers' own models for every tiny
 architecture (dense, MoE, Qwen3-Next, Qwen3.5 with its vision tower), and the bundled hub
-shapes land on their published sizes; the estimate against Qwen's published Qwen-7B
+shapes land on their published sizes; the trainable count equals the adapter the trainer
+builds (modeling.prepare_model) on every architecture; the estimate against Qwen's published Qwen-7B
 fine-tuning memory (LoRA at 256 and 8192 tokens, Q-LoRA at 256; A100-80G, batch 1,
 flash-attention, gradient checkpointing) within 15 %; monotonic properties (more tokens,
 checkpointing, the fused loss, ZeRO-3 over more GPUs, NF4 vs bf16, double quant); the
@@ -316,3 +317,22 @@ def test_docs_table_shows_the_current_estimates() -> None:
         row = next(line for line in doc.splitlines() if line.startswith(f"| {label}"))
         total = estimate_memory(config, qwen_script(method, seq), gpus=1).total / GIB
         assert f"**{total:.1f}**" in row, row
+
+
+@pytest.mark.parametrize(
+    "arch", ["qwen2", "qwen3", "qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe"]
+)
+def test_trainable_count_equals_the_trainers_adapter(arch: str) -> None:
+    """The adapter the trainer builds (modeling.prepare_model: default targets, experts as
+    tensors) has exactly the trainable parameters the estimate counts."""
+    pytest.importorskip("peft")
+    from qwenft_trainer import tiny
+    from qwenft_trainer.modeling import prepare_model
+
+    spec, config = _tiny_configs()[arch]
+    train = TrainConfig.model_validate(
+        {**train_config().model_dump(), "lora": {"r": 8, "alpha": 16}}
+    )
+    model = prepare_model(tiny.build_model(spec, config), train)
+    real = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert estimate_memory(config.to_dict(), train, gpus=1).trainable == real

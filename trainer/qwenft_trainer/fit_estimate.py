@@ -14,7 +14,8 @@ Per GPU, in bytes:
   GPTQ/AWQ base's own packing (bits and group size from ``quantization_config``); a full
   fine-tune holds fp32 master weights (bf16 ones under DeepSpeed). MoE: every expert.
   ZeRO-3: a 1/N share plus two gathered layers.
-- adapter: the LoRA A/B matrices of the targeted modules and expert tensors (fp32).
+- adapter: the LoRA A/B matrices of the targeted modules and expert tensors (fp32); the
+  count equals the adapter the trainer builds (tests compare on every architecture).
 - gradients: fp32 gradients of what trains; ZeRO-2/3 keep a 1/N share; DDP over several
   GPUs adds its buckets.
 - optimizer: AdamW's two moments (and the fp32 master copy under DeepSpeed); ZeRO-2/3 a 1/N
@@ -305,7 +306,6 @@ def _activations(
         if train.method == "qlora" and train.quantization
         else train.training.precision
     ]
-    element = min(element, 2) if train.method == "full" else element  # autocast
     layers = []
     for i, kind in enumerate(shape.layer_types):
         moe = bool(shape.moe_layers) and shape.moe_layers[i]
