@@ -553,6 +553,24 @@ def build_rows(
     return rows
 
 
+def estimate_rows(config: dict[str, Any], model: Path) -> dict[str, list[Any]]:
+    """The GPU-fit estimate of the qwenft arm (qwenft_trainer.fit_estimate), on one GPU.
+
+    ``allocated`` leaves out the fixed overhead (CUDA context, allocator reserve), which
+    torch.cuda.max_memory_allocated does not see: it is the number to set beside the peak.
+    """
+    from qwenft_trainer.config import TrainConfig
+    from qwenft_trainer.fit_estimate import estimate_memory
+
+    shape = json.loads((model / "config.json").read_text())
+    estimate = estimate_memory(shape, TrainConfig.model_validate(config), gpus=1)
+    allocated = estimate.total - estimate.parts["overhead"]
+    return {
+        "estimated GPU memory GiB (allocated)": [allocated / 2**30, None, None],
+        "estimated GPU memory GiB (with overhead)": [estimate.total / 2**30, None, None],
+    }
+
+
 def memory_row(rows: dict[str, list[Any]]) -> str:
     return "peak GPU memory GiB" if "peak GPU memory GiB" in rows else "peak RSS MiB"
 
@@ -663,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     trained = assistant_tokens(model, train, args.max_seq_length)
     rows = build_rows(args, model, arms, losses, trained)
+    if args.device == "cuda":
+        rows.update(estimate_rows(qwenft_config(args, model, train, outs["qwenft"]), model))
     recipe_tokens = arms["recipe"]["trained_tokens"] if "recipe" in arms else trained
     if recipe_tokens != trained:
         print(f"warning: the recipe's {args.baseline_max_seq_length}-token truncation trains "

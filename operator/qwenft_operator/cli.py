@@ -8,6 +8,7 @@ and the trainer image has no kopf.
     qwenft data validate data.jsonl --model /models/qwen
     qwenft train --config run.yaml
     qwenft run examples/quickstart-local.yaml --local
+    qwenft estimate examples/lora-single-gpu.yaml --gpu-memory 80Gi
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("tiny-model",): (
         "qwenft_trainer.tiny",
         "build a tiny Qwen model (--arch) for tests and demos",
+    ),
+    ("estimate",): (
+        "qwenft_operator.estimate",
+        "estimate a manifest's GPU memory per GPU (no cluster)",
     ),
     ("run",): ("qwenft_operator.local", "run a QwenFineTune manifest (--local: no cluster)"),
     ("operator",): ("qwenft_operator.main", "run the operator against the current cluster"),

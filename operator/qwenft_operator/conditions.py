@@ -27,8 +27,10 @@ SMOKE_TESTED = "SmokeTested"  # the evaluationPrompts passed against the endpoin
 SUSPENDED = "Suspended"  # training is suspended by spec.suspend
 FAILED = "Failed"  # the run stopped for good; the reason says why
 RESOLVED_REFS = "ResolvedRefs"  # the Secrets, ConfigMaps and claims its pods mount exist
+FITS_GPU = "FitsGPU"  # the run's memory estimate fits the GPUs it targets; message has it
 CONDITION_TYPES = (
     VALIDATED, TRAINING, TRAINED, MERGED, READY, SMOKE_TESTED, SUSPENDED, FAILED, RESOLVED_REFS,
+    FITS_GPU,
 )  # fmt: skip
 
 # Reasons: validation.
@@ -38,6 +40,12 @@ INVALID_SPEC = "InvalidSpec"  # the spec can never work (e.g. no output claim in
 INVALID_DATASET = "InvalidDataset"  # the validator rejected the data; message has its report
 MISSING_REFERENCE = "MissingReference"  # a referenced Secret, ConfigMap or claim is missing
 REFERENCES_FOUND = "ReferencesFound"  # every missing reference exists again
+
+# Reasons: the GPU-fit estimate (FitsGPU), checked once validation passed.
+GPU_MEMORY_FITS = "GpuMemoryFits"  # the estimate is below 90% of one GPU's memory
+GPU_MEMORY_TIGHT = "GpuMemoryTight"  # it fits within 10% of the limit; a Warning Event says so
+GPU_MEMORY_EXCEEDED = "GpuMemoryExceeded"  # it can't fit; the run fails before training
+GPU_MEMORY_UNKNOWN = "GpuMemoryUnknown"  # the GPU memory or the model's shape is not known
 
 # Reasons: the pods of a step (validation, training, merge) no node fits. The message has
 # the scheduler's verdict from the pods' PodScheduled condition.
@@ -80,6 +88,10 @@ REASONS = (
     INVALID_DATASET,
     MISSING_REFERENCE,
     REFERENCES_FOUND,
+    GPU_MEMORY_FITS,
+    GPU_MEMORY_TIGHT,
+    GPU_MEMORY_EXCEEDED,
+    GPU_MEMORY_UNKNOWN,
     PODS_UNSCHEDULABLE,
     UNSCHEDULABLE,
     QUEUED,

@@ -269,6 +269,24 @@ def queue_wait(clients: Clients, namespace: str, job: str) -> QueueWait | None:
     return read_wait(workload) if workload is not None else None
 
 
+def node_labels(clients: Clients, node_selector: Mapping[str, str]) -> list[dict[str, str]] | None:
+    """The labels of the nodes ``node_selector`` matches (every node when it is empty).
+
+    None when the operator may not list nodes (403): the GPU-fit check then says the GPU
+    memory is unknown instead of failing the run.
+    """
+    selector = ",".join(f"{key}={value}" for key, value in sorted(node_selector.items()))
+    try:
+        found = clients.request("GET", "/api/v1/nodes", query={"labelSelector": selector})
+    except ApiException as err:
+        if err.status == 403:
+            return None
+        raise
+    return [
+        dict((item.get("metadata") or {}).get("labels") or {}) for item in found.get("items") or []
+    ]
+
+
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 

@@ -182,6 +182,8 @@ class PodFacts:
     # The kubelet's message for a container it can't start: a Secret or ConfigMap (or a
     # key of one) is missing, e.g. 'secret "hf-token" not found'.
     config_error: str | None = None
+    # The termination message of a container that exited 0 (the validator's short report).
+    report: str = ""
 
 
 def _terminated(statuses: Iterable[Mapping[str, Any]]) -> Termination | None:
@@ -216,6 +218,14 @@ def _disruption(status: Mapping[str, Any]) -> str | None:
         return None
     reason, message = str(found.get("reason") or ""), str(found.get("message") or "").strip()
     return ": ".join(part for part in (reason, message) if part) or "DisruptionTarget"
+
+
+def _succeeded_report(statuses: Iterable[Mapping[str, Any]]) -> str:
+    for item in statuses:
+        done = (item.get("state") or {}).get("terminated") or {}
+        if done and int(done.get("exitCode") or 0) == 0 and done.get("message"):
+            return str(done["message"])
+    return ""
 
 
 def _config_error(statuses: Iterable[Mapping[str, Any]]) -> str | None:
@@ -253,6 +263,7 @@ def parse_pod(body: Mapping[str, Any]) -> PodFacts:
             str(part).strip() for part in (status.get("reason"), status.get("message")) if part
         ),
         config_error=_config_error(statuses),
+        report=_succeeded_report(status.get("containerStatuses") or []),
     )
 
 

@@ -18,7 +18,8 @@ failed or was disrupted is replaced as a whole (:mod:`gang`). Each step writes i
 :class:`~qwenft_operator.draft.Draft`, which turns the new status into Events (every phase
 change and failure) and a status patch. Before each step creates its Job (or the server
 Deployment) the objects that child mounts are checked, and those of the children that run
-are watched (:mod:`reference_checks`).
+are watched (:mod:`reference_checks`). Between validation and training the run's memory
+estimate is checked against its GPUs (:mod:`gpu_fit`): a run that can't fit fails there.
 
 This module is over 400 lines because it holds every phase step of one decision (the
 pod-scheduling and stopped-pod reports included); splitting it by step is planned with the
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from qwenft_operator import conditions as cond
-from qwenft_operator import gang, reference_checks, scheduling
+from qwenft_operator import gang, gpu_fit, reference_checks, scheduling
 from qwenft_operator.actions import (
     Decision,
     DeleteChild,
@@ -85,6 +86,9 @@ class Observed:
     smoke: SmokeOutcome | None = None
     # Kueue's reason for holding the queued training Job; None: not looked up or none given.
     queue_wait: QueueWait | None = None
+    # One GPU's memory from the labels of the nodes the run targets; None: not looked up
+    # or unknown (spec.resources.gpuMemory, when set, wins anyway).
+    gpu_memory: gpu_fit.GpuMemory | None = None
 
     def pods_of(self, component: str) -> list[PodFacts]:
         return [p for p in self.pods if p.component == component]
@@ -95,6 +99,18 @@ def needs_queue_check(run: Run, observed: Observed) -> bool:
     job = observed.train_job
     queued = run.spec.scheduling.queue_name is not None and not run.spec.suspend
     return queued and job is not None and job.state == "Suspended"
+
+
+def needs_gpu_memory(run: Run, observed: Observed) -> bool:
+    """Whether the decision wants ``gpu_memory``: validation passed, training not created."""
+    return (
+        observed.train_job is None
+        and gpu_fit.needs_node_lookup(run)
+        and (
+            (observed.validate_job is not None and observed.validate_job.state == "Succeeded")
+            or _validator_exited_zero(observed)
+        )
+    )
 
 
 def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: datetime) -> Decision:
@@ -187,7 +203,8 @@ def _validate(d: Draft, run: Run, observed: Observed) -> bool:
     d.child("validate_job", job.name)
     if job.state == "Succeeded" or _validator_exited_zero(observed):
         d.set(cond.VALIDATED, "True", cond.SPEC_VALID, "references and dataset checked")
-        return True
+        report = next((p.report for p in observed.pods_of("validate") if p.report), "")
+        return gpu_fit.gate(d, run, report, observed.gpu_memory)
     if job.state != "Failed":
         d.phase(Phase.VALIDATING)
         step = _Step(cond.VALIDATED, "Unknown", "validate", "validation", job.name)

@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from qwenft_operator import kube, references
+from qwenft_operator import gpu_fit, kube, references
 from qwenft_operator.actions import (
     CreateChild,
     Decision,
@@ -47,7 +47,13 @@ from qwenft_operator.backoff import RetryBackoff
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.progress_reader import ProgressReader
-from qwenft_operator.reconcile import Observed, decide, decide_invalid_spec, needs_queue_check
+from qwenft_operator.reconcile import (
+    Observed,
+    decide,
+    decide_invalid_spec,
+    needs_gpu_memory,
+    needs_queue_check,
+)
 from qwenft_operator.reference_users import ReferenceUsers
 from qwenft_operator.references import Found, Known, ObjectKey, RecentLookups, Reference
 from qwenft_operator.rules import format_errors
@@ -296,6 +302,11 @@ class Runner:
                 job = run.names.train_job
                 wait = await self._call(kube.queue_wait, self.clients, namespace, job)
                 observed = replace(observed, queue_wait=wait)
+            if needs_gpu_memory(run, observed):
+                selector = run.spec.scheduling.node_selector
+                nodes = await self._call(kube.node_labels, self.clients, selector)
+                memory = gpu_fit.gpu_memory_of_nodes(nodes) if nodes is not None else None
+                observed = replace(observed, gpu_memory=memory)
             decision = decide(run, status, observed, now)
             if decision.references:
                 # The decision took what it did not know as present; if a lookup finds

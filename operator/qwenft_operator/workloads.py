@@ -89,6 +89,12 @@ class ResourcesSpec(SpecObject):
         default="8Gi",
         description="Size of /dev/shm (a memory-backed emptyDir) for NCCL and data loaders.",
     )
+    gpu_memory: Quantity | None = Field(
+        default=None,
+        description="Memory of one GPU of the training nodes, e.g. '80Gi', for the GPU-fit "
+        "estimate; unset: the smallest nvidia.com/gpu.memory label (GPU Feature Discovery) "
+        "of the nodes the node selector matches.",
+    )
 
 
 class SchedulingSpec(SpecObject):

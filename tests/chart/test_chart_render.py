@@ -154,10 +154,13 @@ def test_rbac_cluster_wide(render: Render) -> None:
         "list",
         "watch",
     ]
-    assert _rules(roles["qwenft-operator-crd-reader"]) == [
-        ("apiextensions.k8s.io", "customresourcedefinitions", verb)
-        for verb in ("get", "list", "watch")
-    ]
+    assert _rules(roles["qwenft-operator-crd-reader"]) == sorted(
+        [
+            ("apiextensions.k8s.io", "customresourcedefinitions", verb)
+            for verb in ("get", "list", "watch")
+        ]
+        + [("", "nodes", "list")]  # the nodes' GPU memory labels, for the GPU-fit check
+    )
     for binding in by_kind(objects, "ClusterRoleBinding"):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "qwenft-operator", "namespace": "qwenft-system"}

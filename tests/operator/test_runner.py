@@ -81,6 +81,9 @@ class FakeApi:
         self.calls.append(f"create {kind} {body['metadata']['name']}")
         return body, True
 
+    def node_labels(self, clients: Any, selector: dict[str, str]) -> list[dict[str, str]]:
+        return [{"nvidia.com/gpu.memory": "81920"}]  # an A100-80GB node (GPU Feature Discovery)
+
     def look_up_reference(self, clients: Any, namespace: str, key: Any) -> Found | None:
         self.calls.append(f"look up {key[0]} {key[1]}")
         if key in self.absent:
@@ -91,7 +94,7 @@ class FakeApi:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi()
-    for name in ("get_run", "patch_status", "ensure_child", "look_up_reference"):
+    for name in ("get_run", "patch_status", "ensure_child", "look_up_reference", "node_labels"):
         monkeypatch.setattr(runner_module.kube, name, getattr(fake, name))
     events: list[str] = []
     monkeypatch.setattr(

@@ -10,13 +10,15 @@ against a hand computation and its published 6.95B non-embedding parameters, the
 (routed experts) and Qwen3.5 (Gated DeltaNet + gated attention) counts by hand, and every
 shape built at a tiny size on the CPU with its weight count equal to the model's own
 parameters; the Q-LoRA / ZeRO-2 config is a valid TrainConfig; --arms and --method checks;
-goals skip arms that did not run and cap Q-LoRA's memory.
+goals skip arms that did not run and cap Q-LoRA's memory; on CUDA the qwenft arm's rows
+carry its GPU-fit estimate (qwenft_trainer.fit_estimate), with and without the overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -235,3 +237,26 @@ def test_the_default_model_has_qwens_vocabulary(bench: ModuleType) -> None:
     args = bench.parse_args([])
     assert args.vocab_size == 151_936 and args.model_arch == "tiny" and args.device == "cpu"
     assert args.max_seq_length == args.baseline_max_seq_length * args.baseline_batch_size
+
+
+def test_estimate_rows_give_the_qwenft_arm_the_fit_estimate(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    from qwenft_trainer.fit_estimate import estimate_memory
+    from qwenft_trainer.model_shapes import known_config
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shape = known_config("Qwen/Qwen3-8B") or {}
+    (model / "config.json").write_text(json.dumps(shape))
+    args = argparse.Namespace(
+        lora_r=8, rows_per_batch=1, grad_accum=1, learning_rate=1e-3, max_seq_length=4096,
+        device="cuda", seed=42, gradient_checkpointing=True, method="qlora", deepspeed_zero=0,
+    )  # fmt: skip
+    raw = bench.qwenft_config(args, model, tmp_path / "d.jsonl", tmp_path / "o")
+    rows = bench.estimate_rows(raw, model)
+    allocated, total = (rows[k][0] for k in sorted(rows))
+    expected = estimate_memory(shape, TrainConfig.model_validate(raw), gpus=1)
+    assert total == expected.total / 2**30
+    assert allocated == (expected.total - expected.parts["overhead"]) / 2**30
+    assert rows[next(iter(rows))][1:] == [None, None]  # only the qwenft arm is estimated

@@ -8,8 +8,12 @@ and the trained reasoning vs answer tokens, and each bad record with its line an
 problem. A dataset that truncation would leave with nothing to train on fails, naming the
 ``max_seq_length`` that keeps every dialogue. It also reads the model's config to name its
 architecture, the attention kernel a CUDA run will load it with and the packing mode it
-will use (or ``unknown`` when the config can't be read). The operator's validation Job
-runs it with ``--json`` and puts the one-line ``message`` in the run's status.
+will use (or ``unknown`` when the config can't be read), and reports the config's shape
+fields (``base_config``), from which the operator estimates the run's GPU memory
+(:mod:`qwenft_trainer.fit_estimate`). The operator's validation Job runs it with ``--json``
+and puts the one-line ``message`` in the run's status; a report that passed is also
+written, short, to ``/dev/termination-log`` when that file exists (it does in a pod), so
+the operator reads the shape from the pod's termination message.
 
     qwenft data validate data.jsonl --model Qwen/Qwen2.5-7B-Instruct --max-seq-length 2048
     qwenft data validate data.json --model /models/qwen --format sharegpt --json
@@ -41,6 +45,7 @@ from qwenft_trainer.config import (
 )
 from qwenft_trainer.data import IGNORE_INDEX, TemplateError, tokenize_dialogue
 from qwenft_trainer.formats import Conversation, RecordProblem, read_conversations
+from qwenft_trainer.summary import write_termination_log
 from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateKind, describe, probe_template
 
 if TYPE_CHECKING:
@@ -51,6 +56,8 @@ log = logging.getLogger(__name__)
 # How many problems the text report lists before summarising the rest.
 TEXT_PROBLEM_LIMIT = 50
 PROGRESS_EVERY = 10_000
+# Kubernetes shows this file's contents as the pod's termination message.
+TERMINATION_LOG = "/dev/termination-log"
 
 
 class ValidationReport(BaseModel):
@@ -97,6 +104,11 @@ class ValidationReport(BaseModel):
         "unknown", description="Attention implementation a CUDA run (training.attention auto) uses."
     )
     attention_reason: str = Field("", description="Why that attention implementation.")
+    base_config: dict[str, Any] | None = Field(
+        None,
+        description="The shape fields of the model's config.json (model_shapes.shape_fields), "
+        "for the GPU-fit estimate; None if unreadable.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -261,7 +273,7 @@ def describe_model(
     packing: bool = True,
     attention: AttentionSetting = "auto",
     **source: Any,
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Architecture and packing plan of a model from its config (``unknown`` if unreadable).
 
     ``source`` are the ``from_pretrained`` keyword arguments of the model (revision,
@@ -269,18 +281,10 @@ def describe_model(
     with ``training.attention`` set to ``attention`` and the kernels installed here, as
     training decides them (:mod:`qwenft_trainer.attention`); a kernel that setting names
     but that can't run makes the attention ``unknown``, with the reason training would
-    fail with. The run's start-up probe can still turn packing off.
+    fail with. The run's start-up probe can still turn packing off. ``base_config`` holds
+    the config's shape fields, for the GPU-fit estimate.
     """
     from transformers import AutoConfig
-
-    from qwenft_trainer.architectures import concrete_model_class
-    from qwenft_trainer.attention import (
-        AttentionError,
-        decide_attention,
-        kernel_problems_here,
-        supported_implementations,
-    )
-    from qwenft_trainer.packing_mode import decide_packing, linear_kernel_problem_here
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, **source)
@@ -293,6 +297,23 @@ def describe_model(
             "attention": "unknown",
             "attention_reason": reason,
         }
+    from qwenft_trainer.model_shapes import shape_fields
+
+    fields = shape_fields(config.to_dict())
+    facts = _describe_config(config, packing=packing, attention=attention)
+    return {**facts, "base_config": fields}
+
+
+def _describe_config(config: Any, *, packing: bool, attention: AttentionSetting) -> dict[str, str]:
+    from qwenft_trainer.architectures import concrete_model_class
+    from qwenft_trainer.attention import (
+        AttentionError,
+        decide_attention,
+        kernel_problems_here,
+        supported_implementations,
+    )
+    from qwenft_trainer.packing_mode import decide_packing, linear_kernel_problem_here
+
     classes = getattr(config, "architectures", None) or []
     architecture = str(config.model_type) + (f" ({', '.join(classes)})" if classes else "")
     try:
@@ -444,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = report.model_copy(update=facts)
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
+    if report.ok:
+        write_termination_log(
+            TERMINATION_LOG,
+            {"ok": True, "message": report.message, "base_config": report.base_config},
+        )
     return 0 if report.ok else 1
 
 

@@ -117,6 +117,10 @@ Secret exists) only through a namespaced Role, never through a ClusterRole.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+# the GPU memory label (nvidia.com/gpu.memory) of the nodes a run targets: the GPU-fit check
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
 {{- end }}
 
 {{/*
