@@ -144,7 +144,7 @@ def test_rbac_cluster_wide(render: Render) -> None:
     objects = render()
     assert by_kind(objects, "Role") == []
     roles = {r["metadata"]["name"]: r for r in by_kind(objects, "ClusterRole")}
-    assert set(roles) == {"qwenft-operator", "qwenft-operator-crd-reader"}
+    assert set(roles) == {"qwenft-operator", "qwenft-operator-cluster-reader"}
     main = _rules(roles["qwenft-operator"])
     assert ("", "namespaces", "watch") in main
     assert all(resource != "secrets" for _, resource, _ in main)
@@ -154,7 +154,7 @@ def test_rbac_cluster_wide(render: Render) -> None:
         "list",
         "watch",
     ]
-    assert _rules(roles["qwenft-operator-crd-reader"]) == sorted(
+    assert _rules(roles["qwenft-operator-cluster-reader"]) == sorted(
         [
             ("apiextensions.k8s.io", "customresourcedefinitions", verb)
             for verb in ("get", "list", "watch")
@@ -176,7 +176,7 @@ def test_rbac_namespaced_uses_the_same_rules(render: Render) -> None:
     bindings = by_kind(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert [c["metadata"]["name"] for c in by_kind(objects, "ClusterRole")] == [
-        "qwenft-operator-crd-reader"
+        "qwenft-operator-cluster-reader"
     ]
     for role in roles:
         extra = set(_rules(role)) - set(_rules(cluster_main))

@@ -129,7 +129,7 @@ def test_install_creates_the_operator_objects(
     role = rbac.read_namespaced_role(objects, watched)
     assert {r.resources[0] for r in role.rules} >= {"qwenfinetunes", "jobs", "secrets"}
     rbac.read_namespaced_role_binding(objects, watched)
-    rbac.read_cluster_role(f"{objects}-crd-reader")
+    rbac.read_cluster_role(f"{objects}-cluster-reader")
     with pytest.raises(ApiException) as err:
         rbac.read_cluster_role(objects)  # namespaced mode: no broad ClusterRole
     assert err.value.status == 404
