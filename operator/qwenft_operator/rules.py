@@ -1,46 +1,24 @@
-"""Cross-field rules written once and enforced twice: by the API server and by pydantic.
+"""The base of the operator's spec models, which carries their cross-field rules to the CRD.
 
 A ``QwenFineTune`` is checked by the Kubernetes API server (CEL ``x-kubernetes-validations``
 in the generated CRD) and by the operator and ``qwenft run --local`` (the pydantic spec
-model). Each :class:`Rule` carries both forms side by side (the CEL expression and its
-Python mirror) with one message and one field path, so the two can't tell a user different
-things. Spec models derive from :class:`SpecObject`; the CRD generator reads their rules
-through the JSON schema.
+model). Both read the same :class:`~qwenft_trainer.rules.Rule` objects (the CEL expression
+and its Python mirror, one message, one field path), defined in the trainer for what a spec
+shares with a training config and beside each spec model for the rest. Spec models derive
+from :class:`SpecObject`; the CRD generator reads their rules through the JSON schema.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+from qwenft_trainer.rules import Rule, broken
 
 VALIDATIONS_KEY = "x-kubernetes-validations"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One cross-field rule.
-
-    ``cel`` is the CEL expression (``self`` is the object the rule sits on); ``check`` is
-    the same test in Python, returning True when the object is valid; ``field`` is the
-    path of the field to blame relative to that object (``.quantization``), as CEL's
-    ``fieldPath``; ``message`` names that field and says how to fix it.
-    """
-
-    cel: str
-    check: Callable[[Any], bool]
-    message: str
-    field: str = ""
-
-    def to_crd(self) -> dict[str, str]:
-        out = {"rule": self.cel, "message": self.message}
-        if self.field:
-            out["fieldPath"] = self.field
-        return out
 
 
 def _schema_extra(schema: dict[str, Any], cls: type[Any]) -> None:
@@ -67,14 +45,10 @@ class SpecObject(BaseModel):
 
     @model_validator(mode="after")
     def _check_rules(self) -> SpecObject:
-        broken = [rule for rule in self.rules if not rule.check(self)]
-        if broken:
-            raise ValueError("\n".join(_field_message(rule) for rule in broken))
+        failed = broken(self, self.rules)
+        if failed:
+            raise ValueError("\n".join(rule.describe(self) for rule in failed))
         return self
-
-
-def _field_message(rule: Rule) -> str:
-    return f"{rule.field.lstrip('.')}: {rule.message}" if rule.field else rule.message
 
 
 def immutable(description: str, what: str, **kwargs: Any) -> Any:

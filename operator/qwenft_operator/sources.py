@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import Field
 from qwenft_trainer.config import DataFormat
+from qwenft_trainer.rules import Rule
 
-from qwenft_operator.rules import Rule, SpecObject, count_set, exactly_one
+from qwenft_operator.rules import SpecObject, count_set, exactly_one
 
 # DNS-1123 subdomain: names of Secrets, ConfigMaps and PersistentVolumeClaims.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

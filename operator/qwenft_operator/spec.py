@@ -28,9 +28,10 @@ from qwenft_trainer.config import (
     QuantizationSettings,
     TrainingSettings,
 )
+from qwenft_trainer.rules import TRAINING_RULES, Rule
 from qwenft_trainer.serving import VLLM_MAX_LORA_RANKS
 
-from qwenft_operator.rules import Rule, SpecObject, format_errors, immutable
+from qwenft_operator.rules import SpecObject, format_errors, immutable
 from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec
 from qwenft_operator.status import QwenFineTuneStatus
 from qwenft_operator.workloads import (
@@ -81,105 +82,7 @@ class QwenFineTuneSpec(SpecObject):
     """What to fine-tune, on what data, how, on which hardware, and how to serve it."""
 
     rules = (
-        Rule(
-            cel="self.method != 'qlora' || has(self.quantization)",
-            check=lambda s: s.method != "qlora" or s.quantization is not None,
-            message="method qlora needs a 4-bit quantization block, e.g. {quantType: nf4}",
-            field=".quantization",
-        ),
-        Rule(
-            cel="!has(self.quantization) || self.method == 'qlora'",
-            check=lambda s: s.quantization is None or s.method == "qlora",
-            message="quantization is only for method qlora: remove it or set method: qlora",
-            field=".quantization",
-        ),
-        Rule(
-            cel="!(self.method == 'qlora' && self.deepspeed.enabled && "
-            "self.deepspeed.zeroStage == 3)",
-            check=lambda s: (
-                not (s.method == "qlora" and s.deepspeed.enabled and s.deepspeed.zero_stage == 3)
-            ),
-            message="ZeRO-3 can't shard 4-bit Q-LoRA weights: use zeroStage 2, or method lora",
-            field=".deepspeed.zeroStage",
-        ),
-        Rule(
-            cel="self.method != 'qlora' || self.training.precision != 'fp32'",
-            check=lambda s: s.method != "qlora" or s.training.precision != "fp32",
-            message="method qlora trains in bf16 or fp16, not fp32",
-            field=".training.precision",
-        ),
-        Rule(
-            cel="!self.deepspeed.offloadParameters || "
-            "(self.deepspeed.enabled && self.deepspeed.zeroStage == 3)",
-            check=lambda s: (
-                not s.deepspeed.offload_parameters
-                or (s.deepspeed.enabled and s.deepspeed.zero_stage == 3)
-            ),
-            message="offloadParameters needs deepspeed.enabled and zeroStage 3",
-            field=".deepspeed.offloadParameters",
-        ),
-        Rule(
-            cel="!self.deepspeed.offloadOptimizer || "
-            "(self.deepspeed.enabled && self.deepspeed.zeroStage >= 2)",
-            check=lambda s: (
-                not s.deepspeed.offload_optimizer
-                or (s.deepspeed.enabled and s.deepspeed.zero_stage >= 2)
-            ),
-            message="offloadOptimizer needs deepspeed.enabled and zeroStage 2 or 3",
-            field=".deepspeed.offloadOptimizer",
-        ),
-        Rule(
-            cel="self.method != 'full' || size(self.lora.modulesToSave) == 0",
-            check=lambda s: s.method != "full" or not s.lora.modules_to_save,
-            message="method full trains every module; remove lora.modulesToSave",
-            field=".lora.modulesToSave",
-        ),
-        Rule(
-            cel="!has(self.lora.adaptive) || self.lora.adaptive.targetRank < self.lora.r",
-            check=lambda s: s.lora.adaptive is None or s.lora.adaptive.target_rank < s.lora.r,
-            message="lora.adaptive starts every matrix at lora.r and prunes to targetRank: "
-            "set targetRank below lora.r (raise lora.r to the largest rank a matrix may keep)",
-            field=".lora.adaptive.targetRank",
-        ),
-        Rule(
-            cel="!has(self.lora.adaptive) || !has(self.lora.targetParameters) || "
-            "size(self.lora.targetParameters) == 0",
-            check=lambda s: s.lora.adaptive is None or not s.lora.target_parameters,
-            message="lora.adaptive (AdaLoRA) adapts linear modules only, not fused expert "
-            "tensors: set lora.targetParameters: [] or remove lora.adaptive",
-            field=".lora.targetParameters",
-        ),
-        Rule(
-            cel="!has(self.lora.adaptive) || self.method != 'full'",
-            check=lambda s: s.lora.adaptive is None or s.method != "full",
-            message="method full trains no adapter: remove lora.adaptive or use lora / qlora",
-            field=".lora.adaptive",
-        ),
-        Rule(
-            cel="!has(self.lora.adaptive) || !self.deepspeed.enabled",
-            check=lambda s: s.lora.adaptive is None or not s.deepspeed.enabled,
-            message="lora.adaptive scores ranks by the gradients, which DeepSpeed clears "
-            "inside backward: set deepspeed.enabled: false (DDP) or remove lora.adaptive",
-            field=".deepspeed.enabled",
-        ),
-        Rule(
-            cel="!has(self.lora.adaptive) || self.training.maxSteps <= 0 || [self.lora.adaptive]"
-            ".all(a, a.warmupSteps + a.finalSteps + a.interval <= self.training.maxSteps)",
-            check=lambda s: (
-                s.lora.adaptive is None
-                or s.training.max_steps <= 0
-                or s.lora.adaptive.schedule_problem(s.training.max_steps, source="") is None
-            ),
-            message="lora.adaptive's schedule must fit training.maxSteps: warmupSteps + "
-            "finalSteps + interval at most maxSteps, so the ranks are pruned at least once",
-            field=".lora.adaptive",
-        ),
-        Rule(
-            cel="!(self.evaluation.fraction > 0.0 && has(self.evaluation.file))",
-            check=lambda s: not (s.evaluation.fraction > 0 and s.evaluation.file),
-            message="set evaluation.fraction or evaluation.file, not both",
-            field=".evaluation.file",
-        ),
+        *TRAINING_RULES,
         Rule(
             cel="!(has(self.dataset.url) && has(self.evaluation.file))",
             check=lambda s: not (s.dataset.url is not None and s.evaluation.file),
@@ -222,8 +125,9 @@ class QwenFineTuneSpec(SpecObject):
     lora: LoraSettings = _section("LoRA adapter shape (methods lora and qlora).", LoraSettings)
     quantization: QuantizationSettings | None = Field(
         default=None,
-        description="4-bit quantization of the base; required for method qlora (on a GPTQ / "
-        "AWQ base only computeDtype applies).",
+        description="4-bit quantization of the base, for method qlora only; unset there, it is "
+        "NF4 with double quantization and bf16 compute (on a GPTQ / AWQ base only computeDtype "
+        "applies).",
     )
     training: TrainingSettings = _section(
         "Optimisation: epochs or steps, batch, learning rate, sequence length, precision.",

@@ -13,8 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, StringConstraints
 from pydantic.config import JsonDict
 from qwenft_trainer.config import Precision
+from qwenft_trainer.rules import Rule
 
-from qwenft_operator.rules import Rule, SpecObject
+from qwenft_operator.rules import SpecObject
 
 # A Kubernetes resource quantity (resource.Quantity's regular expression).
 QUANTITY_PATTERN = (

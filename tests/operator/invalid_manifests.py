@@ -136,7 +136,6 @@ CASES: list[InvalidCase] = [
     InvalidCase("cache-without-hub", "spec.model.cache", {"spec.model": {"path": "/m", "cache": {"claimName": "c"}}}),
     InvalidCase("endpoint-with-https-url", "spec.dataset.url.endpoint", {"spec.dataset": {"url": {"url": "https://h/d.jsonl", "endpoint": "https://minio:9000"}}}),
     # Cross-field rules (CEL on spec).
-    InvalidCase("qlora-without-quantization", "spec.quantization", {"spec.method": "qlora"}),
     InvalidCase("quantization-with-lora", "spec.quantization", {"spec.quantization": {"quantType": "nf4"}}),
     InvalidCase("qlora-zero3", "spec.deepspeed.zeroStage", {**QLORA, "spec.deepspeed": {"enabled": True, "zeroStage": 3}}),
     InvalidCase("adaptive-target-not-below-r", "spec.lora.adaptive.targetRank", {"spec.lora": {"r": 16, "adaptive": {"targetRank": 16}}}, why="AdaLoRA prunes from r down to the target"),

@@ -106,12 +106,28 @@ def test_rule_messages_are_joined_onto_their_path() -> None:
 
 
 def test_several_broken_rules_are_all_reported() -> None:
-    spec = {**BASE_MANIFEST["spec"], "method": "qlora", "training": {"precision": "fp32"}}
+    spec = {
+        **BASE_MANIFEST["spec"],
+        "method": "qlora",
+        "training": {"precision": "fp32"},
+        "deepspeed": {"enabled": True, "zeroStage": 3},
+    }
     with pytest.raises(ValidationError) as info:
         QwenFineTuneSpec.model_validate(spec)
     text = "\n".join(format_errors(info.value, prefix="spec"))
-    assert "spec.quantization:" in text
+    assert "spec.deepspeed.zeroStage:" in text
     assert "spec.training.precision:" in text
+
+
+def test_qlora_without_quantization_trains_the_trainers_nf4_default() -> None:
+    """The spec and the trainer agree: method qlora alone means NF4, double quant, bf16."""
+    body = {**BASE_MANIFEST, "spec": {**BASE_MANIFEST["spec"], "method": "qlora"}}
+    run = Run.from_body({**body, "metadata": {"name": "r", "namespace": "n", "uid": "u"}})
+    assert run.spec.quantization is None
+    quantization = build_train_config(run).quantization
+    assert quantization is not None
+    assert (quantization.quant_type, quantization.double_quant) == ("nf4", True)
+    assert quantization.compute_dtype == "bf16"
 
 
 def test_defaults_match_the_trainer_config() -> None:

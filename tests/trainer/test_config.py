@@ -41,8 +41,9 @@ def test_qlora_gets_a_4bit_quantization_block_by_default() -> None:
     [
         ({"method": "full", "quantization": {"quant_type": "nf4"}}, "quantization"),
         ({"method": "qlora", "training": {"precision": "fp32"}}, "training.precision"),
-        ({"method": "qlora", "deepspeed": {"enabled": True, "zero_stage": 3}}, "zero_stage 3"),
-        ({"deepspeed": {"offload_parameters": True}}, "deepspeed.offload_parameters"),
+        ({"method": "qlora", "deepspeed": {"enabled": True, "zero_stage": 3}}, "zeroStage"),
+        ({"deepspeed": {"offload_parameters": True}}, "deepspeed.offloadParameters"),
+        ({"deepspeed": {"offload_optimizer": True}}, "deepspeed.offloadOptimizer"),
         ({"evaluation": {"fraction": 0.1, "file": "/e.jsonl"}}, "evaluation.fraction"),
         ({"lora": {"r": 0}}, "lora.r"),
         ({"lora": {"dropout": 1.5}}, "lora.dropout"),

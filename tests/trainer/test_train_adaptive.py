@@ -271,10 +271,10 @@ def _config(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"lora.r": 4}, "lora.adaptive.target_rank 4 must be below lora.r 4"),
-        ({"lora.target_parameters": ["mlp.experts.down_proj"]}, "lora.target_parameters"),
-        ({"method": "full"}, "method 'full' trains no adapter"),
-        ({"deepspeed": {"enabled": True}}, "lora.adaptive with deepspeed.enabled"),
+        ({"lora.r": 4}, "lora.adaptive.targetRank: lora.adaptive starts every matrix at lora.r"),
+        ({"lora.target_parameters": ["mlp.experts.down_proj"]}, "lora.targetParameters: "),
+        ({"method": "full"}, "lora.adaptive: method full trains no adapter"),
+        ({"deepspeed": {"enabled": True}}, "deepspeed.enabled: lora.adaptive scores ranks"),
         ({"training.max_steps": 20}, "leave no pruning steps in the run's 20 optimizer steps"),
         (
             {"training.max_steps": 25, "lora.adaptive": {**SCHEDULE, "interval": 6}},

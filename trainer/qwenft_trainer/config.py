@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.alias_generators import to_camel
 
+from qwenft_trainer.rules import TRAINING_RULES, broken
+
 log = logging.getLogger(__name__)
 
 Method = Literal["lora", "qlora", "full"]
@@ -128,14 +130,14 @@ class AdaptiveRankSettings(_Section):
         pruning = total_steps - self.warmup_steps - self.final_steps
         if pruning < 1:
             return (
-                f"lora.adaptive.warmup_steps {self.warmup_steps} + lora.adaptive.final_steps "
+                f"lora.adaptive.warmupSteps {self.warmup_steps} + lora.adaptive.finalSteps "
                 f"{self.final_steps} leave no pruning steps in the run's {total_steps} "
                 f"optimizer steps ({source}): lower them or train longer"
             )
         if self.interval > pruning:
             return (
                 f"lora.adaptive.interval {self.interval} is longer than the {pruning} pruning "
-                f"steps between warmup_steps and final_steps ({total_steps} steps, {source}): "
+                f"steps between warmupSteps and finalSteps ({total_steps} steps, {source}): "
                 "the ranks would never be reallocated; lower the interval"
             )
         return None
@@ -297,7 +299,9 @@ class TrainConfig(_Section):
     )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings | None = Field(
-        default=None, description="Required for method 'qlora'."
+        default=None,
+        description="4-bit quantization of the base, for method 'qlora' only; unset there, it "
+        "is NF4 with double quantization and bf16 compute.",
     )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
@@ -331,81 +335,10 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
-        problems: list[str] = []
-        if self.method != "qlora" and self.quantization is not None:
-            problems.append(
-                f"quantization is set but method is '{self.method}': 4-bit quantization is "
-                "only for method 'qlora' (remove quantization or set method: qlora)"
-            )
-        if self.method == "qlora" and self.training.precision == "fp32":
-            problems.append(
-                "method 'qlora' with training.precision 'fp32': use bf16 or fp16 for Q-LoRA"
-            )
-        if self.method == "qlora" and self.deepspeed.enabled and self.deepspeed.zero_stage == 3:
-            problems.append(
-                "method 'qlora' with deepspeed.zero_stage 3: 4-bit weights can't be sharded "
-                "by ZeRO-3 here; use zero_stage 2 (or 0), or method 'lora'"
-            )
-        if self.deepspeed.offload_parameters and (
-            not self.deepspeed.enabled or self.deepspeed.zero_stage != 3
-        ):
-            problems.append("deepspeed.offload_parameters needs deepspeed.enabled and zero_stage 3")
-        if (
-            self.training.kernels == "liger"
-            and self.deepspeed.enabled
-            and self.deepspeed.zero_stage == 3
-        ):
-            problems.append(
-                "training.kernels 'liger' with deepspeed.zero_stage 3: Liger's fused loss reads "
-                "the output head's weight, which ZeRO-3 partitions; use kernels 'auto' (chunked "
-                "loss there) or zero_stage 2"
-            )
-        if self.method == "full" and self.lora.modules_to_save:
-            problems.append("lora.modules_to_save is set but method 'full' trains every module")
-        problems += self._adaptive_problems()
-        if self.evaluation.fraction > 0 and self.evaluation.file:
-            problems.append(
-                "evaluation.fraction and evaluation.file are both set: choose one source"
-            )
+        problems = [rule.describe(self) for rule in broken(self, TRAINING_RULES)]
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    def _adaptive_problems(self) -> list[str]:
-        adaptive = self.lora.adaptive
-        if adaptive is None:
-            return []
-        problems: list[str] = []
-        if adaptive.target_rank >= self.lora.r:
-            problems.append(
-                f"lora.adaptive.target_rank {adaptive.target_rank} must be below lora.r "
-                f"{self.lora.r}: AdaLoRA starts every matrix at lora.r and prunes to the "
-                "target (raise lora.r to the largest rank a matrix may keep)"
-            )
-        if self.lora.target_parameters:
-            problems.append(
-                f"lora.adaptive with lora.target_parameters {self.lora.target_parameters}: "
-                "peft's AdaLoRA adapts linear modules only, not fused expert tensors; set "
-                "lora.target_parameters: [] or remove lora.adaptive"
-            )
-        if self.method == "full":
-            problems.append(
-                "lora.adaptive is set but method 'full' trains no adapter: use method lora "
-                "or qlora, or remove lora.adaptive"
-            )
-        if self.deepspeed.enabled:
-            problems.append(
-                "lora.adaptive with deepspeed.enabled: DeepSpeed steps and clears the "
-                "gradients inside backward, before AdaLoRA can score the ranks by them; "
-                "train adaptive-rank runs with deepspeed.enabled: false (DDP)"
-            )
-        if self.training.max_steps > 0:
-            problem = adaptive.schedule_problem(
-                self.training.max_steps, source="training.max_steps"
-            )
-            if problem:
-                problems.append(problem)
-        return problems
 
     def advice(self) -> list[str]:
         """Warnings from the tuning table: settings that work but are likely not what you want."""
