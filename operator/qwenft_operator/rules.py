@@ -11,12 +11,11 @@ from :class:`SpecObject`; the CRD generator reads their rules through the JSON s
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
-from qwenft_trainer.rules import Rule, broken
+from qwenft_trainer.rules import Rule, Section
 
 VALIDATIONS_KEY = "x-kubernetes-validations"
 
@@ -27,28 +26,12 @@ def _schema_extra(schema: dict[str, Any], cls: type[Any]) -> None:
         schema[VALIDATIONS_KEY] = [rule.to_crd() for rule in rules]
 
 
-class SpecObject(BaseModel):
-    """Base of every object in the ``QwenFineTune`` spec and status.
+class SpecObject(Section):
+    """Base of every object in the ``QwenFineTune`` spec and status: the trainer's
+    :class:`~qwenft_trainer.rules.Section` (camelCase keys, unknown keys refused, its rules
+    checked), whose rules the CRD generator also finds as CEL in the JSON schema."""
 
-    Keys are camelCase on the wire (snake_case attributes in Python), unknown keys are
-    errors, and the class's :attr:`rules` are checked after field validation.
-    """
-
-    model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
-        alias_generator=to_camel,
-        json_schema_extra=_schema_extra,
-    )
-
-    rules: ClassVar[tuple[Rule, ...]] = ()
-
-    @model_validator(mode="after")
-    def _check_rules(self) -> SpecObject:
-        failed = broken(self, self.rules)
-        if failed:
-            raise ValueError("\n".join(rule.describe(self) for rule in failed))
-        return self
+    model_config = ConfigDict(json_schema_extra=_schema_extra)
 
 
 def immutable(description: str, what: str, **kwargs: Any) -> Any:
@@ -68,25 +51,3 @@ def exactly_one(*names: str) -> str:
 def count_set(obj: BaseModel, names: Iterable[str]) -> int:
     """How many of the fields ``names`` (snake_case) are set (not None) on ``obj``."""
     return sum(getattr(obj, name) is not None for name in names)
-
-
-def format_errors(err: ValidationError, *, prefix: str = "") -> list[str]:
-    """One ``dotted.field.path: message`` line per problem, in the CRD's camelCase names.
-
-    Rule messages that start with a field path (``quantization: ...``) are joined onto
-    the location of the object they sit on, so ``spec`` + ``quantization`` reads
-    ``spec.quantization``.
-    """
-    lines: list[str] = []
-    for item in err.errors():
-        loc = [str(part) for part in item["loc"]]
-        if prefix:
-            loc.insert(0, prefix)
-        message = str(item["msg"]).removeprefix("Value error, ")
-        for line in message.split("\n"):
-            head, sep, tail = line.partition(": ")
-            if sep and head and " " not in head:
-                lines.append(".".join([*loc, head]) + ": " + tail)
-            else:
-                lines.append((".".join(loc) or "(top level)") + ": " + line)
-    return lines

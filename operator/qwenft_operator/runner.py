@@ -32,6 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
+from qwenft_trainer.rules import format_errors
 
 from qwenft_operator import gpu_fit, kube, references
 from qwenft_operator.actions import (
@@ -56,7 +57,6 @@ from qwenft_operator.reconcile import (
 )
 from qwenft_operator.reference_users import ReferenceUsers
 from qwenft_operator.references import Found, Known, ObjectKey, RecentLookups, Reference
-from qwenft_operator.rules import format_errors
 from qwenft_operator.run_cache import RunCache
 from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings

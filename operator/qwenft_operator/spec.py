@@ -28,10 +28,10 @@ from qwenft_trainer.config import (
     QuantizationSettings,
     TrainingSettings,
 )
-from qwenft_trainer.rules import TRAINING_RULES, Rule
+from qwenft_trainer.rules import TRAINING_RULES, Rule, format_errors
 from qwenft_trainer.serving import VLLM_MAX_LORA_RANKS
 
-from qwenft_operator.rules import SpecObject, format_errors, immutable
+from qwenft_operator.rules import SpecObject, immutable
 from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec
 from qwenft_operator.status import QwenFineTuneStatus
 from qwenft_operator.workloads import (

@@ -16,7 +16,6 @@ import yaml
 from invalid_manifests import BASE_MANIFEST, CASES, UPDATE_CASES, InvalidCase, build
 from pydantic import ValidationError
 from qwenft_operator.builders.config import build_train_config
-from qwenft_operator.rules import format_errors
 from qwenft_operator.runs import Run
 from qwenft_operator.spec import (
     ManifestError,
@@ -25,6 +24,7 @@ from qwenft_operator.spec import (
     check_update,
     load_manifest,
 )
+from qwenft_trainer.rules import format_errors
 
 EXAMPLES = sorted(
     path

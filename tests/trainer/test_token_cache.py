@@ -130,7 +130,7 @@ OTHER_CHANGES: dict[str, Any] = {
     "lora.modules_to_save": ["lm_head"],
     "deepspeed.enabled": True,
     "deepspeed.zero_stage": 3,
-    "deepspeed.offload_optimizer": True,
+    "deepspeed.offload_optimizer": True,  # with CONTEXT's ZeRO-2
     "deepspeed.offload_parameters": True,  # with CONTEXT's ZeRO-3
     "checkpoint.save_steps": 9,
     "checkpoint.keep": 1,
@@ -154,6 +154,7 @@ CONTEXT: dict[str, dict[str, Any]] = {
         if name.startswith("lora.adaptive.")
     },
     "deepspeed.offload_parameters": {"deepspeed.enabled": True, "deepspeed.zero_stage": 3},
+    "deepspeed.offload_optimizer": {"deepspeed.enabled": True, "deepspeed.zero_stage": 2},
 }
 QLORA_CHANGES: dict[str, Any] = {
     "quantization.quant_type": "fp4",

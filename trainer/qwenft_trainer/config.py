@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, SecretStr, model_validator
 
-from qwenft_trainer.rules import TRAINING_RULES, broken
+from qwenft_trainer.rules import TRAINING_RULES, Section, format_errors
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +45,7 @@ RECOMMENDED_RANK = (8, 128)
 QLORA_MAX_RECOMMENDED_LR = 2e-4
 
 
-class _Section(BaseModel):
-    """Settings accept snake_case (trainer files) and camelCase (the Kubernetes CRD) keys.
-
-    The operator's CRD embeds these same sections, so the trainer config and the
-    ``QwenFineTune`` spec can never disagree about a field's name, bounds or default.
-    """
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
-
-
-class ModelSource(_Section):
+class ModelSource(Section):
     """Where the base model comes from: a local directory, or a hub id at a revision."""
 
     name_or_path: str = Field(
@@ -81,7 +70,7 @@ class ModelSource(_Section):
         return SecretStr(value) if value else None
 
 
-class AdaptiveRankSettings(_Section):
+class AdaptiveRankSettings(Section):
     """AdaLoRA (peft ``AdaLoraConfig``): ranks reallocated by importance while training.
 
     Every adapted matrix starts at rank ``lora.r`` (AdaLoRA's ``init_r``), held as
@@ -143,7 +132,7 @@ class AdaptiveRankSettings(_Section):
         return None
 
 
-class LoraSettings(_Section):
+class LoraSettings(Section):
     r: int = Field(
         default=64,
         ge=1,
@@ -191,7 +180,7 @@ class LoraSettings(_Section):
     )
 
 
-class QuantizationSettings(_Section):
+class QuantizationSettings(Section):
     quant_type: QuantType = Field(
         default="nf4",
         description="4-bit data type (bitsandbytes; a GPTQ / AWQ base keeps its own).",
@@ -208,7 +197,7 @@ class QuantizationSettings(_Section):
     )
 
 
-class TrainingSettings(_Section):
+class TrainingSettings(Section):
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(
         default=-1, ge=-1, description="Optimizer steps to run; overrides epochs when > 0."
@@ -258,14 +247,14 @@ class TrainingSettings(_Section):
     )
 
 
-class DeepSpeedSettings(_Section):
+class DeepSpeedSettings(Section):
     enabled: bool = Field(default=False, description="Run under DeepSpeed instead of DDP.")
     zero_stage: Literal[0, 2, 3] = Field(default=2, description="ZeRO stage.")
     offload_optimizer: bool = Field(default=False, description="Optimizer state to CPU.")
     offload_parameters: bool = Field(default=False, description="Parameters to CPU (ZeRO-3).")
 
 
-class CheckpointSettings(_Section):
+class CheckpointSettings(Section):
     save_steps: int = Field(default=100, ge=1, description="Write a checkpoint every N steps.")
     keep: int = Field(default=3, ge=1, description="Checkpoints to keep (oldest removed first).")
     resume: bool = Field(
@@ -273,7 +262,7 @@ class CheckpointSettings(_Section):
     )
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(Section):
     fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Share of the data held out for evaluation."
     )
@@ -281,13 +270,15 @@ class EvaluationSettings(_Section):
     steps: int = Field(default=100, ge=1, description="Evaluate every N steps.")
 
 
-class DataSettings(_Section):
+class DataSettings(Section):
     path: str = Field(min_length=1, description="JSON array or JSONL file of dialogues.")
     format: DataFormat = Field(default="auto", description="Record format; 'auto' detects it.")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """A complete training run; load it with :func:`load_config`."""
+
+    rules = TRAINING_RULES
 
     model: ModelSource
     data: DataSettings
@@ -332,13 +323,6 @@ class TrainConfig(_Section):
         ):
             data = {**data, "quantization": {}}
         return data
-
-    @model_validator(mode="after")
-    def _check_combinations(self) -> TrainConfig:
-        problems = [rule.describe(self) for rule in broken(self, TRAINING_RULES)]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
     def advice(self) -> list[str]:
         """Warnings from the tuning table: settings that work but are likely not what you want."""
@@ -392,12 +376,7 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def format_validation_error(source: str | Path, err: Any) -> str:
     """One line per problem, each naming the dotted field path."""
-    lines = [f"invalid config {source}:"]
-    for item in err.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = str(item["msg"]).removeprefix("Value error, ")
-        lines.append(f"  {field}: {message}")
-    return "\n".join(lines)
+    return "\n".join([f"invalid config {source}:", *(f"  {line}" for line in format_errors(err))])
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -10,14 +10,18 @@ share (``method``, ``quantization``, ``lora``, ``training``, ``deepspeed``, ``ev
 (serving, datasets by URL). Field names are the CRD's camelCase; a trainer file accepts
 those keys too.
 
-    problems = [rule.describe(config) for rule in broken(config, TRAINING_RULES)]
+    class Run(Section):
+        rules = TRAINING_RULES          # checked after the fields; errors name the field
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,48 @@ class Rule:
 def broken(obj: Any, rules: Iterable[Rule]) -> list[Rule]:
     """The rules ``obj`` breaks, in order."""
     return [rule for rule in rules if not rule.check(obj)]
+
+
+class Section(BaseModel):
+    """Base of every settings object of a run: the trainer's config and the operator's spec.
+
+    Keys are camelCase on the wire (the CRD) or snake_case (trainer files, Python), unknown
+    keys are errors, and the class's :attr:`rules` are checked after its fields, all of the
+    broken ones reported, one line each.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        failed = broken(self, self.rules)
+        if failed:
+            raise ValueError("\n".join(rule.describe(self) for rule in failed))
+        return self
+
+
+def format_errors(err: ValidationError, *, prefix: str = "") -> list[str]:
+    """One ``dotted.field.path: message`` line per problem.
+
+    Rule messages that start with a field path (``quantization: ...``) are joined onto
+    the location of the object they sit on, so ``spec`` + ``quantization`` reads
+    ``spec.quantization``.
+    """
+    lines: list[str] = []
+    for item in err.errors():
+        loc = [str(part) for part in item["loc"]]
+        if prefix:
+            loc.insert(0, prefix)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        for line in message.split("\n"):
+            head, sep, tail = line.partition(": ")
+            if sep and head and " " not in head:
+                lines.append(".".join([*loc, head]) + ": " + tail)
+            else:
+                lines.append((".".join(loc) or "(top level)") + ": " + line)
+    return lines
 
 
 def _zero3(s: Any) -> bool:
