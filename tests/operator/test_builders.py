@@ -568,6 +568,51 @@ def test_builtin_adapter_target_and_probes() -> None:
     assert serving.build_builtin_args(longer, target)[-2:] == ["--max-model-len", "4096"]
 
 
+def with_inference(run: Run, *, merge_enabled: bool | None = None, **fields: Any) -> Run:
+    """``run`` with spec.inference fields (and merge.enabled) changed."""
+    spec = run.spec.model_copy(update={"inference": run.spec.inference.model_copy(update=fields)})
+    if merge_enabled is not None:
+        merge_spec = spec.merge.model_copy(update={"enabled": merge_enabled})
+        spec = spec.model_copy(update={"merge": merge_spec})
+    return Run(name=run.name, namespace="ml", uid="u", spec=spec)
+
+
+def test_a_chosen_checkpoint_is_resolved_by_the_merge_job() -> None:
+    run = with_inference(load_run("qlora-multinode-zero2"), checkpoint="best")
+    assert merge.build_merge_args(run)[-2:] == ["--checkpoint", "best"]
+    rules = merge.build_merge_job(run)["spec"]["podFailurePolicy"]["rules"]
+    fail_job = next(rule for rule in rules if rule["action"] == "FailJob")
+    assert fail_job["onExitCodes"]["values"] == [1, 2, merge.CHECKPOINT_NOT_FOUND_EXIT_CODE]
+    # the merged model holds that checkpoint: vLLM serves it as it is
+    assert "--checkpoint" not in serve_command(run)
+    assert "--checkpoint" not in merge.build_merge_args(load_run("qlora-multinode-zero2"))
+
+
+def test_a_chosen_checkpoint_is_resolved_by_the_builtin_server() -> None:
+    run = with_inference(load_run("lora-single-gpu"), checkpoint=900, merge_enabled=False)
+    target = serving.build_serve_target(run)
+    assert target.adapter == "/output/support-lora" and target.checkpoint == "900"
+    args = serving.build_builtin_args(run, target)
+    assert args[args.index("--checkpoint") : args.index("--checkpoint") + 2] == [
+        "--checkpoint", "900",
+    ]  # fmt: skip
+    full = with_inference(load_run("full-finetune"), checkpoint="best")
+    command = serve_command(full)
+    assert command[3] == "/output/full-1p5b" and command[-2:] != ["--checkpoint", "best"]
+    assert "--checkpoint" in command and command[command.index("--checkpoint") + 1] == "best"
+
+
+def test_vllm_merges_a_chosen_checkpoint_it_could_serve_unmerged() -> None:
+    run = load_run("kueue-queued")
+    assert not serving.needs_merge(run)
+    chosen = with_inference(run, checkpoint=200)
+    assert serving.needs_merge(chosen)
+    assert serving.build_serve_target(chosen) == serving.ServeTarget(
+        model="/output/queued-lora/merged"
+    )
+    assert merge.build_merge_args(chosen)[-2:] == ["--checkpoint", "200"]
+
+
 BUILDERS: list[Callable[[Run], dict[str, Any]]] = [
     config.build_config_map,
     training.build_headless_service,
