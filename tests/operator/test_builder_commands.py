@@ -6,11 +6,14 @@ spec's locations as plain local paths: the validation Job's validator, the train
 rendered config, the merge Job's merge, and the server on the merged model (ready, and
 answering under the served model name). Covers: flags the programs accept, the rendered
 config trains, and the output layout the builders assume (adapter in the output directory,
-merged model in ``merged/``).
+merged model in ``merged/``), and the token cache the validator writes for the rendered
+config, which training loads.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -43,10 +46,17 @@ def local_run(tiny_model_dir: Path, out: Path) -> Run:
     return Run.from_body(manifest)
 
 
-def run_cli(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    argv: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     assert argv[0] == "qwenft"
     return subprocess.run(
-        [*CLI, *argv[1:]], capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -60,7 +70,11 @@ def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: P
     out = tmp_path / "out"
     run = local_run(tiny_model_dir, out)
 
-    checked = run_cli(validation.build_validation_args(run))
+    # the validation Job's container env: the rendered config whose token cache it writes
+    job = validation.build_validation_job(run)
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    cache_env = {validation.TRAIN_CONFIG_ENV: env[validation.TRAIN_CONFIG_ENV]}
+    checked = run_cli(validation.build_validation_args(run), env=cache_env)
     assert checked.returncode == 0, checked.stderr[-2000:]
     assert '"ok": true' in checked.stdout
 
@@ -73,6 +87,8 @@ def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: P
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (out / "adapter_config.json").exists(), "the adapter is in the output directory"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["token_cache"]["status"] == "loaded", "the validator tokenized for it"
     assert (out / "checkpoint-2").is_dir()
 
     merged = run_cli(merge.build_merge_args(run), timeout=600)

@@ -33,7 +33,7 @@ from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.workloads import ValidationSpec
 from qwenft_trainer import exit_codes
-from qwenft_trainer.config import TrainConfig
+from qwenft_trainer.config import TrainConfig, dump_config
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE.parents[1] / "examples"
@@ -337,8 +337,14 @@ def test_validation_job_runs_the_validator() -> None:
         "--model", "Qwen/Qwen2.5-7B-Instruct", "--max-seq-length", "2048",
         "--format", "auto", "--thinking", "empty-in-prompt", "--json", "--revision", "main",
         "--method", "lora", "--merge-into", "Qwen/Qwen2.5-7B-Instruct",
+        "--token-cache-from-env", "QWENFT_TRAIN_CONFIG",
     ]  # fmt: skip
-    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data"}
+    # the output volume holds the token cache it writes for training
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data", "output"}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env[validation.TRAIN_CONFIG_ENV] == dump_config(config.build_train_config(run))
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert not mounts["output"].get("readOnly", False)
 
 
 def test_the_validator_is_told_an_explicit_attention_kernel() -> None:
@@ -362,7 +368,10 @@ def gptq_run(*, lora: dict[str, Any] | None = None, **merge_spec: Any) -> Run:
 
 def test_validator_checks_the_merge_target_only_when_the_run_merges() -> None:
     """A GPTQ base merges into spec.merge.base; the validator refuses a quantized target."""
-    args = validation.build_validation_args
+
+    def args(run: Run) -> list[str]:
+        return validation.build_validation_args(run)[:-2]  # without --token-cache-from-env
+
     assert args(gptq_run())[-4:] == [
         "--method", "qlora", "--merge-into", "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4",
     ]  # fmt: skip
