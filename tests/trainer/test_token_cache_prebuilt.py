@@ -182,3 +182,24 @@ def test_no_trainer_config_writes_no_cache(
     assert json.loads(capsys.readouterr().out)["ok"] is True
     assert not (tmp_path / "out").exists()
     assert yaml.safe_load(config_file.read_text())["output_dir"] == str(tmp_path / "out")
+
+
+def test_a_validation_pod_too_small_leaves_tokenizing_to_training(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from qwenft_trainer import validate as validate_module
+
+    data = write_dialogues(tmp_path / "train.jsonl", count=12)
+    config_file = write_config(tmp_path / "train.yaml", tiny_model_dir, data, tmp_path / "out")
+    monkeypatch.setattr(validate_module, "available_memory_bytes", lambda: 1024)
+    code, report = validate(config_file, monkeypatch, capsys)
+    assert code == 0 and report["ok"] is True
+    assert not entries(load_config(config_file))
+    assert "the training pods tokenize" in caplog.text
+    assert validate_module.fits_in_memory(0)
+    monkeypatch.setattr(validate_module, "available_memory_bytes", lambda: None)
+    assert validate_module.fits_in_memory(10**12), "unknown memory: try"

@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Memory per token of tokenized samples (an id and a label, each a pointer and an int
+# object in a Python list), and where a container's memory limit is read.
+CACHE_BYTES_PER_TOKEN = 80
+CGROUP_DIR = "/sys/fs/cgroup"
 # How many problems the text report lists before summarising the rest.
 TEXT_PROBLEM_LIMIT = 50
 PROGRESS_EVERY = 10_000
@@ -457,13 +461,47 @@ def main(argv: list[str] | None = None) -> int:
         **pinned,
     )
     report = report.model_copy(update=facts)
-    if report.ok and args.token_cache_from_env:
+    if report.ok and args.token_cache_from_env and fits_in_memory(report.tokens):
         problem = prebuild_token_cache(os.environ.get(args.token_cache_from_env, ""))
         if problem is not None:
             _refuse(args, problem)
             return 1
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may still take: its cgroup's limit less its use, else the free
+    physical memory; None when neither can be read."""
+    try:
+        limit = Path(CGROUP_DIR, "memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path(CGROUP_DIR, "memory.current").read_text().strip())
+            return int(limit) - used
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def fits_in_memory(tokens: int) -> bool:
+    """Whether the samples of ``tokens`` tokens fit in half the memory left (as Python lists:
+    :data:`CACHE_BYTES_PER_TOKEN`). A validation pod too small to hold them leaves the
+    tokenizing to training, which holds them anyway, rather than being killed."""
+    available = available_memory_bytes()
+    needed = tokens * CACHE_BYTES_PER_TOKEN
+    if available is None or needed <= available // 2:
+        return True
+    log.warning(
+        "no token cache written: %d tokens take about %.1f GiB to tokenize, %.1f GiB is free; "
+        "the training pods tokenize",
+        tokens,
+        needed / 1024**3,
+        available / 1024**3,
+    )
+    return False
 
 
 def prebuild_token_cache(config_text: str) -> str | None:
