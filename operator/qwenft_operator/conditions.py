@@ -70,6 +70,7 @@ MERGE_RUNNING = "MergeRunning"  # the merge Job is running
 MERGE_SUCCEEDED = "MergeSucceeded"  # the merged model was written and verified
 MERGE_SKIPPED = "MergeSkipped"  # merge disabled, or nothing to merge (method full)
 MERGE_FAILED = "MergeFailed"  # the merge Job failed; message has its error
+CHECKPOINT_NOT_FOUND = "CheckpointNotFound"  # inference.checkpoint not kept; message lists those
 
 # Reasons: serving.
 DEPLOYING = "Deploying"  # the Deployment is rolling out
@@ -108,6 +109,7 @@ REASONS = (
     MERGE_SUCCEEDED,
     MERGE_SKIPPED,
     MERGE_FAILED,
+    CHECKPOINT_NOT_FOUND,
     DEPLOYING,
     ENDPOINT_READY,
     INFERENCE_DISABLED,

@@ -33,8 +33,10 @@ from typing import Any, TypeVar, cast
 import kopf
 
 from qwenft_operator import kube, labels
+from qwenft_operator.builders import serving
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import (
+    PodFacts,
     parse_claim,
     parse_config_map,
     parse_deployment,
@@ -77,6 +79,16 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: Any, patch: Any, essence: Any) -> None:
         return None
+
+
+def _server_refused(pod: PodFacts) -> bool:
+    """A server pod that exited because spec.inference.checkpoint isn't kept."""
+    failure = pod.failure
+    return (
+        pod.component == "serve"
+        and failure is not None
+        and failure.exit_code == serving.CHECKPOINT_NOT_FOUND_EXIT_CODE
+    )
 
 
 def _owner(namespace: str | None, meta_labels: kopf.Labels) -> RunKey:
@@ -193,7 +205,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         **kwargs: Any,
     ) -> None:  # fmt: skip
         pod = parse_pod(body)
-        if pod.component not in JOB_COMPONENTS:
+        if pod.component not in JOB_COMPONENTS and not _server_refused(pod):
             return
         deleted = type == "DELETED"
         verdict = pod.unschedulable.message if pod.unschedulable and not deleted else None
@@ -201,6 +213,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             # Its exit 0 matters (see reconcile._validator_exited_zero); failures come
             # through the Job, which decides whether the pod is retried.
             signature: Hashable = (pod.phase == "Succeeded", verdict, pod.config_error)
+        elif pod.component == "serve":
+            # A server that exited at start for a missing checkpoint fails the run.
+            signature, deleted = ("refused", pod.failure), False
         elif pod.component == "train" and pod.failed and not deleted:
             # A training pod that ended: a disrupted or stopped rank is not counted by
             # the Job, but its gang restarts (qwenft_operator.gang).

@@ -437,6 +437,9 @@ def _merge(d: Draft, run: Run, observed: Observed) -> bool:
             d.actions.append(Requeue(POD_REPORT_RETRY))
             return False
         detail = report_message(pod.failure.message) if pod and pod.failure else ""
+        if pod and pod.failure and pod.failure.exit_code == merge.CHECKPOINT_NOT_FOUND_EXIT_CODE:
+            d.fail(cond.MERGED, cond.CHECKPOINT_NOT_FOUND, detail or job.message)
+            return False
         code = f"exit code {pod.failure.exit_code}: " if pod and pod.failure else ""
         d.fail(cond.MERGED, cond.MERGE_FAILED, code + (detail or job.message))
         return False
@@ -473,7 +476,14 @@ def _serve(d: Draft, run: Run, observed: Observed) -> None:
         return
     d.child("serve_deployment", deployment.name)
     d.child("serve_service", names.serve_service)
-    if deployment.failed:
+    missing = _checkpoint_not_found(observed.pods_of("serve"))
+    if missing is not None:
+        # the server exits at start and would restart forever, holding its GPUs
+        d.fail(cond.READY, cond.CHECKPOINT_NOT_FOUND, missing)
+        d.actions.append(DeleteChild("Deployment", names.serve_deployment))
+        d.actions.append(DeleteChild("Service", names.serve_service))
+        d.status.endpoint = None
+    elif deployment.failed:
         d.fail(cond.READY, cond.DEPLOY_FAILED, deployment.message)
     elif deployment.available:
         d.set(cond.READY, "True", cond.ENDPOINT_READY, f"serving {run.served_model_name}")
@@ -484,6 +494,15 @@ def _serve(d: Draft, run: Run, observed: Observed) -> None:
         message = f"{deployment.ready_replicas}/{deployment.replicas} server replicas ready"
         d.set(cond.READY, "False", cond.DEPLOYING, message)
         d.phase(Phase.DEPLOYING)
+
+
+def _checkpoint_not_found(pods: list[PodFacts]) -> str | None:
+    """The error of a server that found no checkpoint spec.inference.checkpoint names."""
+    for pod in pods:
+        failure = pod.failure
+        if failure is not None and failure.exit_code == serving.CHECKPOINT_NOT_FOUND_EXIT_CODE:
+            return report_message(failure.message) or failure.describe()
+    return None
 
 
 def _smoke_test(d: Draft, run: Run, observed: Observed) -> None:

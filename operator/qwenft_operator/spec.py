@@ -35,6 +35,7 @@ from qwenft_operator.rules import SpecObject, immutable
 from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec
 from qwenft_operator.status import QwenFineTuneStatus
 from qwenft_operator.workloads import (
+    BEST_CHECKPOINT,
     EvaluationPrompt,
     ImagesSpec,
     InferenceSpec,
@@ -73,6 +74,14 @@ def _section(description: str, factory: type[BaseModel]) -> Any:
     )
 
 
+def _has_evaluation(s: QwenFineTuneSpec) -> bool:
+    return s.evaluation.fraction > 0 or s.evaluation.file is not None
+
+
+def _best_checkpoint(s: QwenFineTuneSpec) -> bool:
+    return s.inference.checkpoint == BEST_CHECKPOINT
+
+
 def _vllm_unmerged(s: QwenFineTuneSpec) -> bool:
     """vLLM is asked to serve the adapter itself (no merge)."""
     return s.inference.enabled and s.inference.engine == "vllm" and not s.merge.enabled
@@ -89,6 +98,34 @@ class QwenFineTuneSpec(SpecObject):
             message="evaluation.file needs a configMap, pvc or path dataset; with a URL "
             "dataset use evaluation.fraction",
             field=".evaluation.file",
+        ),
+        Rule(
+            cel="!has(self.inference.checkpoint) || type(self.inference.checkpoint) == int || "
+            "self.evaluation.fraction > 0.0 || has(self.evaluation.file)",
+            check=lambda s: not _best_checkpoint(s) or _has_evaluation(s),
+            message="inference.checkpoint 'best' picks the checkpoint with the lowest eval "
+            "loss: set evaluation.fraction or evaluation.file, or name a step",
+            field=".inference.checkpoint",
+        ),
+        Rule(
+            cel="!has(self.inference.checkpoint) || type(self.inference.checkpoint) == int || "
+            "self.checkpoint.saveSteps % self.evaluation.steps == 0",
+            check=lambda s: (
+                not _best_checkpoint(s) or s.checkpoint.save_steps % s.evaluation.steps == 0
+            ),
+            message="inference.checkpoint 'best' compares the eval loss of saved checkpoints: "
+            "set checkpoint.saveSteps to a multiple of evaluation.steps so each one is evaluated",
+            field=".checkpoint.saveSteps",
+        ),
+        Rule(
+            cel="!has(self.inference.checkpoint) || self.method != 'full' || "
+            "self.inference.engine != 'vllm'",
+            check=lambda s: (
+                s.inference.checkpoint is None or s.method != "full" or s.inference.engine != "vllm"
+            ),
+            message="inference.checkpoint of a full fine-tune is resolved by the builtin server "
+            "when it starts: use inference.engine builtin, or remove inference.checkpoint",
+            field=".inference.checkpoint",
         ),
         Rule(
             cel="size(self.evaluationPrompts) == 0 || self.inference.enabled",

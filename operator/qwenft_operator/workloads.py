@@ -231,6 +231,25 @@ class MergeSpec(SpecObject):
     )
 
 
+# spec.inference.checkpoint: a kept checkpoint's step, or this (the lowest eval loss).
+BEST_CHECKPOINT = "best"
+
+
+def _check_checkpoint(value: int | str) -> int | str:
+    if isinstance(value, str) and value != BEST_CHECKPOINT:
+        raise ValueError(f"{value!r} is not a step number (e.g. 900) or '{BEST_CHECKPOINT}'")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"checkpoint step {value} must be at least 1 (or '{BEST_CHECKPOINT}')")
+    return value
+
+
+CheckpointChoice = Annotated[
+    int | str,
+    AfterValidator(_check_checkpoint),
+    Field(json_schema_extra={"pattern": f"^{BEST_CHECKPOINT}$"}),
+]
+
+
 class InferenceSpec(SpecObject):
     """Serve the result behind an OpenAI-compatible endpoint once training ends."""
 
@@ -240,6 +259,12 @@ class InferenceSpec(SpecObject):
             check=lambda i: i.engine != "vllm" or i.gpus >= 1,
             message="engine vllm needs at least one GPU: set gpus >= 1 or engine builtin",
             field=".gpus",
+        ),
+        Rule(
+            cel="!has(self.checkpoint) || type(self.checkpoint) == string || self.checkpoint >= 1",
+            check=lambda i: not isinstance(i.checkpoint, int) or i.checkpoint >= 1,
+            message="checkpoint is a step number of at least 1 (e.g. 900) or 'best'",
+            field=".checkpoint",
         ),
     )
 
@@ -263,6 +288,14 @@ class InferenceSpec(SpecObject):
     )
     max_model_len: int | None = Field(
         default=None, ge=16, le=1048576, description="Longest context the server accepts."
+    )
+    checkpoint: CheckpointChoice | None = Field(
+        default=None,
+        description="Serve (and merge) a kept checkpoint instead of the final adapter or "
+        "weights: its step (e.g. 900), or 'best', the kept checkpoint with the lowest eval "
+        "loss (needs evaluation). Resolved when the merge Job or the server starts; a "
+        "checkpoint that isn't kept fails the run (CheckpointNotFound) with the list of "
+        "those that are.",
     )
 
 

@@ -151,6 +151,11 @@ CASES: list[InvalidCase] = [
     InvalidCase("eval-file-with-url", "spec.evaluation.file", {"spec.dataset": {"url": {"url": "https://h/d.jsonl"}}, "spec.evaluation": {"file": "eval.jsonl"}}),
     InvalidCase("prompts-without-inference", "spec.evaluationPrompts", {"spec.inference": {"enabled": False}, "spec.evaluationPrompts": [{"prompt": "hi"}]}),
     InvalidCase("vllm-without-gpu", "spec.inference.gpus", {"spec.inference": {"engine": "vllm", "gpus": 0}}),
+    InvalidCase("checkpoint-step-zero", "spec.inference.checkpoint", {"spec.inference": {"checkpoint": 0}}),
+    InvalidCase("checkpoint-not-best", "spec.inference.checkpoint", {"spec.inference": {"checkpoint": "latest"}}),
+    InvalidCase("best-checkpoint-without-evaluation", "spec.inference.checkpoint", {"spec.inference": {"checkpoint": "best"}}),
+    InvalidCase("best-checkpoint-unevaluated-saves", "spec.checkpoint.saveSteps", {"spec.inference": {"checkpoint": "best"}, "spec.evaluation": {"fraction": 0.1, "steps": 30}, "spec.checkpoint": {"saveSteps": 100}}),
+    InvalidCase("checkpoint-full-vllm", "spec.inference.checkpoint", {"spec.method": "full", "spec.inference": {"engine": "vllm", "gpus": 1, "checkpoint": 200}}),
     InvalidCase("vllm-unmerged-rank-too-big", "spec.merge.enabled", {**VLLM_UNMERGED, "spec.lora": {"r": 1024}}),
     InvalidCase("vllm-unmerged-modules-to-save", "spec.merge.enabled", {**VLLM_UNMERGED, "spec.lora": {"modulesToSave": ["lm_head"]}}),
     # The run's name: it prefixes Service names and is a label value.

@@ -6,11 +6,15 @@ spec's locations as plain local paths: the validation Job's validator, the train
 rendered config, the merge Job's merge, and the server on the merged model (ready, and
 answering under the served model name). Covers: flags the programs accept, the rendered
 config trains, and the output layout the builders assume (adapter in the output directory,
-merged model in ``merged/``).
+merged model in ``merged/``), the token cache the validator writes for the rendered
+config, which training loads, and a server started on a chosen checkpoint (refused with
+the kept ones listed when it isn't kept).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -31,9 +35,11 @@ CLI = [sys.executable, "-m", "qwenft_operator.cli"]
 pytestmark = pytest.mark.slow
 
 
-def local_run(tiny_model_dir: Path, out: Path) -> Run:
+def local_run(tiny_model_dir: Path, out: Path, **sections: dict[str, object]) -> Run:
     manifest = yaml.safe_load((ROOT / "examples" / "quickstart-local.yaml").read_text())
     spec = manifest["spec"]
+    for name, fields in sections.items():
+        spec.setdefault(name, {}).update(fields)
     spec["model"] = {"path": str(tiny_model_dir)}
     spec["dataset"]["path"] = str(DATASET)
     spec["output"] = {"path": str(out)}
@@ -43,10 +49,17 @@ def local_run(tiny_model_dir: Path, out: Path) -> Run:
     return Run.from_body(manifest)
 
 
-def run_cli(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    argv: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     assert argv[0] == "qwenft"
     return subprocess.run(
-        [*CLI, *argv[1:]], capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -60,7 +73,11 @@ def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: P
     out = tmp_path / "out"
     run = local_run(tiny_model_dir, out)
 
-    checked = run_cli(validation.build_validation_args(run))
+    # the validation Job's container env: the rendered config whose token cache it writes
+    job = validation.build_validation_job(run)
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    cache_env = {validation.TRAIN_CONFIG_ENV: env[validation.TRAIN_CONFIG_ENV]}
+    checked = run_cli(validation.build_validation_args(run), env=cache_env)
     assert checked.returncode == 0, checked.stderr[-2000:]
     assert '"ok": true' in checked.stdout
 
@@ -73,6 +90,8 @@ def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: P
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (out / "adapter_config.json").exists(), "the adapter is in the output directory"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["token_cache"]["status"] == "loaded", "the validator tokenized for it"
     assert (out / "checkpoint-2").is_dir()
 
     merged = run_cli(merge.build_merge_args(run), timeout=600)
@@ -81,7 +100,25 @@ def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: P
 
     target = serving.build_serve_target(run)
     assert target == serving.ServeTarget(model=str(out / "merged"))
-    argv = serving.build_builtin_args(run, target)
+    models = serve_models(serving.build_builtin_args(run, target))
+    assert f'"id":"{run.served_model_name}"' in models
+
+    # spec.inference.checkpoint, unmerged: the server resolves it to checkpoint-2's adapter
+    chosen = local_run(tiny_model_dir, out, inference={"checkpoint": 2}, merge={"enabled": False})
+    target = serving.build_serve_target(chosen)
+    assert (target.adapter, target.checkpoint) == (str(out), "2")
+    assert f'"id":"{chosen.served_model_name}"' in serve_models(
+        serving.build_builtin_args(chosen, target)
+    )
+    missing = local_run(tiny_model_dir, out, inference={"checkpoint": 3}, merge={"enabled": False})
+    refused = run_cli(serving.build_builtin_args(missing, serving.build_serve_target(missing)))
+    assert refused.returncode == serving.CHECKPOINT_NOT_FOUND_EXIT_CODE
+    assert "checkpoint 3 doesn't exist" in refused.stderr
+    assert "kept checkpoints: 2" in refused.stderr
+
+
+def serve_models(argv: list[str]) -> str:
+    """Start the server of ``argv`` on a free local port; its /v1/models once it is ready."""
     port = free_port()
     argv[argv.index("--port") + 1] = str(port)
     argv[argv.index("--host") + 1] = "127.0.0.1"
@@ -102,7 +139,7 @@ def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: P
             assert time.monotonic() < deadline, "server never became ready"
             time.sleep(0.5)
         with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as models:
-            assert f'"id":"{run.served_model_name}"' in models.read().decode().replace(" ", "")
+            return str(models.read().decode().replace(" ", ""))
     finally:
         server.terminate()
         server.wait(timeout=30)

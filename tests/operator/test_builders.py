@@ -33,7 +33,7 @@ from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.workloads import ValidationSpec
 from qwenft_trainer import exit_codes
-from qwenft_trainer.config import TrainConfig
+from qwenft_trainer.config import TrainConfig, dump_config
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE.parents[1] / "examples"
@@ -337,8 +337,14 @@ def test_validation_job_runs_the_validator() -> None:
         "--model", "Qwen/Qwen2.5-7B-Instruct", "--max-seq-length", "2048",
         "--format", "auto", "--thinking", "empty-in-prompt", "--json", "--revision", "main",
         "--method", "lora", "--merge-into", "Qwen/Qwen2.5-7B-Instruct",
+        "--token-cache-from-env", "QWENFT_TRAIN_CONFIG",
     ]  # fmt: skip
-    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data"}
+    # the output volume holds the token cache it writes for training
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data", "output"}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env[validation.TRAIN_CONFIG_ENV] == dump_config(config.build_train_config(run))
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert not mounts["output"].get("readOnly", False)
 
 
 def test_the_validator_is_told_an_explicit_attention_kernel() -> None:
@@ -362,7 +368,10 @@ def gptq_run(*, lora: dict[str, Any] | None = None, **merge_spec: Any) -> Run:
 
 def test_validator_checks_the_merge_target_only_when_the_run_merges() -> None:
     """A GPTQ base merges into spec.merge.base; the validator refuses a quantized target."""
-    args = validation.build_validation_args
+
+    def args(run: Run) -> list[str]:
+        return validation.build_validation_args(run)[:-2]  # without --token-cache-from-env
+
     assert args(gptq_run())[-4:] == [
         "--method", "qlora", "--merge-into", "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4",
     ]  # fmt: skip
@@ -566,6 +575,51 @@ def test_builtin_adapter_target_and_probes() -> None:
         spec=spec.model_copy(update={"inference": inference}),
     )
     assert serving.build_builtin_args(longer, target)[-2:] == ["--max-model-len", "4096"]
+
+
+def with_inference(run: Run, *, merge_enabled: bool | None = None, **fields: Any) -> Run:
+    """``run`` with spec.inference fields (and merge.enabled) changed."""
+    spec = run.spec.model_copy(update={"inference": run.spec.inference.model_copy(update=fields)})
+    if merge_enabled is not None:
+        merge_spec = spec.merge.model_copy(update={"enabled": merge_enabled})
+        spec = spec.model_copy(update={"merge": merge_spec})
+    return Run(name=run.name, namespace="ml", uid="u", spec=spec)
+
+
+def test_a_chosen_checkpoint_is_resolved_by_the_merge_job() -> None:
+    run = with_inference(load_run("qlora-multinode-zero2"), checkpoint="best")
+    assert merge.build_merge_args(run)[-2:] == ["--checkpoint", "best"]
+    rules = merge.build_merge_job(run)["spec"]["podFailurePolicy"]["rules"]
+    fail_job = next(rule for rule in rules if rule["action"] == "FailJob")
+    assert fail_job["onExitCodes"]["values"] == [1, 2, merge.CHECKPOINT_NOT_FOUND_EXIT_CODE]
+    # the merged model holds that checkpoint: vLLM serves it as it is
+    assert "--checkpoint" not in serve_command(run)
+    assert "--checkpoint" not in merge.build_merge_args(load_run("qlora-multinode-zero2"))
+
+
+def test_a_chosen_checkpoint_is_resolved_by_the_builtin_server() -> None:
+    run = with_inference(load_run("lora-single-gpu"), checkpoint=900, merge_enabled=False)
+    target = serving.build_serve_target(run)
+    assert target.adapter == "/output/support-lora" and target.checkpoint == "900"
+    args = serving.build_builtin_args(run, target)
+    assert args[args.index("--checkpoint") : args.index("--checkpoint") + 2] == [
+        "--checkpoint", "900",
+    ]  # fmt: skip
+    full = with_inference(load_run("full-finetune"), checkpoint="best")
+    command = serve_command(full)
+    assert command[3] == "/output/full-1p5b" and command[-2:] != ["--checkpoint", "best"]
+    assert "--checkpoint" in command and command[command.index("--checkpoint") + 1] == "best"
+
+
+def test_vllm_merges_a_chosen_checkpoint_it_could_serve_unmerged() -> None:
+    run = load_run("kueue-queued")
+    assert not serving.needs_merge(run)
+    chosen = with_inference(run, checkpoint=200)
+    assert serving.needs_merge(chosen)
+    assert serving.build_serve_target(chosen) == serving.ServeTarget(
+        model="/output/queued-lora/merged"
+    )
+    assert merge.build_merge_args(chosen)[-2:] == ["--checkpoint", "200"]
 
 
 BUILDERS: list[Callable[[Run], dict[str, Any]]] = [

@@ -20,8 +20,17 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from invalid_manifests import CASES, UPDATE_CASES, InvalidCase, UpdateCase, build
+from invalid_manifests import (
+    BASE_MANIFEST,
+    CASES,
+    UPDATE_CASES,
+    InvalidCase,
+    UpdateCase,
+    apply_changes,
+    build,
+)
 from qwenft_operator import crd
+from qwenft_operator.spec import QwenFineTune
 
 celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CRD's CEL rules")
 
@@ -126,6 +135,22 @@ def test_crd_refuses_invalid_manifest(case: InvalidCase) -> None:
 )
 def test_crd_accepts_shipped_examples(path: Path) -> None:
     assert api_server_errors(yaml.safe_load(path.read_text(encoding="utf-8"))) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"spec.inference": {"checkpoint": 900}},
+        {"spec.inference": {"checkpoint": "best"}, "spec.evaluation": {"fraction": 0.1}},
+        {"spec.method": "full", "spec.inference": {"checkpoint": 200}},
+    ],
+    ids=["step", "best-with-evaluation", "full-builtin-step"],
+)
+def test_crd_and_model_accept_checkpoint_choices(changes: dict[str, Any]) -> None:
+    manifest = apply_changes(BASE_MANIFEST, changes)
+    assert api_server_errors(manifest) == []
+    spec = QwenFineTune.model_validate(manifest).spec
+    assert spec.inference.checkpoint == changes["spec.inference"]["checkpoint"]
 
 
 @pytest.mark.parametrize("case", UPDATE_CASES, ids=lambda c: c.id)

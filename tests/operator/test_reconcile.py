@@ -64,6 +64,7 @@ from qwenft_operator.reconcile import (
 from qwenft_operator.runs import Run
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Progress, QwenFineTuneStatus, SmokeTest
+from qwenft_trainer.exit_codes import CHECKPOINT_NOT_FOUND
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -348,6 +349,54 @@ def test_failure_messages_carry_what_the_user_needs() -> None:
     validated = cond.get_condition(pending.status.conditions, cond.VALIDATED)
     assert validated is not None and validated.reason == cond.MISSING_REFERENCE
     assert "secret hf-token" in validated.message and "team" in validated.message
+
+
+MISSING_CHECKPOINT = (
+    "error: checkpoint 500 doesn't exist in /output/support-lora; kept checkpoints: 800, "
+    "900, 1000 (best by eval loss: 900)"
+)
+
+
+def test_a_merge_that_finds_no_chosen_checkpoint_fails_with_its_list() -> None:
+    log_tail = f"[merge] loading\n{MISSING_CHECKPOINT}\n"
+    observed = Observed(
+        train_job=DONE_TRAIN,
+        merge_job=job(f"{RUN}-merge", "Failed", reason="PodFailurePolicy", finished_at=ENDED),
+        pods=(failed_pod(f"{RUN}-merge-z", "merge", CHECKPOINT_NOT_FOUND, log_tail),),
+    )
+    decision = decide(make_run(inference={"checkpoint": 500}), QwenFineTuneStatus(), observed, NOW)
+    assert decision.status.phase == Phase.FAILED
+    failed = cond.get_condition(decision.status.conditions, cond.FAILED)
+    merged = cond.get_condition(decision.status.conditions, cond.MERGED)
+    assert failed is not None and failed.reason == cond.CHECKPOINT_NOT_FOUND
+    assert merged is not None and merged.reason == cond.CHECKPOINT_NOT_FOUND
+    assert failed.message == MISSING_CHECKPOINT
+    assert summary(decision) == ["event Warning CheckpointNotFound"]
+
+
+def test_a_server_that_finds_no_chosen_checkpoint_fails_and_is_removed() -> None:
+    run = make_run(inference={"checkpoint": 500}, merge={"enabled": False})
+    crashed = dataclasses.replace(
+        failed_pod(f"{RUN}-serve-abc", "serve", CHECKPOINT_NOT_FOUND, MISSING_CHECKPOINT),
+        phase="Running",  # restarting after the exit
+    )
+    deployment = DeploymentFacts(f"{RUN}-serve", 1, 0)
+    observed = Observed(train_job=DONE_TRAIN, deployment=deployment, pods=(crashed,))
+    decision = decide(run, QwenFineTuneStatus(), observed, NOW)
+    assert decision.status.phase == Phase.FAILED
+    failed = cond.get_condition(decision.status.conditions, cond.FAILED)
+    assert failed is not None and failed.reason == cond.CHECKPOINT_NOT_FOUND
+    assert failed.message == MISSING_CHECKPOINT
+    assert summary(decision) == [
+        f"delete Deployment {RUN}-serve",
+        f"delete Service {RUN}-serve",
+        "event Warning CheckpointNotFound",
+    ]
+    assert decision.status.endpoint is None
+    # another exit of the server is the Deployment's to report, as before
+    other = dataclasses.replace(crashed, failure=dataclasses.replace(crashed.failure, exit_code=1))
+    running = decide(run, QwenFineTuneStatus(), dataclasses.replace(observed, pods=(other,)), NOW)
+    assert running.status.phase == Phase.DEPLOYING
 
 
 def test_invalid_spec_in_a_cluster() -> None:
@@ -777,3 +826,12 @@ def test_parse_deployment() -> None:
 )  # fmt: skip
 def test_report_message(text: str, expected: str) -> None:
     assert report_message(text) == expected
+
+
+def test_a_server_refusing_its_checkpoint_wakes_the_run() -> None:
+    from qwenft_operator.handlers import _server_refused
+
+    refused = failed_pod(f"{RUN}-serve-abc", "serve", CHECKPOINT_NOT_FOUND, MISSING_CHECKPOINT)
+    assert _server_refused(refused)
+    assert not _server_refused(failed_pod(f"{RUN}-serve-abc", "serve", 1, "crash"))
+    assert not _server_refused(failed_pod(f"{RUN}-merge-x", "merge", CHECKPOINT_NOT_FOUND, ""))

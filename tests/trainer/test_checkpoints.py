@@ -94,9 +94,21 @@ def test_callback_marks_on_save_and_prunes(tmp_path: Path) -> None:
     args = SimpleNamespace(output_dir=str(tmp_path))
     for step in (5, 10, 15):
         make(tmp_path, step, complete=False)
-        state = SimpleNamespace(global_step=step, is_world_process_zero=True)
+        state = SimpleNamespace(global_step=step, is_world_process_zero=True, log_history=[])
         callback.on_save(args, state, SimpleNamespace())  # type: ignore[arg-type]
     assert [(c.step, c.complete) for c in list_checkpoints(tmp_path)] == [(10, True), (15, True)]
+
+
+def test_callback_keeps_the_best_checkpoint_by_eval_loss(tmp_path: Path) -> None:
+    callback = CheckpointCallback(keep=1)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    history: list[dict[str, float]] = []
+    for step, loss in ((5, 0.9), (10, 0.4), (15, 0.7), (20, 0.8)):
+        make(tmp_path, step, complete=False)
+        history.append({"step": step, "eval_loss": loss})
+        state = SimpleNamespace(global_step=step, is_world_process_zero=True, log_history=history)
+        callback.on_save(args, state, SimpleNamespace())  # type: ignore[arg-type]
+    assert [c.step for c in list_checkpoints(tmp_path)] == [10, 20]
 
 
 def test_callback_on_other_ranks_writes_nothing(tmp_path: Path) -> None:

@@ -90,15 +90,20 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def build_prune_plan(checkpoints: Sequence[Checkpoint], keep: int) -> list[Checkpoint]:
+def build_prune_plan(
+    checkpoints: Sequence[Checkpoint], keep: int, *, protect: int | None = None
+) -> list[Checkpoint]:
     """Checkpoints to delete: complete ones beyond the newest ``keep``, and stale partials.
 
     A partial checkpoint older than the newest complete one is a crash leftover that
     nothing will ever finish; a partial one newer than it may be in the middle of being
-    written and is left alone.
+    written and is left alone. The complete checkpoint at step ``protect`` (the best by
+    eval loss, which ``spec.inference.checkpoint: best`` serves) is kept beyond ``keep``.
     """
     complete = [c for c in checkpoints if c.complete]
     kept = {c.step for c in complete[-keep:]} if keep > 0 else set()
+    if protect is not None:
+        kept.add(protect)
     newest = complete[-1].step if complete else None
     doomed = [c for c in complete if c.step not in kept]
     if newest is not None:
@@ -106,10 +111,10 @@ def build_prune_plan(checkpoints: Sequence[Checkpoint], keep: int) -> list[Check
     return sorted(doomed, key=lambda c: c.step)
 
 
-def prune(output_dir: str | Path, keep: int) -> list[Path]:
+def prune(output_dir: str | Path, keep: int, *, protect: int | None = None) -> list[Path]:
     """Delete what :func:`build_prune_plan` names; returns the removed paths."""
     removed: list[Path] = []
-    for checkpoint in build_prune_plan(list_checkpoints(output_dir), keep):
+    for checkpoint in build_prune_plan(list_checkpoints(output_dir), keep, protect=protect):
         shutil.rmtree(checkpoint.path, ignore_errors=True)
         removed.append(checkpoint.path)
     return removed
@@ -181,11 +186,12 @@ def _barrier() -> None:
 
 
 class CheckpointCallback(TrainerCallback):
-    """Marks each checkpoint complete once every rank wrote its part, then prunes old ones.
+    """Marks each checkpoint complete once every rank wrote its part, then prunes old ones
+    (keeping the best by eval loss too).
 
     ``on_save`` runs on every rank after the Trainer wrote model, optimizer, scheduler,
-    RNG and trainer state; the barrier makes sure the other ranks' shards are on disk
-    before rank 0 writes the marker.
+    RNG and trainer state (and after the evaluation of that step); the barrier makes sure
+    the other ranks' shards are on disk before rank 0 writes the marker.
     """
 
     def __init__(self, *, keep: int) -> None:
@@ -204,6 +210,10 @@ class CheckpointCallback(TrainerCallback):
         if state.is_world_process_zero and path.is_dir():
             mark_complete(path, step=state.global_step)
             self.saved.append(path)
-            for removed in prune(args.output_dir, self.keep):
+            from qwenft_trainer.checkpoint_choice import best_step
+
+            steps = [c.step for c in list_checkpoints(args.output_dir) if c.complete]
+            best = best_step(steps, state.log_history)
+            for removed in prune(args.output_dir, self.keep, protect=best):
                 log.info("removed old checkpoint %s (keeping %d)", removed, self.keep)
         _barrier()

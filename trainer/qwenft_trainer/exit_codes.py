@@ -20,3 +20,7 @@ STOP_FILE_ENV = "QWENFT_STOP_FILE"
 # The termination-log reason of a rank whose collective failed because another rank was
 # lost: a consequence, so the operator looks for the rank that ended first for the cause.
 PEER_LOST = "PeerLost"
+# ``qwenft merge`` and ``qwenft serve``: the checkpoint that spec.inference.checkpoint names
+# is not on the output volume (pruned, never saved, or none evaluated for "best"); the
+# error names the kept checkpoints. Retrying can't help.
+CHECKPOINT_NOT_FOUND = 4

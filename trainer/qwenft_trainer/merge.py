@@ -12,6 +12,7 @@ the merge. Work happens in ``<output>.partial-<pid>``, renamed into place only w
 complete, so a crash or a full disk never leaves an output that looks finished.
 
     python -m qwenft_trainer.merge --adapter /runs/demo/adapter --output /runs/demo/merged
+    python -m qwenft_trainer.merge --adapter /runs/demo --checkpoint best --output /runs/demo/merged
     qwenft merge --adapter ./adapter --base ./Qwen2.5-7B-Instruct --output ./merged --dtype bf16
 
 Memory: the base is loaded once, on the CPU, at the output dtype (bf16: 2 bytes per
@@ -31,8 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenft_trainer import architectures
+from qwenft_trainer import architectures, exit_codes
 from qwenft_trainer.base_checks import BaseConfigError, read_base_config
+from qwenft_trainer.checkpoint_choice import (
+    CheckpointChoice,
+    CheckpointNotFound,
+    parse_choice,
+    resolve_checkpoint,
+)
 from qwenft_trainer.merge_checks import (
     AdapterInfo,
     BaseInfo,
@@ -81,6 +88,9 @@ class MergeOptions:
     tolerance: float | None = None
     overwrite: bool = False
     reserve_bytes: int = 0
+    # A checkpoint of the run whose output directory ``adapter`` is: its step, or "best"
+    # by eval loss (qwenft_trainer.checkpoint_choice); None merges ``adapter`` itself.
+    checkpoint: CheckpointChoice | None = None
 
 
 @dataclass
@@ -175,9 +185,11 @@ def refuse_quantized_base(base: str, *, revision: str | None) -> None:
 
 
 def merge(options: MergeOptions, *, probe: FreeSpaceProbe = free_bytes) -> MergeReport:
-    """Merge, verify and write; raises :class:`MergeError` and leaves no output on failure."""
+    """Merge, verify and write; raises :class:`MergeError` and leaves no output on failure
+    (:class:`~qwenft_trainer.checkpoint_choice.CheckpointNotFound` for a missing checkpoint).
+    """
     started = time.monotonic()
-    adapter = read_adapter(options.adapter)
+    adapter = read_adapter(resolve_checkpoint(options.adapter, options.checkpoint))
     base_name = options.base or adapter.config.get("base_model_name_or_path")
     if not base_name:
         raise MergeError("the adapter's config names no base model: pass --base")
@@ -299,7 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed max |logit diff| relative to the largest logit (default per dtype)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--checkpoint",
+        type=_checkpoint,
+        help="merge checkpoint-STEP of the run in --adapter (its output directory), or 'best' "
+        "(the kept checkpoint with the lowest eval loss), instead of the final adapter",
+    )
     return parser
+
+
+def _checkpoint(text: str) -> CheckpointChoice:
+    try:
+        return parse_choice(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,12 +345,18 @@ def main(argv: list[str] | None = None) -> int:
         tolerance=args.tolerance,
         overwrite=args.overwrite,
         reserve_bytes=reserve,
+        checkpoint=args.checkpoint,
     )
     try:
         report = merge(options)
+    except CheckpointNotFound as err:
+        print(f"error: {err}", file=sys.stderr)
+        return exit_codes.CHECKPOINT_NOT_FOUND
     except MergeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if options.checkpoint is not None:
+        _log(f"checkpoint {options.checkpoint}: {report.adapter}")
     _log(
         f"merged {report.method} adapter into {report.merged_into}: {report.output} "
         f"(max |logit diff| {report.max_abs_diff:.3g} <= {report.tolerance:.3g}, "

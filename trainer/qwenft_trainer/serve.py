@@ -8,6 +8,7 @@ is served under its own name over the same base, picked by the request's ``model
     python -m qwenft_trainer.serve --model /runs/demo/merged --served-model-name demo
     qwenft serve --model ./Qwen2.5-7B-Instruct --served-model-name qwen2.5-7b \\
         --adapter support=/runs/support/adapter --adapter sql=/runs/sql/adapter
+    qwenft serve --model ./Qwen2.5-7B-Instruct --adapter demo=/runs/demo --checkpoint best
 
     curl localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
         -d '{"model": "demo", "messages": [{"role": "user", "content": "Hello"}]}'
@@ -19,6 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from qwenft_trainer import exit_codes
+from qwenft_trainer.checkpoint_choice import (
+    CheckpointChoice,
+    CheckpointNotFound,
+    parse_choice,
+    resolve_checkpoint,
+)
 from qwenft_trainer.generation import EngineConfig, load_engine
 
 
@@ -48,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=PATH",
         help="serve a PEFT adapter over the base under NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=_checkpoint,
+        help="serve checkpoint-STEP, or 'best' (the kept checkpoint with the lowest eval "
+        "loss), of the run whose output directory is the one --adapter (or, without one, "
+        "--model: a full fine-tune) instead of its final weights",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -84,15 +99,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint(text: str) -> CheckpointChoice:
+    try:
+        return parse_choice(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def resolve_served(
+    model: str, adapters: list[tuple[str, str]], choice: CheckpointChoice | None
+) -> tuple[str, list[tuple[str, str]]]:
+    """``--model`` and ``--adapter`` with the chosen checkpoint put in: the one adapter's
+    run, or the model's (a full fine-tune) when no adapter is given."""
+    if choice is None:
+        return model, adapters
+    if len(adapters) > 1:
+        raise ValueError("--checkpoint picks a checkpoint of one run: give at most one --adapter")
+    if adapters:
+        name, path = adapters[0]
+        return model, [(name, str(resolve_checkpoint(path, choice)))]
+    return str(resolve_checkpoint(model, choice)), adapters
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Like vLLM: the model is a directory or a hub id; a directory is served by its name.
+    local = Path(args.model).is_dir()
+    served = args.served_model_name or (Path(args.model).resolve().name if local else args.model)
+    try:
+        args.model, args.adapter = resolve_served(args.model, args.adapter, args.checkpoint)
+    except CheckpointNotFound as err:
+        print(f"error: {err}", file=sys.stderr)
+        return exit_codes.CHECKPOINT_NOT_FOUND
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     import uvicorn
 
     from qwenft_trainer.serve_app import ServerLimits, create_app
 
-    # Like vLLM: the model is a directory or a hub id; a directory is served by its name.
-    local = Path(args.model).is_dir()
-    served = args.served_model_name or (Path(args.model).resolve().name if local else args.model)
     adapters = dict(args.adapter)
     if served in adapters or len(adapters) != len(args.adapter):
         print(

@@ -23,6 +23,13 @@ the operator reads the shape from the pod's termination message.
 
 The model's ``config.json`` is checked first (:mod:`qwenft_trainer.base_checks`): a Qwen1
 checkpoint, or a method or merge its quantization rules out, fails here too.
+
+With ``--token-cache-from-env VAR`` (the operator's validation Job) a dataset that passed is
+also tokenized for the trainer config held in ``VAR`` (YAML) and saved in its output
+directory's token cache (:mod:`qwenft_trainer.token_cache`), under the key training
+computes, so the training pods load the samples instead of validating and tokenizing while
+their GPUs wait; that config's ``evaluation.file`` is validated too. A cache that can't be
+written only costs the training pods the tokenizing.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -53,6 +61,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Memory per token of tokenized samples (an id and a label, each a pointer and an int
+# object in a Python list), and where a container's memory limit is read.
+CACHE_BYTES_PER_TOKEN = 80
+CGROUP_DIR = "/sys/fs/cgroup"
 # How many problems the text report lists before summarising the rest.
 TEXT_PROBLEM_LIMIT = 50
 PROGRESS_EVERY = 10_000
@@ -401,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run's training.attention (for the attention line of the report; "
         "default: %(default)s)",
     )
+    parser.add_argument(
+        "--token-cache-from-env",
+        metavar="VAR",
+        help="when the dataset passes, tokenize it for the trainer config (YAML) in "
+        "environment variable VAR and save it in that run's token cache",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom tokenizer code"
@@ -464,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         **pinned,
     )
     report = report.model_copy(update=facts)
+    if report.ok and args.token_cache_from_env and fits_in_memory(report.tokens):
+        problem = prebuild_token_cache(os.environ.get(args.token_cache_from_env, ""))
+        if problem is not None:
+            _refuse(args, problem)
+            return 1
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
     if report.ok:
         write_termination_log(
@@ -471,6 +494,88 @@ def main(argv: list[str] | None = None) -> int:
             {"ok": True, "message": report.message, "base_config": report.base_config},
         )
     return 0 if report.ok else 1
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may still take: its cgroup's limit less its use, else the free
+    physical memory; None when neither can be read."""
+    try:
+        limit = Path(CGROUP_DIR, "memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path(CGROUP_DIR, "memory.current").read_text().strip())
+            return int(limit) - used
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def fits_in_memory(tokens: int) -> bool:
+    """Whether the samples of ``tokens`` tokens fit in half the memory left (as Python lists:
+    :data:`CACHE_BYTES_PER_TOKEN`). A validation pod too small to hold them leaves the
+    tokenizing to training, which holds them anyway, rather than being killed."""
+    available = available_memory_bytes()
+    needed = tokens * CACHE_BYTES_PER_TOKEN
+    if available is None or needed <= available // 2:
+        return True
+    log.warning(
+        "no token cache written: %d tokens take about %.1f GiB to tokenize, %.1f GiB is free; "
+        "the training pods tokenize",
+        tokens,
+        needed / 1024**3,
+        available / 1024**3,
+    )
+    return False
+
+
+def prebuild_token_cache(config_text: str) -> str | None:
+    """Tokenize for the trainer config in ``config_text`` into its run's token cache, as
+    training's rank 0 would; the reason when its ``evaluation.file`` is invalid, else None.
+
+    A config that can't be read is logged and skipped (training reads it again and says
+    why). The cache's log line goes to stderr: stdout holds only the report.
+    """
+    import contextlib
+
+    import yaml
+
+    from qwenft_trainer.config import ConfigError, TrainConfig
+    from qwenft_trainer.distributed import DistributedEnv
+    from qwenft_trainer.modeling import load_tokenizer
+    from qwenft_trainer.token_cache import Samples, load_or_build
+    from qwenft_trainer.train import build_samples
+
+    if not config_text.strip():  # e.g. ``qwenft run --local``: training builds the cache
+        return None
+    try:
+        config = TrainConfig.model_validate(yaml.safe_load(config_text))
+    except (yaml.YAMLError, ValueError) as err:
+        log.warning("no token cache written: the trainer config can't be read: %s", err)
+        return None
+
+    def build(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Samples:
+        if config.evaluation.file:
+            held_out = validate_dataset(
+                config.evaluation.file,
+                tokenizer,
+                config.training.max_seq_length,
+                config.data.format,
+                thinking=config.training.thinking,
+            )
+            if not held_out.ok:
+                raise ConfigError(f"evaluation.file: {held_out.message}")
+        return build_samples(config, tokenizer)
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            load_or_build(config, DistributedEnv(), load_tokenizer(config.model), build=build)
+    except ConfigError as err:
+        return str(err)
+    except (OSError, ValueError) as err:
+        log.warning("no token cache written: %s", err)
+    return None
 
 
 if __name__ == "__main__":

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenft_trainer import exit_codes
+
 from qwenft_operator.builders import jobs, paths, pods
 from qwenft_operator.runs import Run
 
-# `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage.
+# `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage,
+# and, given a checkpoint choice, 4 when spec.inference.checkpoint isn't kept.
 MERGE_FAILURE_EXIT_CODES = [1, 2]
+CHECKPOINT_NOT_FOUND_EXIT_CODE = exit_codes.CHECKPOINT_NOT_FOUND
 
 
 def merge_base(run: Run) -> str:
@@ -37,6 +41,9 @@ def build_merge_args(run: Run) -> list[str]:
     revision = paths.model_revision(run)
     if revision:
         args += ["--revision", revision]
+    checkpoint = spec.inference.checkpoint
+    if checkpoint is not None:  # resolved in the Job, where the output volume is
+        args += ["--checkpoint", str(checkpoint)]
     return args
 
 
@@ -59,5 +66,6 @@ def build_merge_job(run: Run) -> dict[str, Any]:
         component="merge",
         pod_spec=pod_spec,
         backoff_limit=1,
-        fail_on_exit_codes=MERGE_FAILURE_EXIT_CODES,
+        fail_on_exit_codes=MERGE_FAILURE_EXIT_CODES
+        + ([CHECKPOINT_NOT_FOUND_EXIT_CODE] if run.spec.inference.checkpoint is not None else []),
     )

@@ -12,13 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qwenft_trainer import serving
+from qwenft_trainer import exit_codes, serving
 
 from qwenft_operator import labels
 from qwenft_operator.builders import paths, pods
 from qwenft_operator.runs import Run
 
 SERVE_PORT = 8000
+# `qwenft serve` exits with this when spec.inference.checkpoint isn't kept.
+CHECKPOINT_NOT_FOUND_EXIT_CODE = exit_codes.CHECKPOINT_NOT_FOUND
 VLLM_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 STARTUP_PROBE_PERIOD = 10
 STARTUP_PROBE_FAILURES = 180  # 30 minutes to download and load a large model
@@ -37,6 +39,9 @@ class ServeTarget:
     adapter: str | None = None
     max_lora_rank: int | None = None
     revision: str | None = None
+    # spec.inference.checkpoint, for the builtin server to resolve against the adapter's
+    # run (or, without an adapter, the model's: a full fine-tune) when it starts.
+    checkpoint: str | None = None
 
 
 def predicted_adapter_config(run: Run) -> dict[str, Any]:
@@ -99,15 +104,21 @@ def needs_merge(run: Run) -> bool:
     if spec.merge.enabled:
         return True
     inference = spec.inference
+    # vLLM can't resolve a checkpoint choice itself: the merge Job does, next to the files.
     return (
-        inference.enabled and inference.engine == "vllm" and build_vllm_decision(run).requires_merge
+        inference.enabled
+        and inference.engine == "vllm"
+        and (inference.checkpoint is not None or build_vllm_decision(run).requires_merge)
     )
 
 
 def build_serve_target(run: Run) -> ServeTarget:
-    """What the server loads: full weights, the merged model, or base + adapter."""
+    """What the server loads: full weights, the merged model, or base + adapter (a chosen
+    checkpoint of the full weights or of the adapter; the merged model has it merged)."""
+    choice = run.spec.inference.checkpoint
+    checkpoint = None if choice is None else str(choice)
     if run.spec.method == "full":
-        return ServeTarget(model=paths.adapter_dir(run))
+        return ServeTarget(model=paths.adapter_dir(run), checkpoint=checkpoint)
     if needs_merge(run):
         return ServeTarget(model=paths.merged_dir(run))
     rank = None
@@ -118,6 +129,7 @@ def build_serve_target(run: Run) -> ServeTarget:
         adapter=paths.adapter_dir(run),
         max_lora_rank=rank,
         revision=paths.model_revision(run),
+        checkpoint=checkpoint,
     )
 
 
@@ -130,6 +142,8 @@ def build_builtin_args(run: Run, target: ServeTarget) -> list[str]:
         args += ["--adapter", f"{run.served_model_name}={target.adapter}"]
     else:
         args += ["--served-model-name", run.served_model_name]
+    if target.checkpoint:
+        args += ["--checkpoint", target.checkpoint]
     args += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]
     if run.spec.inference.max_model_len:
         args += ["--max-model-len", str(run.spec.inference.max_model_len)]
@@ -138,6 +152,8 @@ def build_builtin_args(run: Run, target: ServeTarget) -> list[str]:
 
 def build_vllm_args(run: Run, target: ServeTarget) -> list[str]:
     """vLLM OpenAI server arguments (after :data:`VLLM_COMMAND`)."""
+    if target.checkpoint:
+        raise ValueError("vLLM can't resolve a checkpoint choice: serve the merged model")
     inference = run.spec.inference
     args = ["--model", target.model]
     if target.revision:  # vLLM reads the tokenizer at its own revision, default main

@@ -7,19 +7,27 @@ checkpoint, ``method: lora`` on a GPTQ base or a merge into packed weights fail 
 It needs no GPU node either: ``spec.scheduling``'s node selector, tolerations and affinity
 (which place the GPU pods) are left out, and ``spec.validation`` places it instead, so a
 typo in the GPU node selector can't block validation.
+
+A dataset that passes is tokenized there too, for the run's rendered trainer config (passed
+in :data:`TRAIN_CONFIG_ENV`), into the token cache on the output volume: the training pods
+load those samples instead of validating and tokenizing again while their GPUs wait.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from qwenft_operator.builders import fetch, jobs, merge, paths, pods, serving
+from qwenft_trainer.config import dump_config
+
+from qwenft_operator.builders import config, fetch, jobs, merge, paths, pods, serving
 from qwenft_operator.runs import Run
 
 # `qwenft data validate` exits 1 when the data is invalid: retrying can't help. (It exits 2
 # when the tokenizer can't load, which may be a hub outage, so that one is retried.)
 INVALID_DATA_EXIT_CODE = 1
 VALIDATION_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}}
+# The rendered trainer config (YAML) whose token cache the validator writes.
+TRAIN_CONFIG_ENV = "QWENFT_TRAIN_CONFIG"
 
 
 def build_validation_args(run: Run) -> list[str]:
@@ -45,12 +53,12 @@ def build_validation_args(run: Run) -> list[str]:
     args += ["--method", spec.method]
     if serving.needs_merge(run):
         args += ["--merge-into", merge.merge_base(run)]
-    return args
+    return [*args, "--token-cache-from-env", TRAIN_CONFIG_ENV]
 
 
 def build_validation_job(run: Run) -> dict[str, Any]:
     """Job ``<run>-validate``: one CPU pod, no GPU, fails at once on invalid data."""
-    mounts = pods.Mounts(data=True, model=True)
+    mounts = pods.Mounts(data=True, model=True, output=True)  # output: the token cache
     own = run.spec.validation
     pod_spec = pods.pod_spec_base(run, mounts, run_placement=False)
     pod_spec.update(pods.placement(own.node_selector, own.tolerations))
@@ -64,6 +72,10 @@ def build_validation_job(run: Run) -> dict[str, Any]:
             command=build_validation_args(run),
             resources=VALIDATION_RESOURCES,
             mounts=mounts,
+            env=[
+                *pods.model_env(run),
+                {"name": TRAIN_CONFIG_ENV, "value": dump_config(config.build_train_config(run))},
+            ],
         )
     ]
     return jobs.build_job(
