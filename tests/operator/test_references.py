@@ -155,7 +155,8 @@ def test_which_child_mounts_what() -> None:
     )
     config = f"configmap {run.names.config_map}"
     assert mounted == {
-        "validate": sorted([token, dataset]),
+        # the validation Job writes the token cache onto the output claim
+        "validate": sorted([token, dataset, output]),
         "train": sorted([token, dataset, output, config]),
         "merge": sorted([token, output]),
         "serve": sorted([token, output]),
