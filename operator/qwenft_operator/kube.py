@@ -50,6 +50,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "QwenFineTune": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "QwenModelServer": (f"/apis/{GROUP}/{VERSION}", "qwenmodelservers"),
 }
 MERGE_PATCH = "application/merge-patch+json"
 # Ask for an object's metadata alone (PartialObjectMetadata), not its body.
@@ -189,6 +190,36 @@ def ensure_child(
             raise
     name = str(body["metadata"]["name"])
     return clients.request("GET", object_path(kind, namespace, name)), False
+
+
+def get_object(clients: Clients, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """An object of ``kind`` as stored, or None when it is absent."""
+    try:
+        return clients.request("GET", object_path(kind, namespace, name))
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def replace_child(
+    clients: Clients, kind: ChildKind, namespace: str, body: dict[str, Any], resource_version: str
+) -> dict[str, Any]:
+    """Replace a child with ``body`` (PUT), as of ``resource_version``: a 409 means it
+    changed since it was read, and the caller decides again."""
+    name = str(body["metadata"]["name"])
+    meta = {**body["metadata"], "resourceVersion": resource_version}
+    return clients.request(
+        "PUT", object_path(kind, namespace, name), body={**body, "metadata": meta}
+    )
+
+
+def patch_object_status(
+    clients: Clients, kind: str, namespace: str, name: str, patch: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch the status subresource of an object of ``kind``."""
+    path = object_path(kind, namespace, name) + "/status"
+    return clients.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
 
 
 def delete_child(clients: Clients, kind: ChildKind, namespace: str, name: str) -> None:

@@ -257,6 +257,15 @@ class InferenceSpec(SpecObject):
     max_model_len: int | None = Field(
         default=None, ge=16, le=1048576, description="Longest context the server accepts."
     )
+    server: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="A QwenModelServer in the run's namespace: the finished adapter joins it "
+        "(served under servedModelName) instead of getting a Deployment of its own; the "
+        "run's engine, replicas and gpus are then unused.",
+    )
 
 
 class EvaluationPrompt(SpecObject):

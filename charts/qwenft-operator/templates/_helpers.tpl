@@ -72,10 +72,10 @@ Secret exists) only through a namespaced Role, never through a ClusterRole.
 */}}
 {{- define "qwenft-operator.rules" -}}
 - apiGroups: ["finetune.qwenft.io"]
-  resources: ["qwenfinetunes"]
+  resources: ["qwenfinetunes", "qwenmodelservers"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["finetune.qwenft.io"]
-  resources: ["qwenfinetunes/status"]
+  resources: ["qwenfinetunes/status", "qwenmodelservers/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -91,7 +91,7 @@ Secret exists) only through a namespaced Role, never through a ClusterRole.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
