@@ -132,7 +132,8 @@ def decide_server(
             set_condition(READY, "False", ROLLING_OUT,
                           f"Deployment {server.deployment_name} rolling out "
                           f"{len(accepted)} adapters")  # fmt: skip
-    statuses = [_final_state(a, live=live) for a in planned]
+    before = {a.name: a for a in old.adapters}
+    statuses = [_final_state(a, live=live, was=before.get(a.status.name)) for a in planned]
     refused = [s for s in statuses if s.state == "Refused"]
     if refused:
         names = ", ".join(f"{s.name} ({s.reason})" for s in refused)
@@ -166,12 +167,18 @@ def decide_server(
     )
 
 
-def _final_state(adapter: plan.PlannedAdapter, *, live: bool) -> AdapterStatus:
+def _final_state(
+    adapter: plan.PlannedAdapter, *, live: bool, was: AdapterStatus | None
+) -> AdapterStatus:
+    """Accepted adapters serve once the Deployment rolled out with them; one that served
+    already (same path) keeps serving from the old pods while a roll adds others."""
     if not adapter.accepted:
         return adapter.status
-    if live:
+    still = was is not None and was.state == "Serving" and was.path == adapter.status.path
+    if live or still:
+        message = "" if live else "served by the current pods while the Deployment rolls"
         return adapter.status.model_copy(
-            update={"state": "Serving", "reason": plan.SERVING, "message": ""}
+            update={"state": "Serving", "reason": plan.SERVING, "message": message}
         )
     return adapter.status.model_copy(
         update={"message": "the Deployment is rolling out with it; the old pods serve meanwhile"}
@@ -180,7 +187,7 @@ def _final_state(adapter: plan.PlannedAdapter, *, live: bool) -> AdapterStatus:
 
 def _events(before: Sequence[AdapterStatus], after: Sequence[AdapterStatus]) -> list[EmitEvent]:
     """One Event per adapter that started serving, was refused (or refused for another
-    reason), or is no longer asked for."""
+    reason), stopped serving (its run is gone) or is no longer asked for."""
     old = {a.name: a for a in before}
     events: list[EmitEvent] = []
     for adapter in after:
@@ -188,6 +195,11 @@ def _events(before: Sequence[AdapterStatus], after: Sequence[AdapterStatus]) -> 
         if adapter.state == "Serving" and (was is None or was.state != "Serving"):
             message = f"adapter {adapter.name} joined: served from {adapter.path}"
             events.append(EmitEvent("Normal", ADAPTER_JOINED, message))
+        elif adapter.state == "Pending" and was is not None and was.state == "Serving":
+            message = f"adapter {adapter.name} removed from the server: {adapter.message}"
+            if adapter.reason == plan.ROLLING_OUT:  # still wanted: only a roll (e.g. a new path)
+                continue
+            events.append(EmitEvent("Normal", ADAPTER_REMOVED, message))
         elif adapter.state == "Refused" and (
             was is None or was.state != "Refused" or was.reason != adapter.reason
         ):
