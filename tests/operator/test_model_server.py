@@ -398,6 +398,8 @@ def cel_messages(value: Any, schema: dict[str, Any]) -> list[str]:
         ({"engine": "vllm", "gpus": 0}, "engine vllm needs at least one GPU"),
         ({"engine": "builtin", "vllm": {}}, "vllm settings are for engine vllm"),
         ({"vllm": {"maxLoras": 4, "maxCpuLoras": 2}}, "maxCpuLoras must be at least maxLoras"),
+        ({"adapters": [{"selector": {"matchLabels": {"bad key!": "x"}}}]},
+         "matchLabels keys must be label keys"),
     ],
 )  # fmt: skip
 def test_cel_and_pydantic_refuse_alike(change: dict[str, Any], message: str) -> None:
@@ -406,6 +408,13 @@ def test_cel_and_pydantic_refuse_alike(change: dict[str, Any], message: str) -> 
     assert any(e.startswith(message) for e in errors), errors
     with pytest.raises(ValueError, match=message):
         builders.Server.from_body({"metadata": {"name": "s"}, "spec": spec})
+
+
+def test_schema_is_structural() -> None:
+    """Only constructs the API server accepts in a CRD (no $ref, no patternProperties)."""
+    text = (ROOT / crd.MODEL_SERVER_CRD_PATH).read_text(encoding="utf-8")
+    for construct in ("$ref", "patternProperties", "propertyNames", "$defs", "allOf", "nullable"):
+        assert construct not in text
 
 
 def test_cel_accepts_the_example() -> None:

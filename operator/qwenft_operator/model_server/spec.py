@@ -10,6 +10,7 @@ directories on a claim. Runs can also attach themselves (``QwenFineTune``
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -34,7 +35,6 @@ LABEL_KEY = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-LabelKey = Annotated[str, StringConstraints(max_length=317, pattern=LABEL_KEY)]
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
 SOURCES = ("fromFineTune", "selector", "pvc")
 
@@ -42,7 +42,18 @@ SOURCES = ("fromFineTune", "selector", "pvc")
 class RunSelector(SpecObject):
     """Every ``QwenFineTune`` in the server's namespace with all of these labels."""
 
-    match_labels: dict[LabelKey, LabelValue] = Field(
+    rules = (
+        Rule(
+            # [.] rather than \. : a backslash is an escape inside a CEL string literal
+            cel=f"self.matchLabels.all(k, k.matches('{LABEL_KEY.replace(chr(92) + '.', '[.]')}'))",
+            check=lambda s: all(re.fullmatch(LABEL_KEY, key) for key in s.match_labels),
+            message="matchLabels keys must be label keys: an optional DNS prefix and '/', then "
+            "letters, digits, '-', '_' or '.'",
+            field=".matchLabels",
+        ),
+    )
+
+    match_labels: dict[str, LabelValue] = Field(
         min_length=1,
         max_length=16,
         description="Labels a run must carry (all of them); each matching run's adapter "
