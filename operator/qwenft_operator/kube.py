@@ -53,6 +53,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "QwenModelServer": (f"/apis/{GROUP}/{VERSION}", "qwenmodelservers"),
 }
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 # Ask for an object's metadata alone (PartialObjectMetadata), not its body.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 REF_KINDS = {
@@ -205,12 +206,25 @@ def get_object(clients: Clients, kind: str, namespace: str, name: str) -> dict[s
 def replace_child(
     clients: Clients, kind: ChildKind, namespace: str, body: dict[str, Any], resource_version: str
 ) -> dict[str, Any]:
-    """Replace a child with ``body`` (PUT), as of ``resource_version``: a 409 means it
-    changed since it was read, and the caller decides again."""
+    """Replace a child's spec and annotations with ``body``'s, as of ``resource_version``.
+
+    A JSON patch (the ``patch`` verb: the operator may not ``update``) that tests the
+    resourceVersion first, so a 409/422 means it changed since it was read and the caller
+    decides again; ``replace`` on ``/spec`` drops whatever the old spec had that the new
+    one hasn't, which a merge patch would keep.
+    """
     name = str(body["metadata"]["name"])
-    meta = {**body["metadata"], "resourceVersion": resource_version}
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "replace", "path": "/spec", "value": body["spec"]},
+        {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": body["metadata"].get("annotations") or {},
+        },  # fmt: skip
+    ]
     return clients.request(
-        "PUT", object_path(kind, namespace, name), body={**body, "metadata": meta}
+        "PATCH", object_path(kind, namespace, name), body=ops, content_type=JSON_PATCH
     )
 
 
