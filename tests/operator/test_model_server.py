@@ -10,29 +10,33 @@ vLLM and builtin command lines (--max-lora-rank rounded up to an accepted value,
 --max-loras, --max-cpu-loras, one --lora-modules / --adapter per adapter); the whole
 Deployment and Service of examples/multi-task-adapters.yaml against golden files and the
 Kubernetes 1.37 schema; the committed CRD equals the generator; its CEL rules refuse what
-the pydantic rules refuse; the shipped example validates.
+the pydantic rules refuse; the shipped example validates; a run's status update that
+changes nothing a server reads (training progress) wakes no server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import kubernetes_validate
 import pytest
 import yaml
-from qwenft_operator import crd
+from qwenft_operator import crd, kube
 from qwenft_operator.builders import serving
 from qwenft_operator.model_server import adapters as plan
 from qwenft_operator.model_server import builders
 from qwenft_operator.model_server.adapters import FineTuneFacts
+from qwenft_operator.model_server.controller import ServerController, record_fine_tune
 from qwenft_operator.model_server.decide import decide_server
 from qwenft_operator.model_server.spec import QwenModelServer
 from qwenft_operator.model_server.status import QwenModelServerStatus
 from qwenft_operator.runs import Run
+from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import QwenFineTune
 from qwenft_trainer import serving as rules
 
@@ -419,3 +423,41 @@ def test_schema_is_structural() -> None:
 
 def test_cel_accepts_the_example() -> None:
     assert cel_messages(example_items()[0]["spec"], SCHEMA["properties"]["spec"]) == []
+
+
+class RecordingController(ServerController):
+    """The controller with its reconcile replaced by a note of which server it was for."""
+
+    def __init__(self) -> None:
+        super().__init__(cast(kube.Clients, None), OperatorSettings(), cast(Any, None))
+        self.woken: list[tuple[str, str]] = []
+
+    async def trigger(self, key: tuple[str, str]) -> None:  # type: ignore[override]
+        self.woken.append(key)
+
+
+def test_only_what_servers_read_of_a_run_wakes_them() -> None:
+    controller = RecordingController()
+    asyncio.run(controller.server_changed(("ml", "shared"), {"metadata": {"name": "shared"}}))
+    controller.woken.clear()
+    body = run_body("a")
+    body["metadata"]["generation"] = 1
+    body["status"] = {"phase": "Training", "progress": {"step": 1}}
+
+    def changed(new: dict[str, Any] | None, namespace: str = "ml") -> int:
+        before = len(controller.woken)
+        record = None if new is None else record_fine_tune(new)
+        asyncio.run(controller.fine_tune_changed(namespace, "a", record))
+        return len(controller.woken) - before
+
+    assert changed(body) == 1
+    body["status"]["progress"] = {"step": 2}  # training progress: nothing a server reads
+    assert changed(body) == 0
+    body["status"]["conditions"] = [{"type": "Trained", "status": "True"}]
+    assert changed(body) == 1
+    body["metadata"]["labels"] = {"team": "nlp"}
+    assert changed(body) == 1
+    assert changed(None) == 1  # deleted
+    assert changed(body, namespace="elsewhere") == 0  # no server there
+    facts = controller.facts_of(record_fine_tune(body))
+    assert facts.trained and facts.run is not None and facts.labels == {"team": "nlp"}

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -40,7 +41,23 @@ ServerKey = tuple[str, str]
 RETRY_SECONDS = 5.0
 
 
-def parse_fine_tune(body: Mapping[str, Any], settings: OperatorSettings) -> FineTuneFacts:
+@dataclass(frozen=True)
+class FineTuneRecord:
+    """A ``QwenFineTune`` as the index keeps it: raw, so indexing every run event of the
+    cluster costs no spec validation; :meth:`ServerController.facts_of` parses it once per
+    generation, and only for namespaces that have a server."""
+
+    name: str
+    uid: str
+    generation: int
+    labels: tuple[tuple[str, str], ...]
+    body: Mapping[str, Any] = field(compare=False, repr=False)
+    phase: str | None = None
+    trained: bool = False
+    deleting: bool = False
+
+
+def record_fine_tune(body: Mapping[str, Any]) -> FineTuneRecord:
     """What servers need of a ``QwenFineTune`` body (for the operator's index)."""
     meta = body["metadata"]
     status = body.get("status") or {}
@@ -48,20 +65,26 @@ def parse_fine_tune(body: Mapping[str, Any], settings: OperatorSettings) -> Fine
         c.get("type") == cond.TRAINED and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
-    run, problem = None, ""
-    try:
-        run = Run.from_body(body, settings)
-    except ValidationError as err:
-        problem = "; ".join(format_errors(err, prefix="spec"))
-    return FineTuneFacts(
+    return FineTuneRecord(
         name=str(meta["name"]),
-        labels=dict(meta.get("labels") or {}),
-        run=run,
-        problem=problem,
+        uid=str(meta.get("uid") or ""),
+        generation=int(meta.get("generation") or 1),
+        labels=tuple(sorted((meta.get("labels") or {}).items())),
+        body={"metadata": dict(meta), "spec": body.get("spec") or {}},
         phase=status.get("phase"),
         trained=trained,
         deleting=bool(meta.get("deletionTimestamp")),
     )
+
+
+def _signature(record: FineTuneRecord) -> tuple[Any, ...]:
+    return (record.generation, record.labels, record.phase, record.trained, record.deleting)
+
+
+def _version(body: Mapping[str, Any]) -> int:
+    """metadata.resourceVersion as a number (etcd revisions only grow)."""
+    value = str(body.get("metadata", {}).get("resourceVersion") or "0")
+    return int(value) if value.isdigit() else 0
 
 
 def dump(status: QwenModelServerStatus) -> dict[str, Any]:
@@ -80,10 +103,16 @@ class ServerController:
         self.clients = clients
         self.settings = settings
         self.executor = executor
-        self.fine_tunes: Mapping[str, Iterable[FineTuneFacts]] = {}
+        self.fine_tunes: Mapping[str, Iterable[FineTuneRecord]] = {}
+        # Parsed runs by (namespace, name), with the (uid, generation) parsed: a spec is
+        # validated once per generation.
+        self._parsed: dict[tuple[str, str], tuple[tuple[str, int], Run | None, str]] = {}
         self._servers: dict[ServerKey, dict[str, Any]] = {}
         self._busy: set[ServerKey] = set()
         self._again: set[ServerKey] = set()
+        # What servers last read of each run, so a status patch that changes none of it
+        # (training progress) wakes no server.
+        self._fine_tunes_seen: dict[tuple[str, str], tuple[Any, ...] | None] = {}
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -93,14 +122,52 @@ class ServerController:
         return sorted(key for key in self._servers if key[0] == namespace)
 
     async def server_changed(self, key: ServerKey, body: Mapping[str, Any]) -> None:
+        """A watch event of the server; the echo of its own status patch wakes nothing."""
+        held = self._servers.get(key)
+        if held is not None and _version(body) <= _version(held):
+            return
         self._servers[key] = dict(body)
         await self.trigger(key)
 
     def forget(self, key: ServerKey) -> None:
         self._servers.pop(key, None)
 
-    async def fine_tune_changed(self, namespace: str) -> None:
-        """A run of ``namespace`` changed: look at every server there."""
+    def facts_of(self, record: FineTuneRecord) -> FineTuneFacts:
+        """The run of ``record``, its spec parsed (once per generation)."""
+        slot = (str(record.body["metadata"].get("namespace") or ""), record.name)
+        version = (record.uid, record.generation)
+        held = self._parsed.get(slot)
+        if held is None or held[0] != version:
+            try:
+                held = (version, Run.from_body(record.body, self.settings), "")
+            except ValidationError as err:
+                held = (version, None, "; ".join(format_errors(err, prefix="spec")))
+            self._parsed[slot] = held
+        _, run, problem = held
+        return FineTuneFacts(
+            name=record.name,
+            labels=dict(record.labels),
+            run=run,
+            problem=problem,
+            phase=record.phase,
+            trained=record.trained,
+            deleting=record.deleting,
+        )
+
+    async def fine_tune_changed(
+        self, namespace: str, name: str, record: FineTuneRecord | None
+    ) -> None:
+        """A run of ``namespace`` changed (``record`` None: deleted): look at every server
+        there, unless nothing a server reads of the run changed (a progress update, say)."""
+        signature = None if record is None else _signature(record)
+        slot = (namespace, name)
+        if slot in self._fine_tunes_seen and self._fine_tunes_seen[slot] == signature:
+            return
+        if record is None:
+            self._parsed.pop(slot, None)
+            self._fine_tunes_seen.pop(slot, None)
+        else:
+            self._fine_tunes_seen[slot] = signature
         await asyncio.gather(*(self.trigger(key) for key in self.servers_in(namespace)))
 
     async def trigger(self, key: ServerKey) -> ServerDecision | None:
@@ -144,7 +211,7 @@ class ServerController:
         except ValidationError as err:
             await self._report_invalid(key, body, old, err, now)
             return None
-        facts = list(self.fine_tunes.get(namespace, ()))
+        facts = [self.facts_of(r) for r in self.fine_tunes.get(namespace, ())]
         deployment = await self._call(
             kube.get_object, self.clients, "Deployment", namespace, server.deployment_name
         )

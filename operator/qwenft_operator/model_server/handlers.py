@@ -18,7 +18,7 @@ import kopf
 
 from qwenft_operator import kube, labels
 from qwenft_operator.model_server.builders import SERVER_KEY
-from qwenft_operator.model_server.controller import ServerController, parse_fine_tune
+from qwenft_operator.model_server.controller import ServerController, record_fine_tune
 from qwenft_operator.model_server.spec import PLURAL
 from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, VERSION
@@ -59,11 +59,18 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @_typed(kopf.index(id="qwenft_fine_tunes", **fine_tunes))
     def qwenft_fine_tunes(namespace: str, body: kopf.Body, **_: Any) -> Any:
-        return {namespace: parse_fine_tune(body, settings)}
+        return {namespace: record_fine_tune(body)}
 
     @_typed(kopf.on.event(id="servers", **fine_tunes))
-    async def fine_tune_changed(namespace: str, memo: kopf.Memo, **kwargs: Any) -> None:
-        await _controller(memo, kwargs).fine_tune_changed(namespace)
+    async def fine_tune_changed(
+        type: str | None, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        controller = _controller(memo, kwargs)
+        if not controller.servers_in(namespace):
+            return  # no server here to tell (most namespaces)
+        record = None if type == "DELETED" else record_fine_tune(body)
+        await controller.fine_tune_changed(namespace, name, record)
 
     @_typed(kopf.on.event(**servers))
     async def server_changed(
