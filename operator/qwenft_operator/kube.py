@@ -221,7 +221,7 @@ def replace_child(
             "op": "add",
             "path": "/metadata/annotations",
             "value": body["metadata"].get("annotations") or {},
-        },  # fmt: skip
+        },
     ]
     return clients.request(
         "PATCH", object_path(kind, namespace, name), body=ops, content_type=JSON_PATCH

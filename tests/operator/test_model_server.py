@@ -179,6 +179,15 @@ class TestPlanning:
         ]
         assert planned[2].status.path == "/adapters/adapters/sql"
 
+    def test_a_server_serves_at_most_max_served(self) -> None:
+        many = [facts(run_body(f"r{i:03d}", labels={"team": "all"})) for i in range(257)]
+        s = server([{"selector": {"matchLabels": {"team": "all"}}}])
+        planned = plan.plan_adapters(s.name, s.spec, many)
+        assert sum(p.accepted for p in planned) == plan.MAX_SERVED == 256
+        assert planned[-1].status.reason == plan.TOO_MANY_ADAPTERS
+        status = decide_server(s, QwenModelServerStatus(), many, None, NOW).status
+        assert status.endpoint is not None and len(status.endpoint.models) == 256
+
     def test_an_adapter_named_like_the_base_is_refused(self) -> None:
         s = server([{"fromFineTune": "a", "name": "shared"}])
         (p,) = plan.plan_adapters(s.name, s.spec, [facts(run_body("a"))])

@@ -40,11 +40,13 @@ NO_OUTPUT_CLAIM = "NoOutputClaim"  # the run's results are not on a claim the se
 VLLM_UNSUPPORTED = "VllmUnsupported"  # vLLM can't serve it as a LoRA (message says why)
 RANK_ABOVE_LIMIT = "RankAboveLimit"  # its rank is above spec.vllm.maxLoraRank
 DUPLICATE_NAME = "DuplicateName"  # another adapter already has this model name
+TOO_MANY_ADAPTERS = "TooManyAdapters"  # more than MAX_SERVED accepted: the rest are refused
 ADAPTER_REASONS = (
     SERVING, ROLLING_OUT, NOT_TRAINED, FINE_TUNE_NOT_FOUND, FINE_TUNE_FAILED,
     INVALID_FINE_TUNE, NOT_AN_ADAPTER, BASE_MODEL_MISMATCH, NO_OUTPUT_CLAIM, VLLM_UNSUPPORTED,
-    RANK_ABOVE_LIMIT, DUPLICATE_NAME,
+    RANK_ABOVE_LIMIT, DUPLICATE_NAME, TOO_MANY_ADAPTERS,
 )  # fmt: skip
+MAX_SERVED = 256  # adapters one server serves (a selector may match more runs)
 
 
 @dataclass(frozen=True)
@@ -273,5 +275,11 @@ def _refuse_duplicates(planned: list[PlannedAdapter], *, base_name: str) -> list
             out.append(PlannedAdapter(status=status))
             continue
         taken.add(name)
+        if item.accepted and sum(o.accepted for o in out) >= MAX_SERVED:
+            message = f"a server serves at most {MAX_SERVED} adapters: split the selector"
+            status = item.status.model_copy(
+                update={"state": "Refused", "reason": TOO_MANY_ADAPTERS, "message": message}
+            )
+            item = PlannedAdapter(status=status)
         out.append(item)
     return out

@@ -20,6 +20,7 @@ from qwenft_operator.actions import EmitEvent
 from qwenft_operator.model_server import adapters as plan
 from qwenft_operator.model_server import builders
 from qwenft_operator.model_server.status import (
+    MAX_ADAPTER_RECORDS,
     AdapterStatus,
     QwenModelServerStatus,
     ServerEndpoint,
@@ -150,7 +151,7 @@ def decide_server(
         )
         if accepted
         else None,
-        adapters=statuses,
+        adapters=statuses[:MAX_ADAPTER_RECORDS],
         adapters_serving=serving,
         adapters_total=len(statuses),
         adapters_display=f"{serving}/{len(statuses)}",

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from qwenft_operator.status import Condition, StatusObject
 
+MAX_ADAPTER_RECORDS = 1024
 AdapterState = Literal["Serving", "Pending", "Refused"]
 AdapterSourceKind = Literal["fromFineTune", "selector", "inferenceServer", "pvc"]
 
@@ -54,7 +55,7 @@ class ServerEndpoint(StatusObject):
 
     url: str | None = Field(default=None, description="In-cluster base URL of the OpenAI API.")
     models: list[str] = Field(
-        default_factory=list, max_length=64, description="Model names served (one per adapter)."
+        default_factory=list, max_length=256, description="Model names served (one per adapter)."
     )
 
 
@@ -76,7 +77,9 @@ class QwenModelServerStatus(StatusObject):
     )
     endpoint: ServerEndpoint | None = Field(default=None, description="Where it serves.")
     adapters: list[AdapterStatus] = Field(
-        default_factory=list, max_length=256, description="Every adapter asked for, by name."
+        default_factory=list,
+        max_length=MAX_ADAPTER_RECORDS,
+        description="Every adapter asked for, by name (the first 1024).",
     )
     adapters_serving: int | None = Field(default=None, ge=0, description="Adapters Serving.")
     adapters_total: int | None = Field(default=None, ge=0, description="Adapters asked for.")
