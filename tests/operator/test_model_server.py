@@ -441,7 +441,7 @@ class RecordingController(ServerController):
         super().__init__(cast(kube.Clients, None), OperatorSettings(), cast(Any, None))
         self.woken: list[tuple[str, str]] = []
 
-    async def trigger(self, key: tuple[str, str]) -> None:  # type: ignore[override]
+    async def trigger(self, key: tuple[str, str]) -> None:
         self.woken.append(key)
 
 
@@ -456,7 +456,12 @@ def test_only_what_servers_read_of_a_run_wakes_them() -> None:
     def changed(new: dict[str, Any] | None, namespace: str = "ml") -> int:
         before = len(controller.woken)
         record = None if new is None else record_fine_tune(new)
-        asyncio.run(controller.fine_tune_changed(namespace, "a", record))
+
+        async def tell() -> None:
+            await controller.fine_tune_changed(namespace, "a", record)
+            await asyncio.gather(*controller._tasks)  # the reconciles it started
+
+        asyncio.run(tell())
         return len(controller.woken) - before
 
     assert changed(body) == 1

@@ -113,6 +113,7 @@ class ServerController:
         # What servers last read of each run, so a status patch that changes none of it
         # (training progress) wakes no server.
         self._fine_tunes_seen: dict[tuple[str, str], tuple[Any, ...] | None] = {}
+        self._tasks: set[asyncio.Task[ServerDecision | None]] = set()
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -168,7 +169,11 @@ class ServerController:
             self._fine_tunes_seen.pop(slot, None)
         else:
             self._fine_tunes_seen[slot] = signature
-        await asyncio.gather(*(self.trigger(key) for key in self.servers_in(namespace)))
+        # In the background: the run's own handlers of this event need not wait for servers.
+        for key in self.servers_in(namespace):
+            task = asyncio.get_running_loop().create_task(self.trigger(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def trigger(self, key: ServerKey) -> ServerDecision | None:
         """Reconcile ``key`` now, or once more after the pass that is running."""
