@@ -174,6 +174,62 @@ def _rows() -> list[tuple[str, list[g.Panel]]]:
             ],
         ),
     ]
+    # A QwenModelServer serves each adapter under its own model name. The builtin server
+    # labels its series by that name; vLLM labels its own by the base's served name and
+    # reports the adapters in the running batch as label values of vllm:lora_requests_info.
+    adapters = [
+        _timeseries(
+            "Requests per adapter",
+            "Requests per second by adapter (builtin engine: qwenft_serve_*, one model per "
+            "adapter); vLLM counts finished requests per server, all adapters together.",
+            [
+                (
+                    f"sum by (model) (rate(qwenft_serve_requests_total{{{MODEL}}}{rate}))",
+                    "{{model}}",
+                ),
+                (
+                    f"sum by (namespace, model_name) (rate(vllm:request_success_total{rate}))",
+                    "{{namespace}} {{model_name}} (vLLM, all adapters)",
+                ),
+            ],
+            unit="reqps",
+        ),
+        _timeseries(
+            "Tokens per adapter",
+            "Prompt and generated tokens per second by adapter (builtin), and per vLLM server.",
+            [
+                (
+                    f"sum by (model) (rate(qwenft_serve_prompt_tokens_total{{{MODEL}}}{rate}))",
+                    "{{model}} prompt",
+                ),
+                (
+                    f"sum by (model) (rate(qwenft_serve_generated_tokens_total{{{MODEL}}}{rate}))",
+                    "{{model}} generated",
+                ),
+                (
+                    f"sum by (namespace, model_name) (rate(vllm:generation_tokens_total{rate}))",
+                    "{{namespace}} {{model_name}} generated (vLLM, all adapters)",
+                ),
+            ],
+        ),
+        g.Table(
+            title="vLLM adapters in the batch",
+            description="Per vLLM pod: the adapters with running and waiting requests "
+            "(vllm:lora_requests_info, 'name' or 'name:count' lists) and --max-loras.",
+            dataSource=DATASOURCE,
+            targets=[
+                g.Target(
+                    expr="max by (namespace, pod, max_lora, running_lora_adapters, "
+                    "waiting_lora_adapters) (vllm:lora_requests_info)",
+                    legendFormat="{{pod}}",
+                    refId="A",
+                    datasource=DATASOURCE,
+                    instant=True,
+                    format="table",
+                )
+            ],
+        ),
+    ]
     operator = [
         _timeseries(
             "Reconciles",
@@ -207,6 +263,7 @@ def _rows() -> list[tuple[str, list[g.Panel]]]:
         ("Runs", runs),
         ("Training: $run", training),
         ("Inference: $model", inference),
+        ("Model servers: adapters", adapters),
         ("Operator", operator),
     ]
 

@@ -76,6 +76,7 @@ CHECKPOINT_NOT_FOUND = "CheckpointNotFound"  # inference.checkpoint not kept; me
 DEPLOYING = "Deploying"  # the Deployment is rolling out
 ENDPOINT_READY = "EndpointReady"  # the Deployment is available behind its Service
 INFERENCE_DISABLED = "InferenceDisabled"  # spec.inference.enabled is false
+SERVED_BY_MODEL_SERVER = "ServedByModelServer"  # spec.inference.server: a shared server serves it
 DEPLOY_FAILED = "DeployFailed"  # the Deployment can't become available (e.g. image, crash loop)
 SMOKE_TEST_PASSED = "SmokeTestPassed"  # every evaluation prompt got an acceptable answer
 SMOKE_TEST_FAILED = "SmokeTestFailed"  # an evaluation prompt failed; message says which
@@ -113,6 +114,7 @@ REASONS = (
     DEPLOYING,
     ENDPOINT_READY,
     INFERENCE_DISABLED,
+    SERVED_BY_MODEL_SERVER,
     DEPLOY_FAILED,
     SMOKE_TEST_PASSED,
     SMOKE_TEST_FAILED,

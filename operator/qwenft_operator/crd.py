@@ -1,4 +1,5 @@
-"""Generate the ``QwenFineTune`` CustomResourceDefinition from the pydantic spec and status.
+"""Generate the CustomResourceDefinitions (``QwenFineTune``, ``QwenModelServer``) from the
+pydantic specs and statuses.
 
 The CRD is never edited by hand: the pydantic models are the one source of truth, and a
 test fails when the committed file differs from what this module prints. The JSON schema
@@ -10,6 +11,8 @@ rules emitted as CEL ``x-kubernetes-validations``.
 
     python -m qwenft_operator.crd -o crds/finetune.qwenft.io_qwenfinetunes.yaml
     python -m qwenft_operator.crd --check crds/finetune.qwenft.io_qwenfinetunes.yaml
+    python -m qwenft_operator.crd --kind QwenModelServer \
+        -o crds/finetune.qwenft.io_qwenmodelservers.yaml
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -24,10 +28,13 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from qwenft_operator import spec as spec_module
+from qwenft_operator.model_server import spec as server_spec
+from qwenft_operator.model_server.status import QwenModelServerStatus
 from qwenft_operator.spec import QwenFineTuneSpec
 from qwenft_operator.status import QwenFineTuneStatus
 
 CRD_PATH = "crds/finetune.qwenft.io_qwenfinetunes.yaml"
+MODEL_SERVER_CRD_PATH = "crds/finetune.qwenft.io_qwenmodelservers.yaml"
 _DROPPED = {"title", "$defs"}
 # Key order in the emitted YAML: the description first, so the file reads like the docs.
 _ORDER = [
@@ -39,7 +46,7 @@ _ORDER = [
     "items", "additionalProperties", "required", "properties", "x-kubernetes-validations",
 ]  # fmt: skip
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
      "description": "One-word summary of where the run is."},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.display",
@@ -57,6 +64,21 @@ PRINTER_COLUMNS = [
      "description": "Why the run failed, when it did."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp",
      "description": "Time since the run was created."},
+]  # fmt: skip
+
+MODEL_SERVER_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+     "description": "One-word summary of the server."},
+    {"name": "Adapters", "type": "string", "jsonPath": ".status.adaptersDisplay",
+     "description": "Adapters serving / asked for."},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+     "description": "Whether every replica serves the current adapter set."},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint.url",
+     "description": "In-cluster URL of the OpenAI-compatible API."},
+    {"name": "Engine", "type": "string", "jsonPath": ".spec.engine", "priority": 1,
+     "description": "vllm or builtin."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp",
+     "description": "Time since the server was created."},
 ]  # fmt: skip
 
 NAME_RULE = {
@@ -199,44 +221,89 @@ def _add_factory_defaults(cls: type[BaseModel], node: dict[str, Any]) -> None:
             prop["default"] = to_jsonable_python(value)
 
 
-def build_crd() -> dict[str, Any]:
-    """The whole CustomResourceDefinition object."""
+@dataclass(frozen=True)
+class CrdKind:
+    """One kind's names, models and columns: everything that differs between the CRDs."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    description: str
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    printer_columns: list[dict[str, Any]]
+    path: str
+    noun: str  # what one object is called in descriptions
+
+
+FINE_TUNE = CrdKind(
+    kind=spec_module.KIND,
+    plural=spec_module.PLURAL,
+    singular=spec_module.SINGULAR,
+    short_names=spec_module.SHORT_NAMES,
+    description="A fine-tune of a Qwen-family model: validate the data, train with LoRA, "
+    "Q-LoRA or in full, merge, and serve behind an OpenAI-compatible endpoint.",
+    spec=QwenFineTuneSpec,
+    status=QwenFineTuneStatus,
+    printer_columns=PRINTER_COLUMNS,
+    path=CRD_PATH,
+    noun="run",
+)
+MODEL_SERVER = CrdKind(
+    kind=server_spec.KIND,
+    plural=server_spec.PLURAL,
+    singular=server_spec.SINGULAR,
+    short_names=server_spec.SHORT_NAMES,
+    description="One Qwen base model served with many LoRA adapters (from QwenFineTune runs "
+    "or a claim) behind one OpenAI-compatible endpoint; each adapter is a model name.",
+    spec=server_spec.QwenModelServerSpec,
+    status=QwenModelServerStatus,
+    printer_columns=MODEL_SERVER_PRINTER_COLUMNS,
+    path=MODEL_SERVER_CRD_PATH,
+    noun="server",
+)
+KINDS = {k.kind: k for k in (FINE_TUNE, MODEL_SERVER)}
+
+
+def build_crd(kind: CrdKind = FINE_TUNE) -> dict[str, Any]:
+    """The whole CustomResourceDefinition object of ``kind``."""
     root = {
-        "description": "A fine-tune of a Qwen-family model: validate the data, train with "
-        "LoRA, Q-LoRA or in full, merge, and serve behind an OpenAI-compatible endpoint.",
+        "description": kind.description,
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"description": "finetune.qwenft.io/v1alpha1", "type": "string"},
-            "kind": {"description": "QwenFineTune", "type": "string"},
+            "apiVersion": {"description": spec_module.API_VERSION, "type": "string"},
+            "kind": {"description": kind.kind, "type": "string"},
             "metadata": {
                 # The API server allows nothing here but restrictions on name/generateName.
                 "type": "object",
                 "properties": {
                     "name": {
-                        "description": "Name of the run; it prefixes its children's names.",
+                        "description": f"Name of the {kind.noun}; it prefixes its children's "
+                        "names.",
                         "type": "string",
                         "maxLength": spec_module.RUN_NAME_MAX_LENGTH,
                     }
                 },
             },
-            "spec": model_schema(QwenFineTuneSpec),
-            "status": model_schema(QwenFineTuneStatus),
+            "spec": model_schema(kind.spec),
+            "status": model_schema(kind.status),
         },
         "x-kubernetes-validations": [NAME_RULE],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{spec_module.PLURAL}.{spec_module.GROUP}"},
+        "metadata": {"name": f"{kind.plural}.{spec_module.GROUP}"},
         "spec": {
             "group": spec_module.GROUP,
             "names": {
-                "kind": spec_module.KIND,
-                "listKind": f"{spec_module.KIND}List",
-                "plural": spec_module.PLURAL,
-                "singular": spec_module.SINGULAR,
-                "shortNames": list(spec_module.SHORT_NAMES),
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
             },
             "scope": "Namespaced",
             "versions": [
@@ -245,7 +312,7 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": kind.printer_columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
@@ -253,14 +320,17 @@ def build_crd() -> dict[str, Any]:
     }
 
 
-def render_crd() -> str:
+def render_crd(kind: CrdKind = FINE_TUNE) -> str:
     """The CRD as the YAML text committed in ``crds/``."""
+    flag = "" if kind is FINE_TUNE else f" --kind {kind.kind}"
     header = (
-        "# Generated by `python -m qwenft_operator.crd`: edit the pydantic models in\n"
+        f"# Generated by `python -m qwenft_operator.crd{flag}`: edit the pydantic models in\n"
         "# operator/qwenft_operator/ instead, then regenerate.\n"
-        f"# kubectl apply --server-side -f {CRD_PATH}\n"
+        f"# kubectl apply --server-side -f {kind.path}\n"
     )
-    body = yaml.dump(build_crd(), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+    body = yaml.dump(
+        build_crd(kind), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True
+    )
     return header + body
 
 
@@ -272,17 +342,22 @@ class _Dumper(yaml.SafeDumper):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the QwenFineTune CRD as YAML.")
+    parser = argparse.ArgumentParser(description="Print a CRD of qwenft as YAML.")
+    parser.add_argument("--kind", choices=sorted(KINDS), default=FINE_TUNE.kind,
+                        help="which CRD (default QwenFineTune)")  # fmt: skip
     parser.add_argument("--output", "-o", help="write to this file instead of stdout")
     parser.add_argument(
         "--check", metavar="FILE", help="exit 1 if FILE differs from the generated CRD"
     )
     args = parser.parse_args(argv)
-    text = render_crd()
+    kind = KINDS[args.kind]
+    text = render_crd(kind)
     if args.check:
         with open(args.check, encoding="utf-8") as current:
             if current.read() != text:
-                print(f"{args.check} is stale: run python -m qwenft_operator.crd -o {args.check}")
+                flag = "" if kind is FINE_TUNE else f" --kind {kind.kind}"
+                print(f"{args.check} is stale: run python -m qwenft_operator.crd{flag} "
+                      f"-o {args.check}")  # fmt: skip
                 return 1
         return 0
     if args.output:

@@ -35,6 +35,7 @@ import kopf
 from qwenft_operator import kube, labels
 from qwenft_operator.builders import serving
 from qwenft_operator.metrics import OperatorMetrics, RunKey
+from qwenft_operator.model_server import handlers as server_handlers
 from qwenft_operator.observe import (
     PodFacts,
     parse_claim,
@@ -49,6 +50,7 @@ from qwenft_operator.settings import OperatorSettings
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
 MANAGED = {labels.MANAGED_BY_KEY: labels.MANAGED_BY}
+NAME_KEY = labels.NAME_KEY
 # Pods of the run's Jobs (the server's pods are followed through their Deployment).
 JOB_PODS = {**MANAGED, labels.COMPONENT_KEY: kopf.PRESENT}
 JOB_COMPONENTS = ("validate", "train", "merge")
@@ -126,6 +128,7 @@ async def _child_changed(
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """Register every handler of the operator on ``registry``."""
+    server_handlers.register(registry, settings)
     run = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
 
     @typed(kopf.on.login(registry=registry))
@@ -175,6 +178,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         )
     )
     def qwenft_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+        if NAME_KEY not in labels:  # a QwenModelServer's (model_server.handlers)
+            return None
         return {_owner(namespace, labels): parse_deployment(body)}
 
     @typed(kopf.on.event(**run))
@@ -235,6 +240,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         namespace: str, labels: kopf.Labels, body: kopf.Body, type: str | None, memo: kopf.Memo,
         **kwargs: Any,
     ) -> None:  # fmt: skip
+        if NAME_KEY not in labels:  # a QwenModelServer's (model_server.handlers)
+            return
         dep = parse_deployment(body)
         signature = (dep.available, dep.failed, dep.ready_replicas)
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Deployment", dep.name),

@@ -50,8 +50,10 @@ PATHS: dict[str, tuple[str, str]] = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "QwenFineTune": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "QwenModelServer": (f"/apis/{GROUP}/{VERSION}", "qwenmodelservers"),
 }
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 # Ask for an object's metadata alone (PartialObjectMetadata), not its body.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 REF_KINDS = {
@@ -189,6 +191,49 @@ def ensure_child(
             raise
     name = str(body["metadata"]["name"])
     return clients.request("GET", object_path(kind, namespace, name)), False
+
+
+def get_object(clients: Clients, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """An object of ``kind`` as stored, or None when it is absent."""
+    try:
+        return clients.request("GET", object_path(kind, namespace, name))
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def replace_child(
+    clients: Clients, kind: ChildKind, namespace: str, body: dict[str, Any], resource_version: str
+) -> dict[str, Any]:
+    """Replace a child's spec and annotations with ``body``'s, as of ``resource_version``.
+
+    A JSON patch (the ``patch`` verb: the operator may not ``update``) that tests the
+    resourceVersion first, so a 409/422 means it changed since it was read and the caller
+    decides again; ``replace`` on ``/spec`` drops whatever the old spec had that the new
+    one hasn't, which a merge patch would keep.
+    """
+    name = str(body["metadata"]["name"])
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "replace", "path": "/spec", "value": body["spec"]},
+        {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": body["metadata"].get("annotations") or {},
+        },
+    ]
+    return clients.request(
+        "PATCH", object_path(kind, namespace, name), body=ops, content_type=JSON_PATCH
+    )
+
+
+def patch_object_status(
+    clients: Clients, kind: str, namespace: str, name: str, patch: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch the status subresource of an object of ``kind``."""
+    path = object_path(kind, namespace, name) + "/status"
+    return clients.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
 
 
 def delete_child(clients: Clients, kind: ChildKind, namespace: str, name: str) -> None:

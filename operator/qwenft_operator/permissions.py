@@ -18,6 +18,7 @@ from qwenft_operator.spec import GROUP, PLURAL
 # (API group, resource) of everything the operator watches; "" is the core group.
 WATCHED = (
     (GROUP, PLURAL),
+    (GROUP, "qwenmodelservers"),
     ("batch", "jobs"),
     ("", "pods"),
     ("apps", "deployments"),

@@ -454,12 +454,23 @@ def _serve(d: Draft, run: Run, observed: Observed) -> None:
     """Deploying: the server Deployment and Service; Ready once available."""
     names = run.names
     deployment = observed.deployment
-    if not run.spec.inference.enabled:
+    server = run.spec.inference.server
+    if not run.spec.inference.enabled or server is not None:
         if deployment is not None:
             d.actions.append(DeleteChild("Deployment", names.serve_deployment))
             d.actions.append(DeleteChild("Service", names.serve_service))
-        d.set(cond.READY, "False", cond.INFERENCE_DISABLED, "spec.inference.enabled is false")
-        d.status.endpoint = None
+        if server is None:
+            d.set(cond.READY, "False", cond.INFERENCE_DISABLED, "spec.inference.enabled is false")
+            d.status.endpoint = None
+        else:
+            message = (
+                f"the adapter is served by QwenModelServer {server} (its status.adapters "
+                "says whether it joined)"
+            )
+            d.set(cond.READY, "False", cond.SERVED_BY_MODEL_SERVER, message)
+            d.status.endpoint = Endpoint(
+                url=serving.endpoint_url(run), model_name=run.served_model_name
+            )
         d.phase(Phase.SUCCEEDED)
         d.status.completion_time = d.status.completion_time or d.now
         return

@@ -83,8 +83,10 @@ def _best_checkpoint(s: QwenFineTuneSpec) -> bool:
 
 
 def _vllm_unmerged(s: QwenFineTuneSpec) -> bool:
-    """vLLM is asked to serve the adapter itself (no merge)."""
-    return s.inference.enabled and s.inference.engine == "vllm" and not s.merge.enabled
+    """vLLM is asked to serve the adapter itself (no merge) in the run's own Deployment."""
+    inference = s.inference
+    own = inference.enabled and inference.server is None
+    return own and inference.engine == "vllm" and not s.merge.enabled
 
 
 class QwenFineTuneSpec(SpecObject):
@@ -134,7 +136,31 @@ class QwenFineTuneSpec(SpecObject):
             field=".evaluationPrompts",
         ),
         Rule(
-            cel="!self.inference.enabled || self.inference.engine != 'vllm' || "
+            cel="!has(self.inference.server) || (self.inference.enabled && self.method != 'full')",
+            check=lambda s: (
+                s.inference.server is None or (s.inference.enabled and s.method != "full")
+            ),
+            message="inference.server attaches the run's adapter to a QwenModelServer: it "
+            "needs inference.enabled and method lora or qlora",
+            field=".inference.server",
+        ),
+        Rule(
+            cel="!has(self.inference.server) || !has(self.inference.checkpoint)",
+            check=lambda s: s.inference.server is None or s.inference.checkpoint is None,
+            message="a QwenModelServer serves a run's final adapter: remove "
+            "inference.checkpoint, or inference.server to serve the checkpoint on its own",
+            field=".inference.checkpoint",
+        ),
+        Rule(
+            cel="!has(self.inference.server) || size(self.evaluationPrompts) == 0",
+            check=lambda s: s.inference.server is None or not s.evaluation_prompts,
+            message="evaluationPrompts test the run's own endpoint; a run attached to a "
+            "QwenModelServer has none: remove evaluationPrompts or inference.server",
+            field=".evaluationPrompts",
+        ),
+        Rule(
+            cel="!self.inference.enabled || has(self.inference.server) || "
+            "self.inference.engine != 'vllm' || "
             f"self.merge.enabled || self.lora.r <= {VLLM_LARGEST_LORA_RANK}",
             check=lambda s: not _vllm_unmerged(s) or s.lora.r <= VLLM_LARGEST_LORA_RANK,
             message=f"vLLM serves unmerged adapters up to rank {VLLM_LARGEST_LORA_RANK}: set "
@@ -142,7 +168,8 @@ class QwenFineTuneSpec(SpecObject):
             field=".merge.enabled",
         ),
         Rule(
-            cel="!self.inference.enabled || self.inference.engine != 'vllm' || "
+            cel="!self.inference.enabled || has(self.inference.server) || "
+            "self.inference.engine != 'vllm' || "
             "self.merge.enabled || size(self.lora.modulesToSave) == 0",
             check=lambda s: not _vllm_unmerged(s) or not s.lora.modules_to_save,
             message="vLLM can't serve an unmerged adapter with lora.modulesToSave: set "

@@ -297,6 +297,15 @@ class InferenceSpec(SpecObject):
         "checkpoint that isn't kept fails the run (CheckpointNotFound) with the list of "
         "those that are.",
     )
+    server: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="A QwenModelServer in the run's namespace: the finished adapter joins it "
+        "(served under servedModelName) instead of getting a Deployment of its own; the "
+        "run's engine, replicas and gpus are then unused.",
+    )
 
 
 class EvaluationPrompt(SpecObject):

@@ -11,6 +11,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "qwenft-operator"
 CRD_FILE = ROOT / "crds" / "finetune.qwenft.io_qwenfinetunes.yaml"
+MODEL_SERVER_CRD_FILE = ROOT / "crds" / "finetune.qwenft.io_qwenmodelservers.yaml"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 MONITORING_API = "monitoring.coreos.com/v1"
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}

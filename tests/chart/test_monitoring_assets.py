@@ -118,7 +118,7 @@ def test_dashboard_panels_and_variables() -> None:
     titles = [panel["title"] for panel in dashboard["panels"]]
     for title in ("Runs by phase", "Loss", "Learning rate", "Tokens per second", "ETA"):
         assert title in titles
-    for title in ("GPU memory", "Requests", "Latency", "Reconciles"):
+    for title in ("GPU memory", "Requests", "Latency", "Reconciles", "Requests per adapter"):
         assert title in titles
     assert gen_dashboard.variable_queries(dashboard) == {
         "run": "label_values(qwenft_train_step, run)",
@@ -131,4 +131,6 @@ def test_dashboard_panels_and_variables() -> None:
     ]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    assert len(gen_dashboard.queries(dashboard)) == 18
+    assert len(gen_dashboard.queries(dashboard)) == 24
+    # vLLM's own per-LoRA series, next to the builtin server's per-model ones.
+    assert any("vllm:lora_requests_info" in q for q in gen_dashboard.queries(dashboard))

@@ -28,6 +28,7 @@ from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "finetune.qwenft.io_qwenfinetunes.yaml"
+CRDS = (CRD, ROOT / "crds" / "finetune.qwenft.io_qwenmodelservers.yaml")
 EXAMPLES = ROOT / "examples"
 T = TypeVar("T")
 # Claims, ConfigMaps and Secrets the shipped examples refer to.
@@ -140,9 +141,14 @@ def own_gpu_nodes(api: client.ApiClient, count: int, gpus: int = 8) -> Iterator[
 
 
 def install_crd(api: client.ApiClient) -> None:
-    """Create or replace the CRD and wait until it is Established."""
+    """Create or replace the CRDs (QwenFineTune, QwenModelServer); wait until Established."""
+    for path in CRDS:
+        _install_crd(api, path)
+
+
+def _install_crd(api: client.ApiClient, path: Path) -> None:
     ext = client.ApiextensionsV1Api(api)
-    body = yaml.safe_load(CRD.read_text())
+    body = yaml.safe_load(path.read_text())
     name = body["metadata"]["name"]
     try:
         current = ext.read_custom_resource_definition(name)

@@ -83,7 +83,8 @@ DENIED = "mon-denied"  # in the namespace whose Role cannot create Deployments
 MODEL = "tiny-chat"
 TRAINER_PORT = 9400  # the port the operator's progress reader scrapes on a training pod
 DATASET = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
-GPU_ONLY = re.compile(r"qwenft_train_gpu_memory_")
+# Series only a GPU produces: CUDA memory, and vLLM's (it serves on a GPU only).
+GPU_ONLY = re.compile(r"qwenft_train_gpu_memory_|vllm:")
 KWOK_AFTER = "qwenft.io/kwok-complete-after"
 
 

@@ -158,6 +158,12 @@ CASES: list[InvalidCase] = [
     InvalidCase("checkpoint-full-vllm", "spec.inference.checkpoint", {"spec.method": "full", "spec.inference": {"engine": "vllm", "gpus": 1, "checkpoint": 200}}),
     InvalidCase("vllm-unmerged-rank-too-big", "spec.merge.enabled", {**VLLM_UNMERGED, "spec.lora": {"r": 1024}}),
     InvalidCase("vllm-unmerged-modules-to-save", "spec.merge.enabled", {**VLLM_UNMERGED, "spec.lora": {"modulesToSave": ["lm_head"]}}),
+    # spec.inference.server: attach the adapter to a QwenModelServer.
+    InvalidCase("server-without-inference", "spec.inference.server", {"spec.inference": {"enabled": False, "server": "shared"}}),
+    InvalidCase("server-with-full", "spec.inference.server", {"spec.method": "full", "spec.inference": {"server": "shared"}}),
+    InvalidCase("server-with-checkpoint", "spec.inference.checkpoint", {"spec.evaluation": {"fraction": 0.1, "steps": 50}, "spec.checkpoint": {"saveSteps": 100}, "spec.inference": {"server": "shared", "checkpoint": "best"}}),
+    InvalidCase("server-with-prompts", "spec.evaluationPrompts", {"spec.inference": {"server": "shared"}, "spec.evaluationPrompts": [{"prompt": "hi"}]}),
+    InvalidCase("server-bad-name", "spec.inference.server", {"spec.inference": {"server": "Shared_Server"}}),
     # The run's name: it prefixes Service names and is a label value.
     InvalidCase("name-with-dot", "metadata.name", {"metadata.name": "my.run"}),
     InvalidCase("name-starts-with-digit", "metadata.name", {"metadata.name": "7b-run"}),

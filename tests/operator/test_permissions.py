@@ -7,12 +7,13 @@ from qwenft_operator.permissions import Access, report, required
 
 def test_required_per_namespace_or_cluster_wide() -> None:
     accesses = required(["team-a", "team-b"])
-    assert len(accesses) == 2 * 6 * 2
+    assert len(accesses) == 2 * 7 * 2
     assert Access("team-a", "", "persistentvolumeclaims", "watch") in accesses
     assert Access("team-a", "", "configmaps", "list") in accesses
     assert not any(a.resource == "secrets" for a in accesses)  # looked up, never listed
     assert Access("team-b", "", "pods", "watch") in accesses
     assert Access("team-a", "finetune.qwenft.io", "qwenfinetunes", "list") in accesses
+    assert Access("team-b", "finetune.qwenft.io", "qwenmodelservers", "watch") in accesses
     assert {a.namespace for a in required([])} == {""}
 
 

@@ -733,6 +733,33 @@ def test_full_fine_tune_skips_merge_and_inference_off_succeeds() -> None:
     assert not decision.of_type(CreateChild)
 
 
+def test_run_attached_to_a_model_server_gets_no_deployment() -> None:
+    # vLLM would merge this adapter for a Deployment of the run's own (modulesToSave); a
+    # QwenModelServer judges it instead, so nothing is merged and nothing is deployed.
+    run = make_run(
+        merge={"enabled": False},
+        lora={"r": 16, "modulesToSave": ["lm_head"]},
+        inference={"engine": "vllm", "server": "shared", "servedModelName": "support"},
+        evaluationPrompts=[],
+    )
+    observed = Observed(
+        train_job=job(f"{RUN}-train", "Succeeded"),
+        deployment=DeploymentFacts(name=f"{RUN}-serve", replicas=1),  # from before attaching
+    )
+    decision = decide(run, VALIDATED, observed, NOW)
+    assert decision.status.phase == Phase.SUCCEEDED
+    assert summary(decision)[:2] == [
+        f"delete Deployment {RUN}-serve",
+        f"delete Service {RUN}-serve",
+    ]
+    assert not decision.of_type(CreateChild)
+    ready = cond.get_condition(decision.status.conditions, cond.READY)
+    assert ready is not None and ready.reason == cond.SERVED_BY_MODEL_SERVER
+    assert decision.status.endpoint is not None
+    assert decision.status.endpoint.url == "http://shared-server.team.svc:8000/v1"
+    assert decision.status.endpoint.model_name == "support"
+
+
 def test_status_patch_holds_only_changed_keys() -> None:
     run = make_run()
     first = decide(run, QwenFineTuneStatus(), Observed(validate_job=job(f"{RUN}-validate")), NOW)

@@ -34,7 +34,7 @@ from qwenft_operator.spec import load_manifest
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = sorted(
-    p.stem for p in (ROOT / "examples").glob("*.yaml") if "kind: QwenFineTune" in p.read_text()
+    p.stem for p in (ROOT / "examples").glob("*.yaml") if "\nkind: QwenFineTune\n" in p.read_text()
 )
 
 

@@ -72,10 +72,10 @@ Secret exists) only through a namespaced Role, never through a ClusterRole.
 */}}
 {{- define "qwenft-operator.rules" -}}
 - apiGroups: ["finetune.qwenft.io"]
-  resources: ["qwenfinetunes"]
+  resources: ["qwenfinetunes", "qwenmodelservers"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["finetune.qwenft.io"]
-  resources: ["qwenfinetunes/status"]
+  resources: ["qwenfinetunes/status", "qwenmodelservers/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]

@@ -16,6 +16,7 @@ from qwenft_trainer import exit_codes, serving
 
 from qwenft_operator import labels
 from qwenft_operator.builders import paths, pods
+from qwenft_operator.names import child_name
 from qwenft_operator.runs import Run
 
 SERVE_PORT = 8000
@@ -104,6 +105,8 @@ def needs_merge(run: Run) -> bool:
     if spec.merge.enabled:
         return True
     inference = spec.inference
+    if inference.server is not None:  # a QwenModelServer serves the adapter itself
+        return False
     # vLLM can't resolve a checkpoint choice itself: the merge Job does, next to the files.
     return (
         inference.enabled
@@ -180,8 +183,12 @@ def build_vllm_args(run: Run, target: ServeTarget) -> list[str]:
 
 
 def endpoint_url(run: Run) -> str:
-    """In-cluster base URL of the OpenAI-compatible API (``status.endpoint.url``)."""
-    return f"http://{run.names.serve_service}.{run.namespace}.svc:{SERVE_PORT}/v1"
+    """In-cluster base URL of the OpenAI-compatible API (``status.endpoint.url``): the
+    run's own Service, or that of the QwenModelServer it attaches to (``<server>-server``,
+    named as in :mod:`qwenft_operator.model_server.builders`)."""
+    server = run.spec.inference.server
+    service = child_name(server, "server") if server else run.names.serve_service
+    return f"http://{service}.{run.namespace}.svc:{SERVE_PORT}/v1"
 
 
 def _probe(path: str, **extra: int) -> dict[str, Any]:
