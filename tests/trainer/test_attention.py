@@ -236,7 +236,7 @@ def train_config(model: Path, **training: Any) -> TrainConfig:
 
 def test_unpacked_batches_have_one_width_under_flex_attention(tiny_model_dir: Path) -> None:
     from qwenft_trainer.modeling import load_tokenizer
-    from qwenft_trainer.train import build_collator
+    from qwenft_trainer.packing_mode import build_collator
 
     config = train_config(tiny_model_dir, packing=False)
     tokenizer = load_tokenizer(config.model)

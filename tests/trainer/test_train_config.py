@@ -167,7 +167,8 @@ def test_termination_message_fits_4kib(tmp_path: Path) -> None:
 def test_qlora_loads_4bit_on_the_rank_device_and_token_stays_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from qwenft_trainer.modeling import build_load_kwargs, source_kwargs
+    from qwenft_trainer.base_checks import source_kwargs
+    from qwenft_trainer.modeling import build_load_kwargs
 
     monkeypatch.setenv("QWENFT_TEST_TOKEN", "hf_secret")
     c = config(

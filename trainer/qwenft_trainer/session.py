@@ -34,7 +34,7 @@ from qwenft_trainer.deepspeed_config import build_deepspeed_config
 from qwenft_trainer.distributed import DistributedEnv
 from qwenft_trainer.kernels import KernelDecision, apply_kernels
 from qwenft_trainer.modeling import choose_attention, count_parameters, load_model, prepare_model
-from qwenft_trainer.packing_mode import PackingDecision
+from qwenft_trainer.packing_mode import PackingDecision, build_collator
 from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
 from qwenft_trainer.summary import (
     TokenCacheRecord,
@@ -161,7 +161,6 @@ def _build_trainer(
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
     from qwenft_trainer.packing import build_features
-    from qwenft_trainer.train import build_collator
 
     ds_config = build_deepspeed_config(config)
     args = build_training_arguments(

@@ -39,7 +39,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qwenft_trainer import exit_codes
 from qwenft_trainer.config import ConfigError, TrainConfig, format_validation_error, load_config
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from qwenft_trainer.data import TokenizedSample
-    from qwenft_trainer.packing_mode import PackingMode
     from qwenft_trainer.stopping import StopRequest
 
 log = logging.getLogger("qwenft_trainer.train")
@@ -186,33 +185,6 @@ def build_datasets(
     t = config.training
     return build_features(train, t.max_seq_length, packing=t.packing), (
         build_features(held_out, t.max_seq_length, packing=t.packing) if held_out else None
-    )
-
-
-def build_collator(
-    config: TrainConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    mode: PackingMode | None = None,
-    *,
-    row_length: int | None = None,
-) -> Any:
-    """The batch collator of packing ``mode`` (default: what ``training.packing`` asks for).
-
-    ``row_length`` (:func:`qwenft_trainer.attention.row_length`) gives every batch one
-    width: packed rows, or unpacked samples padded to ``max_seq_length``.
-    """
-    from qwenft_trainer.packing import PaddingCollator
-    from qwenft_trainer.packing_mode import build_packing_collator
-
-    if mode is None:
-        mode = "padded_rows" if config.training.packing else "off"
-    if mode != "off":
-        # A short row's pad segment must use the real pad id, or the Trainer's count of
-        # non-padding tokens would include it.
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return build_packing_collator(mode, pad_token_id=pad_id, row_length=row_length)
-    return PaddingCollator(
-        tokenizer, max_seq_length=config.training.max_seq_length, pad_to_max=row_length is not None
     )
 
 
