@@ -29,6 +29,7 @@ ROOT = Path(__file__).parents[1]
 TRAINER_MODULES_FOR_THE_OPERATOR = {
     "qwenft_trainer.config",
     "qwenft_trainer.exit_codes",
+    "qwenft_trainer.hub_ids",
     "qwenft_trainer.serving",
     "qwenft_trainer.tiny",
 }

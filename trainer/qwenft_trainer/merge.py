@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenft_trainer import architectures
+from qwenft_trainer import architectures, exit_codes
 from qwenft_trainer.base_checks import BaseConfigError, read_base_config
 from qwenft_trainer.merge_checks import (
     AdapterInfo,
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         reserve = int(os.environ.get(RESERVE_ENV, "0"))
     except ValueError:
         print(f"error: {RESERVE_ENV} must be a number of bytes", file=sys.stderr)
-        return 2
+        return exit_codes.MERGE_USAGE
     options = MergeOptions(
         adapter=args.adapter,
         output=args.output,
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         report = merge(options)
     except MergeError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return exit_codes.MERGE_FAILED
     _log(
         f"merged {report.method} adapter into {report.merged_into}: {report.output} "
         f"(max |logit diff| {report.max_abs_diff:.3g} <= {report.tolerance:.3g}, "

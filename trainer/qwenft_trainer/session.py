@@ -319,7 +319,12 @@ def _report_stopped(
         emit(build_log_record("train_stopped", step=step, checkpoint=checkpoint, cause=cause))
     if env.local_rank == 0:
         # every pod (node) reports it: its launcher turns this into the "stopped" exit code
-        fields = {"status": "stopped", "reason": "Stopped", "message": message, "step": step}
+        fields = {
+            "status": "stopped",
+            "reason": exit_codes.STOPPED_REASON,
+            "message": message,
+            "step": step,
+        }
         write_termination_log(config.termination_log, {**fields, "checkpoint": checkpoint})
     return exit_codes.STOPPED
 

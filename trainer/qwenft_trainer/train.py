@@ -220,11 +220,11 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     try:
         config = apply_overrides(load_config(args.config), args)
     except ConfigError as err:
-        return fail(None, "InvalidConfig", str(err))
+        return fail(None, exit_codes.INVALID_CONFIG, str(err))
 
     refusal = check_base_model(config)
     if refusal:
-        return fail(config, "InvalidConfig", refusal)
+        return fail(config, exit_codes.INVALID_CONFIG, refusal)
     from qwenft_trainer.modeling import load_tokenizer
     from qwenft_trainer.token_cache import load_or_build
 
@@ -232,7 +232,7 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     try:  # rank 0 validates and tokenizes once; the others, and restarts, load its cache
         samples = load_or_build(config, env, tokenizer, build=validated_samples)
     except ConfigError as err:
-        return fail(config, "InvalidDataset", str(err))
+        return fail(config, exit_codes.INVALID_DATASET, str(err))
 
     from qwenft_trainer.session import run_training
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenft_trainer import exit_codes
+
 from qwenft_operator.builders import jobs, paths, pods
 from qwenft_operator.runs import Run
 
-# `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage.
-MERGE_FAILURE_EXIT_CODES = [1, 2]
+# `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage:
+# retrying can't help.
+MERGE_FAILURE_EXIT_CODES = list(exit_codes.MERGE_FAILURES)
 
 
 def merge_base(run: Run) -> str:

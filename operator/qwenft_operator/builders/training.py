@@ -48,16 +48,29 @@ while :; do
 done
 rm -f "$stop"
 log="${QWENFT_TERMINATION_LOG:-/dev/termination-log}"
-if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"Invalid(Config|Dataset)"' "$log"; then
+if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"INVALID_INPUT_REASONS"' "$log"; then
   exit INVALID_INPUT_EXIT_CODE
 fi
-if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"Stopped"' "$log"; then
+if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"STOPPED_REASON"' "$log"; then
   exit STOPPED_EXIT_CODE
 fi
 exit "$rc"
 """
+
+
+def _one_of(words: tuple[str, ...]) -> str:
+    """An extended regex matching exactly ``words`` (CamelCase names, no regex syntax),
+    written as ``Prefix(RestA|RestB)`` around their common prefix."""
+    prefix = words[0]
+    while not all(word.startswith(prefix) for word in words):
+        prefix = prefix[:-1]
+    return prefix + "(" + "|".join(word[len(prefix) :] for word in words) + ")"
+
+
 LAUNCHER = (
     _LAUNCHER_TEMPLATE.replace("STOP_FILE_ENV", exit_codes.STOP_FILE_ENV)
+    .replace("INVALID_INPUT_REASONS", _one_of(exit_codes.INVALID_INPUT_REASONS))
+    .replace("STOPPED_REASON", exit_codes.STOPPED_REASON)
     .replace("INVALID_INPUT_EXIT_CODE", str(INVALID_INPUT_EXIT_CODE))
     .replace("STOPPED_EXIT_CODE", str(STOPPED_EXIT_CODE))
 )
