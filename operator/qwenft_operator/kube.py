@@ -209,15 +209,6 @@ def set_job_suspended(clients: Clients, namespace: str, name: str, suspend: bool
     )
 
 
-def list_children(
-    clients: Clients, kind: str, namespace: str, selector: str
-) -> list[dict[str, Any]]:
-    """Objects of ``kind`` (Job, Pod, Deployment, Service, ConfigMap) matching ``selector``."""
-    found = clients.request("GET", object_path(kind, namespace), query={"labelSelector": selector})
-    items: list[dict[str, Any]] = found.get("items") or []
-    return items
-
-
 def look_up_reference(clients: Clients, namespace: str, key: ObjectKey) -> Found | None:
     """A referenced object as found (a ConfigMap with its keys), or None when it is absent.
 

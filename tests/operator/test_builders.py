@@ -597,24 +597,3 @@ def test_operator_modules_import_without_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
-
-
-def test_config_hash_marks_the_configmap_and_the_job() -> None:
-    run = load_run("lora-single-gpu")
-    digest = config.config_hash(run)
-    assert len(digest) == 16
-    key = labels.CONFIG_HASH_ANNOTATION
-    assert config.build_config_map(run)["metadata"]["annotations"] == {key: digest}
-    assert training.build_train_job(run)["metadata"]["annotations"] == {key: digest}
-    training_settings = run.spec.training.model_copy(update={"learning_rate": 1e-4})
-    changed = Run(
-        name=run.name,
-        namespace="ml",
-        uid="u",
-        spec=run.spec.model_copy(update={"training": training_settings}),
-    )
-    assert config.config_hash(changed) != digest
-    suspended = Run(
-        name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"suspend": True})
-    )
-    assert config.config_hash(suspended) == digest, "suspend is not part of the trainer config"

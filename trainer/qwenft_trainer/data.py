@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qwenft_trainer.config import DataFormat, ThinkingPolicy
 from qwenft_trainer.formats import (
@@ -198,8 +198,3 @@ def tokenize_all(
             ", ".join(dropped[:5]),
         )
     return samples
-
-
-def features(samples: Iterable[TokenizedSample]) -> list[dict[str, Any]]:
-    """Dataset items (``input_ids``, ``labels``) for the padding collator."""
-    return [sample.to_features() for sample in samples]

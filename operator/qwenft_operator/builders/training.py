@@ -20,7 +20,7 @@ from qwenft_trainer import exit_codes
 
 from qwenft_operator import labels
 from qwenft_operator.builders import fetch, jobs, paths, pods
-from qwenft_operator.builders.config import TRAINER_METRICS_PORT, config_hash
+from qwenft_operator.builders.config import TRAINER_METRICS_PORT
 from qwenft_operator.runs import Run
 
 MASTER_PORT = 29500
@@ -193,7 +193,7 @@ def build_train_job(run: Run) -> dict[str, Any]:
     if policy.ttl_seconds_after_finished is not None:
         extra["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     queue = spec.scheduling.queue_name
-    job = jobs.build_job(
+    return jobs.build_job(
         run,
         name=run.names.train_job,
         component="train",
@@ -204,5 +204,3 @@ def build_train_job(run: Run) -> dict[str, Any]:
         extra_labels={labels.KUEUE_QUEUE_KEY: queue} if queue else None,
         extra_spec=extra,
     )
-    job["metadata"]["annotations"] = {labels.CONFIG_HASH_ANNOTATION: config_hash(run)}
-    return job
