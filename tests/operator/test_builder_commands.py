@@ -11,10 +11,8 @@ merged model in ``merged/``).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import yaml
 from qwenft_operator.builders import config, merge, serving, validation
 from qwenft_operator.runs import Run
 from qwenft_trainer.config import dump_config
+from support import free_port, poll
 
 ROOT = Path(__file__).parents[2]
 DATASET = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
@@ -48,12 +47,6 @@ def run_cli(argv: list[str], timeout: float = 300) -> subprocess.CompletedProces
     return subprocess.run(
         [*CLI, *argv[1:]], capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -90,17 +83,13 @@ def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: P
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
+
+        def ready() -> bool:
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
-                    if ready.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.5)
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+                return bool(response.status == 200)
+
+        poll(ready, timeout=120, what="the server on /readyz", interval=0.5, retry_on=(OSError,))
         with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as models:
             assert f'"id":"{run.served_model_name}"' in models.read().decode().replace(" ", "")
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import free_port, poll
 
 # Short, repeated dialogues: a tiny model learns them within a few steps.
 DIALOGUES = [
@@ -81,12 +81,6 @@ def write_config(path: Path, model_dir: Path, data: Path, output_dir: Path, **ex
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def train_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -143,17 +137,6 @@ def events(stdout: str, name: str | None = None) -> list[dict[str, Any]]:
         if name is None or record.get("event") == name:
             found.append(record)
     return found
-
-
-def poll(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Wait until ``condition()`` is truthy (returning its value), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class InProcessRun:
