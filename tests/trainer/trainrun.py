@@ -150,26 +150,18 @@ class InProcessRun:
         import contextlib
         import io
 
-        import pytest
-        from qwenft_trainer import session
+        from qwenft_trainer.train import main
 
         self.model: Any = None
         self.initial: dict[str, Any] = {}
-        prepare = session.prepare_model
 
-        def recording_prepare(model: Any, cfg: Any) -> Any:
-            prepared = prepare(model, cfg)
+        def record(prepared: Any) -> None:
             self.model = prepared
             self.initial = {name: p.detach().clone() for name, p in prepared.named_parameters()}
-            return prepared
 
         stdout, stderr = io.StringIO(), io.StringIO()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(session, "prepare_model", recording_prepare)
-            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                from qwenft_trainer.train import main
-
-                self.code = main(["--config", str(config), *argv])
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            self.code = main(["--config", str(config), *argv], on_model_prepared=record)
         self.stdout, self.stderr = stdout.getvalue(), stderr.getvalue()
 
     def losses(self) -> list[float]:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from qwenft_trainer.data import TokenizedSample
+    from qwenft_trainer.session import ModelHook
     from qwenft_trainer.stopping import StopRequest
 
 log = logging.getLogger("qwenft_trainer.train")
@@ -203,18 +204,22 @@ def setup_logging(env: DistributedEnv) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s rank{env.rank} %(levelname)s %(message)s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, on_model_prepared: ModelHook | None = None) -> int:
     """Exit codes (:mod:`qwenft_trainer.exit_codes`): 0 trained, 1 invalid config or data,
-    2 usage error, 75 stopped on request with a complete checkpoint to resume from."""
+    2 usage error, 75 stopped on request with a complete checkpoint to resume from.
+
+    ``on_model_prepared`` (for a caller in the same process, such as a test) is called with
+    the model once it is prepared for its method (adapters added), before any step.
+    """
     args = build_parser().parse_args(argv)
     from qwenft_trainer.stopping import StopRequest
 
     # a stop asked for while the data loads still counts: the session checks it first
     with StopRequest.installed(stop_file=os.environ.get(exit_codes.STOP_FILE_ENV)) as stop:
-        return _train(args, stop)
+        return _train(args, stop, on_model_prepared)
 
 
-def _train(args: argparse.Namespace, stop: StopRequest) -> int:
+def _train(args: argparse.Namespace, stop: StopRequest, on_model_prepared: ModelHook | None) -> int:
     env = DistributedEnv.from_environ()
     setup_logging(env)
     try:
@@ -245,6 +250,7 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
         started=time.time(),
         stop=stop,
         token_cache=samples.record,
+        on_model_prepared=on_model_prepared,
     )
 
 
