@@ -384,7 +384,8 @@ def test_cuda_packed_rows_are_exact_under_flex_attention(
     arch: str, tiny_arch_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
-    from qwenft_trainer.data import load_conversations, tokenize_all
+    from qwenft_trainer.data import tokenize_all
+    from qwenft_trainer.formats import load_conversations
     from qwenft_trainer.packing import build_features
     from qwenft_trainer.packing_mode import build_packing_collator, configure_model_for_packing
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -110,7 +110,8 @@ def test_packed_collator_can_flatten_for_varlen_kernels() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_samples(tiny_model_dir: Path) -> list[TokenizedSample]:
-    from qwenft_trainer.data import load_conversations, tokenize_all
+    from qwenft_trainer.data import tokenize_all
+    from qwenft_trainer.formats import load_conversations
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))

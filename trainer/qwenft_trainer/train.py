@@ -141,7 +141,8 @@ def build_samples(
     Packing them is left to the session, which knows once the model is loaded whether the
     model can be packed exactly (:mod:`qwenft_trainer.packing_mode`).
     """
-    from qwenft_trainer.data import load_conversations, tokenize_all
+    from qwenft_trainer.data import tokenize_all
+    from qwenft_trainer.formats import load_conversations
 
     t = config.training
     convs = load_conversations(config.data.path, config.data.format)
