@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from qwenft_trainer import architectures, exit_codes
 from qwenft_trainer.base_checks import BaseConfigError, read_base_config
+from qwenft_trainer.config import DTYPE_NAMES
 from qwenft_trainer.merge_checks import (
     AdapterInfo,
     BaseInfo,
@@ -48,7 +49,6 @@ from qwenft_trainer.merge_checks import (
 from qwenft_trainer.quantized import checkpoint_quantization, merge_problem
 
 DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Max |merged - (base + adapter)| allowed, relative to the largest reference logit. Both
 # sides round differently (W + BA rounded once to the output dtype; base and adapter
 # outputs rounded separately), so half precision needs room: bf16 keeps 8 mantissa bits,
@@ -112,7 +112,7 @@ def _log(message: str) -> None:
 def resolve_dtype(requested: DtypeName, base: BaseInfo) -> str:
     """The output dtype: the requested one, else the base's own, else bf16."""
     if requested != "auto":
-        return _DTYPES[requested]
+        return DTYPE_NAMES[requested]
     text = base.config.get("text_config", base.config)
     found = next(
         (
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="hub revision of the base, when --base is a hub id")
     parser.add_argument(
         "--dtype",
-        choices=["auto", *_DTYPES],
+        choices=["auto", *DTYPE_NAMES],
         default="auto",
         help="output dtype; auto keeps the base's (bf16 when the base doesn't say)",
     )

@@ -29,6 +29,7 @@ from qwenft_trainer.attention import (
 )
 from qwenft_trainer.base_checks import config_kwargs, read_base_config, source_kwargs
 from qwenft_trainer.config import (
+    DTYPE_NAMES,
     ModelSource,
     Precision,
     QuantizationSettings,
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 def torch_dtype(precision: Precision) -> torch.dtype:
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    dtype: torch.dtype = getattr(torch, DTYPE_NAMES[precision])
+    return dtype
 
 
 def build_quantization_config(
