@@ -278,7 +278,8 @@ def useful_share(config_path: Path, *, cuda: bool) -> tuple[int, int]:
     from qwenft_trainer.attention import row_length
     from qwenft_trainer.config import load_config
     from qwenft_trainer.modeling import choose_attention, load_tokenizer
-    from qwenft_trainer.train import build_collator, build_datasets
+    from qwenft_trainer.packing_mode import build_collator
+    from qwenft_trainer.train import build_datasets
 
     config = load_config(config_path)
     tokenizer = load_tokenizer(config.model)

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model
 from qwenft_trainer.config import QWEN2_LINEAR_MODULES
-from qwenft_trainer.data import load_conversations, tokenize_all
+from qwenft_trainer.data import tokenize_all
+from qwenft_trainer.formats import load_conversations
 from qwenft_trainer.packing import PaddingCollator
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 

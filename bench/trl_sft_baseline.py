@@ -23,7 +23,8 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from qwenft_trainer.config import QWEN2_LINEAR_MODULES
-from qwenft_trainer.data import IGNORE_INDEX, load_conversations, tokenize_all
+from qwenft_trainer.data import IGNORE_INDEX, tokenize_all
+from qwenft_trainer.formats import load_conversations
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import SFTConfig, SFTTrainer
 

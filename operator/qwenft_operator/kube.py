@@ -257,7 +257,8 @@ def set_job_suspended(clients: Clients, namespace: str, name: str, suspend: bool
 def list_children(
     clients: Clients, kind: str, namespace: str, selector: str
 ) -> list[dict[str, Any]]:
-    """Objects of ``kind`` (Job, Pod, Deployment, Service, ConfigMap) matching ``selector``."""
+    """Objects of ``kind`` (Job, Pod, Deployment, Service, ConfigMap) matching ``selector``
+    (``qwenft logs`` finds a run's pods with it)."""
     found = clients.request("GET", object_path(kind, namespace), query={"labelSelector": selector})
     items: list[dict[str, Any]] = found.get("items") or []
     return items

@@ -15,9 +15,6 @@ NAME_KEY = "finetune.qwenft.io/name"  # the QwenFineTune's name
 COMPONENT_KEY = "finetune.qwenft.io/component"  # which step of the run the object serves
 KUEUE_QUEUE_KEY = "kueue.x-k8s.io/queue-name"  # Kueue LocalQueue of a queued Job
 JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-# sha256 of the rendered trainer config, on the ConfigMap and the training Job: a Job whose
-# hash differs from the current config's was made from an older spec.
-CONFIG_HASH_ANNOTATION = "finetune.qwenft.io/config-hash"
 
 Component = Literal["validate", "train", "merge", "serve"]
 COMPONENTS: tuple[Component, ...] = ("validate", "train", "merge", "serve")

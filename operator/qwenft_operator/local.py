@@ -26,11 +26,13 @@ each other's checkpoints:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
+import httpx
 from qwenft_trainer.tiny import TINY_ARCHS
 
 from qwenft_operator import local_procs as procs
@@ -138,6 +140,19 @@ def train(run: Run, output: Path) -> None:
     procs.run_training(command, log=log)
 
 
+def ask(url: str, model: str, prompt: EvaluationPrompt) -> str:
+    """The endpoint's greedy answer, asked as the operator's smoke test asks (with retries)."""
+
+    async def once() -> str:
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await smoke.ask(client, url, model, prompt)
+
+    try:
+        return asyncio.run(once())
+    except smoke.EndpointUnreachable as err:
+        raise procs.StepError(str(err)) from err
+
+
 def serve_and_ask(run: Run, output: Path, *, port: int | None, keep_serving: bool) -> None:
     args = build_builtin_args(run, build_serve_target(run))
     server = procs.start_server(
@@ -151,7 +166,7 @@ def serve_and_ask(run: Run, output: Path, *, port: int | None, keep_serving: boo
         ]
         answers = []
         for prompt in prompts:
-            answer = procs.chat(server.url, run.served_model_name, prompt.prompt, prompt.max_tokens)
+            answer = ask(f"{server.url}/v1", run.served_model_name, prompt)
             print(f"  user:      {prompt.prompt}\n  assistant: {answer!r}", flush=True)
             answers.append(answer)
         # The same check the operator records as the SmokeTested condition.

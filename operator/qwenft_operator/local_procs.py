@@ -168,17 +168,3 @@ def start_server(command: list[str], *, log: Path, port: int | None) -> Server:
             server.stop()
             raise StepError(f"the server was not ready after {READY_TIMEOUT_SECONDS}s; see {log}")
         time.sleep(0.25)
-
-
-def chat(url: str, model: str, prompt: str, max_tokens: int) -> str:
-    """One greedy chat completion from the endpoint."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-    }
-    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
-    if response.status_code != 200:
-        raise StepError(f"the endpoint answered {response.status_code}: {response.text}")
-    return str(response.json()["choices"][0]["message"]["content"])

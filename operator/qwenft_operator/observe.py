@@ -35,7 +35,6 @@ JobState = Literal["Suspended", "Active", "Succeeded", "Failed"]
 # Job condition reasons (batch/v1).
 JOB_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_DEADLINE_EXCEEDED = "DeadlineExceeded"
-JOB_POD_FAILURE_POLICY = "PodFailurePolicy"
 # The label the Job controller puts on its pods: the Job's UID.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 # The PodScheduled condition's reason when no node fits the pod (core/v1).

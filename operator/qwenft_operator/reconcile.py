@@ -53,7 +53,7 @@ from qwenft_operator.observe import (
     first_failure,
     report_message,
 )
-from qwenft_operator.phases import Phase
+from qwenft_operator.phases import TERMINAL_PHASES, Phase
 from qwenft_operator.queueing import QueueWait
 from qwenft_operator.reference_checks import Running, Waiting
 from qwenft_operator.references import Known, build_references
@@ -116,7 +116,7 @@ def needs_gpu_memory(run: Run, observed: Observed) -> bool:
 def decide(run: Run, status: QwenFineTuneStatus, observed: Observed, now: datetime) -> Decision:
     """The next status and actions of ``run``."""
     draft = Draft(generation=run.generation, old=status, now=now)
-    if status.phase in (Phase.FAILED, Phase.SUCCEEDED):
+    if status.phase in TERMINAL_PHASES:
         return Decision(status=status)
     problems = run.spec.cluster_problems()
     if problems:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field
 from qwenft_trainer.config import DataFormat
+from qwenft_trainer.hub_ids import HUB_ID
 from qwenft_trainer.rules import Rule
 
 from qwenft_operator.rules import SpecObject, count_set, exactly_one
@@ -22,7 +23,6 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 DATA_KEY = r"^[-._a-zA-Z0-9]+$"
 # A path relative to the root of a volume (no leading "/").
 RELATIVE_PATH = r"^[^/].*$"
-HUB_ID = r"^[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?$"
 
 
 def _object_name(what: str) -> Any:

@@ -296,12 +296,3 @@ def load_manifest(path: str | Path) -> QwenFineTune:
     except ValidationError as err:
         lines = "\n".join(f"  {line}" for line in format_errors(err))
         raise ManifestError(f"invalid QwenFineTune {file}:\n{lines}") from err
-
-
-def check_update(old: QwenFineTuneSpec, new: QwenFineTuneSpec) -> list[str]:
-    """The API server's transition rules in Python: changes to immutable fields."""
-    return [
-        f"spec.{name}: {name} is immutable; create a new run"
-        for name in IMMUTABLE_FIELDS
-        if getattr(old, name) != getattr(new, name)
-    ]

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
+from support import free_port, poll
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "finetune.qwenft.io_qwenfinetunes.yaml"
@@ -51,27 +51,9 @@ def wait_until(
     An API error inside ``probe`` counts as "not yet" (the last one is reported); ``why``
     adds context to the failure, such as a process's log tail.
     """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = probe()
-        except ApiException as err:
-            result, last = None, err
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            context = f"\n{why()}" if why is not None else ""
-            pytest.fail(
-                f"timed out after {timeout:.0f}s waiting for {what} (last error: {last}){context}"
-            )
-        time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    found = poll(probe, timeout=timeout, what=what, retry_on=(ApiException,), why=why)
+    assert found is not None
+    return found
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "qwenft-operator"
@@ -36,12 +36,6 @@ LABEL_LIST = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(
 # PromQL words that look like metric names.
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bool", "offset"}
 KEYWORDS |= {"group_left", "group_right", "le", "inf", "nan"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -70,10 +70,10 @@ from promserver import (
     Prometheus,
     alert_rules,
     dashboard_queries,
-    free_port,
     selectors,
     variable_metrics,
 )
+from support import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -26,7 +26,6 @@ from operatorkit import (
     create_run,
     ensure_priority_classes,
     example,
-    free_port,
     install_crd,
     phase_of,
     prepare_namespace,
@@ -34,6 +33,7 @@ from operatorkit import (
     wait_until,
 )
 from qwenft_operator import kube
+from support import free_port
 
 pytestmark = pytest.mark.e2e
 

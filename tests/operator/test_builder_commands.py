@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import yaml
 from qwenft_operator.builders import config, merge, serving, validation
 from qwenft_operator.runs import Run
 from qwenft_trainer.config import dump_config
+from support import free_port, poll
 
 ROOT = Path(__file__).parents[2]
 DATASET = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
@@ -61,12 +60,6 @@ def run_cli(
         check=False,
         env={**os.environ, **(env or {})},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_pod_commands_run_the_trainer_programs(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -127,17 +120,13 @@ def serve_models(argv: list[str]) -> str:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
+
+        def ready() -> bool:
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
-                    if ready.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.5)
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+                return bool(response.status == 200)
+
+        poll(ready, timeout=120, what="the server on /readyz", interval=0.5, retry_on=(OSError,))
         with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as models:
             return str(models.read().decode().replace(" ", ""))
     finally:

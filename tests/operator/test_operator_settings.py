@@ -1,24 +1,46 @@
 """Operator settings from QWENFT_* environment variables.
 
-Covers: defaults; every variable parsed (namespace list with blanks, ports, interval);
-empty values fall back to defaults; bad values raise SettingsError naming the variable.
+Covers: defaults (those of the chart's values and the image); every variable parsed
+(namespace list with blanks, ports, interval); empty values fall back to defaults; bad
+values raise SettingsError naming the variable.
 """
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
+import yaml
 from qwenft_operator.settings import OperatorSettings, SettingsError
 
+ROOT = Path(__file__).parents[2]
 
-def test_defaults() -> None:
+
+def test_defaults_are_what_the_chart_and_the_image_set() -> None:
+    """Run without the chart (qwenft operator, the bare image), the operator behaves as the
+    chart's default values make it: same images, ports and GPU resource, cluster-wide."""
     settings = OperatorSettings.from_env({})
-    assert settings.namespaces == ()
-    assert settings.cluster_wide
-    assert settings.trainer_image == "ghcr.io/qwenft/trainer:0.1.0"
-    assert settings.vllm_image.startswith("vllm/vllm-openai:v")
-    assert settings.gpu_resource == "nvidia.com/gpu"
-    assert (settings.metrics_port, settings.health_port) == (8080, 8081)
-    assert settings.progress_interval == 10.0
+    values = yaml.safe_load((ROOT / "charts/qwenft-operator/values.yaml").read_text())["operator"]
+    assert settings.namespaces == tuple(values["watchNamespaces"]) and settings.cluster_wide
+    assert (settings.trainer_image, settings.vllm_image) == (
+        values["trainerImage"],
+        values["vllmImage"],
+    )
+    assert (settings.curl_image, settings.awscli_image) == (
+        values["curlImage"],
+        values["awscliImage"],
+    )
+    assert settings.gpu_resource == values["gpuResource"]
+    assert (settings.metrics_port, settings.health_port) == (
+        values["metricsPort"],
+        values["healthPort"],
+    )
+    image_env = (ROOT / "Dockerfile.operator").read_text()
+    assert f"QWENFT_METRICS_PORT={settings.metrics_port}" in image_env
+    assert f"QWENFT_HEALTH_PORT={settings.health_port}" in image_env
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert settings.trainer_image.endswith(f":{version}"), "the trainer image of this release"
 
 
 def test_every_variable_is_read() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +34,8 @@ from qwenft_operator.progress import (
 from qwenft_operator.status import CheckpointRecord, Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
-from trainrun import free_port, train_env, write_config, write_dialogues
+from support import free_port, poll
+from trainrun import train_env, write_config, write_dialogues
 
 PAGE = """\
 # HELP qwenft_train_step Optimizer steps done.
@@ -179,15 +179,13 @@ def test_reads_progress_of_a_real_training_run(tiny_model_dir: Path, tmp_path: P
     )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        deadline = time.monotonic() + 240
-        found = None
-        while time.monotonic() < deadline and proc.poll() is None:
+
+        def checkpointed() -> TrainerProgress | None:
+            assert proc.poll() is None, (proc.stdout.read() if proc.stdout else "")[-3000:]
             found = scrape(url, run="progress-demo")
-            if found is not None and found.last_checkpoint_step is not None:
-                break
-            time.sleep(0.5)
-        out = "" if proc.poll() is None else (proc.stdout.read() if proc.stdout else "")
-        assert found is not None and found.last_checkpoint_step is not None, out[-3000:]
+            return found if found is not None and found.last_checkpoint_step is not None else None
+
+        found = poll(checkpointed, timeout=240, what="a checkpoint in the progress", interval=0.5)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

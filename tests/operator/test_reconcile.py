@@ -52,7 +52,7 @@ from qwenft_operator.observe import (
     parse_pod,
     report_message,
 )
-from qwenft_operator.phases import Phase
+from qwenft_operator.phases import TERMINAL_PHASES, Phase
 from qwenft_operator.queueing import QueueWait
 from qwenft_operator.reconcile import (
     QUEUE_RECHECK,
@@ -719,9 +719,19 @@ def test_no_smoke_test_without_evaluation_prompts() -> None:
     assert not decision.of_type(RunSmokeTest) and smoke_condition(decision) is None
 
 
-def test_terminal_phases_stay() -> None:
-    failed = decide_case("invalid-dataset").status
-    assert decide(make_run(), failed, Observed(), NOW).actions == ()
+@pytest.mark.parametrize("phase", sorted(TERMINAL_PHASES))
+def test_terminal_phases_stay(phase: Phase) -> None:
+    """A finished run is left as it is, whatever its children do now."""
+    finished = status_in(phase, (cond.FAILED, "True", cond.TRAINING_FAILED))
+    observed = Observed(train_job=job(f"{RUN}-train", "Active"))
+    decision = decide(make_run(), finished, observed, NOW)
+    assert decision.actions == () and decision.status == finished
+
+
+def test_a_phase_that_is_not_terminal_moves_on() -> None:
+    training = status_in(Phase.TRAINING)
+    observed = Observed(train_job=job(f"{RUN}-train", "Succeeded"))
+    assert decide(make_run(), training, observed, NOW).status.phase != Phase.TRAINING
 
 
 def test_full_fine_tune_skips_merge_and_inference_off_succeeds() -> None:

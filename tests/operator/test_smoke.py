@@ -11,7 +11,6 @@ failing one that names the prompt whose answer lacked the expected text.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import httpx
 import pytest
 from qwenft_operator.smoke import SmokeOutcome, evaluate_answers, run_smoke_test
 from qwenft_operator.workloads import EvaluationPrompt
+from support import free_port, poll
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MODEL = "smoke-tiny"
@@ -30,12 +30,6 @@ MODEL = "smoke-tiny"
 
 def prompt(text: str, expect: str | None = None, max_tokens: int = 8) -> EvaluationPrompt:
     return EvaluationPrompt(prompt=text, expect_contains=expect, max_tokens=max_tokens)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_answers_pass_when_they_contain_the_expected_text() -> None:
@@ -80,16 +74,18 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
+
+        def ready() -> bool:
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "server never ready\n" + log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+
+        poll(
+            ready,
+            timeout=120,
+            what="the server on /readyz",
+            retry_on=(httpx.HTTPError,),
+            why=lambda: log.read_text()[-3000:],
+        )
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()

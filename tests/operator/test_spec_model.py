@@ -1,9 +1,10 @@
-"""The QwenFineTune spec model: shipped examples, refused manifests, updates, error text.
+"""The QwenFineTune spec model: shipped examples, refused manifests, error text.
 
 Covers: every example in examples/ validates and renders a trainer config; each case of
 invalid_manifests.CASES is refused by pydantic with a message naming its field (the e2e
-suite applies the same table to the API server); immutable fields (check_update);
-format_errors joins rule messages onto their object's path; cluster-only problems.
+suite applies the same table to the API server; test_crd_rules applies UPDATE_CASES to
+the CRD's transition rules); format_errors joins rule messages onto their object's path;
+cluster-only problems.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from invalid_manifests import BASE_MANIFEST, CASES, UPDATE_CASES, InvalidCase, build
+from invalid_manifests import BASE_MANIFEST, CASES, InvalidCase, build
 from pydantic import ValidationError
 from qwenft_operator.builders.config import build_train_config
 from qwenft_operator.runs import Run
@@ -21,7 +22,6 @@ from qwenft_operator.spec import (
     ManifestError,
     QwenFineTune,
     QwenFineTuneSpec,
-    check_update,
     load_manifest,
 )
 from qwenft_trainer.rules import format_errors
@@ -79,21 +79,6 @@ def test_invalid_manifest_is_refused_naming_the_field(case: InvalidCase) -> None
 def test_invalid_cases_are_many_and_distinct() -> None:
     assert len(CASES) >= 40
     assert len({case.id for case in CASES}) == len(CASES)
-
-
-@pytest.mark.parametrize("case", UPDATE_CASES, ids=lambda c: c.id)
-def test_immutable_field_change_is_refused(case: Any) -> None:
-    old = QwenFineTune.model_validate(BASE_MANIFEST).spec
-    new = QwenFineTune.model_validate(build(case)).spec
-    problems = check_update(old, new)
-    assert len(problems) == 1
-    assert problems[0].startswith(case.field + ":")
-
-
-def test_mutable_field_change_is_allowed() -> None:
-    old = QwenFineTune.model_validate(BASE_MANIFEST).spec
-    changed = {**BASE_MANIFEST["spec"], "suspend": True, "training": {"epochs": 2}}
-    assert check_update(old, QwenFineTuneSpec.model_validate(changed)) == []
 
 
 def test_rule_messages_are_joined_onto_their_path() -> None:

@@ -8,7 +8,6 @@ attempt, instead of ending the process with a traceback.
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,12 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config import kube_config
 from qwenft_operator import main
 from qwenft_operator.settings import OperatorSettings
+from support import free_port
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 
 class _Enough(Exception):
     """Raised by the test's sleep to end the retry loop."""
-
-
-def _unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _kubeconfig(path: Path, port: int) -> Path:
@@ -65,7 +59,7 @@ def test_unreachable_api_server_is_retried_with_growing_capped_pauses(
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     # The client reads $KUBECONFIG when it is imported, so the default location is set too.
-    kubeconfig = str(_kubeconfig(tmp_path / "kubeconfig", _unused_port()))
+    kubeconfig = str(_kubeconfig(tmp_path / "kubeconfig", free_port()))
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
     pauses: list[float] = []

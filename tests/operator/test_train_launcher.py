@@ -34,11 +34,11 @@ from qwenft_operator.builders.training import (
     STOPPED_EXIT_CODE,
 )
 from qwenft_trainer import exit_codes
+from support import free_port
 from trainrun import (
     LiveRun,
     assert_same_adapter,
     events,
-    free_port,
     train_env,
     write_config,
     write_dialogues,

@@ -23,7 +23,6 @@ test checks their summaries say so.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from qwenft_trainer.generation import Engine, EngineConfig, SamplingParams, load
 from qwenft_trainer.merge import MergeOptions, merge
 from qwenft_trainer.merge_checks import safetensors_shapes
 from qwenft_trainer.tiny import TINY_ARCHS
+from support import poll
 from trainrun import InProcessRun, write_config, write_dialogues
 
 MULTIMODAL = ("qwen3_5", "qwen3_5_moe")
@@ -212,10 +212,12 @@ def serve_chat(model_dir: Path, adapter: Path | None = None) -> tuple[Engine, di
     )
     app = create_app(lambda: load_engine(config))
     with TestClient(app) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.05)
+        poll(
+            lambda: client.get("/readyz").status_code == 200,
+            timeout=120,
+            what="the model to load",
+            interval=0.05,
+        )
         response = client.post(
             "/v1/chat/completions",
             json={

@@ -236,7 +236,7 @@ def train_config(model: Path, **training: Any) -> TrainConfig:
 
 def test_unpacked_batches_have_one_width_under_flex_attention(tiny_model_dir: Path) -> None:
     from qwenft_trainer.modeling import load_tokenizer
-    from qwenft_trainer.train import build_collator
+    from qwenft_trainer.packing_mode import build_collator
 
     config = train_config(tiny_model_dir, packing=False)
     tokenizer = load_tokenizer(config.model)
@@ -384,7 +384,8 @@ def test_cuda_packed_rows_are_exact_under_flex_attention(
     arch: str, tiny_arch_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
-    from qwenft_trainer.data import load_conversations, tokenize_all
+    from qwenft_trainer.data import tokenize_all
+    from qwenft_trainer.formats import load_conversations
     from qwenft_trainer.packing import build_features
     from qwenft_trainer.packing_mode import build_packing_collator, configure_model_for_packing
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

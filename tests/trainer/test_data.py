@@ -19,14 +19,12 @@ from typing import Any
 import pytest
 from qwenft_trainer.data import (
     IGNORE_INDEX,
-    Conversation,
-    Message,
     TemplateError,
     TokenizedSample,
-    load_conversations,
     tokenize_all,
     tokenize_dialogue,
 )
+from qwenft_trainer.formats import Conversation, Message, load_conversations
 from qwenft_trainer.tiny import IM_END
 
 DATA = Path(__file__).parent / "data"

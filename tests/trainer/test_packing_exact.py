@@ -94,7 +94,8 @@ def load(path: Path) -> Any:
 
 
 def tokenized(path: Path) -> tuple[Any, list[TokenizedSample]]:
-    from qwenft_trainer.data import load_conversations, tokenize_all
+    from qwenft_trainer.data import tokenize_all
+    from qwenft_trainer.formats import load_conversations
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from qwenft_trainer.generation import Engine, EngineConfig, load_engine
 from qwenft_trainer.serve_app import ServerLimits, create_app
+from support import poll
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 HELLO = [{"role": "user", "content": "Hello! How can I help you today?"}]
@@ -58,10 +58,7 @@ def running(loader: Callable[[], Engine], limits: ServerLimits | None = None) ->
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
+    poll(lambda: server.started, timeout=30, what="the server to start", interval=0.02)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -71,10 +68,12 @@ def running(loader: Callable[[], Engine], limits: ServerLimits | None = None) ->
 
 
 def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.05)
+    poll(
+        lambda: httpx.get(f"{url}/readyz").status_code == 200,
+        timeout=timeout,
+        what="the server on /readyz",
+        interval=0.05,
+    )
 
 
 def client(url: str) -> openai.OpenAI:
@@ -327,10 +326,12 @@ def test_saturated_server_answers_429(tiny_model_dir: Path) -> None:
             api.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4)
         assert err.value.code == "rate_limit_exceeded"
         long.close()
-        deadline = time.monotonic() + 60
-        while "qwenft_serve_in_flight_requests 0.0" not in httpx.get(f"{url}/metrics").text:
-            assert time.monotonic() < deadline, "the closed stream was never released"
-            time.sleep(0.05)
+        poll(
+            lambda: "qwenft_serve_in_flight_requests 0.0" in httpx.get(f"{url}/metrics").text,
+            timeout=60,
+            what="the closed stream's slot to be released",
+            interval=0.05,
+        )
         reply = api.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4)
         assert reply.choices[0].message.content is not None
 
@@ -386,10 +387,12 @@ def test_queued_requests_are_batched_with_the_same_answers(tiny_model_dir: Path)
         next(iter(hold))
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(ask, q) for q in questions]
-            deadline = time.monotonic() + 60
-            while "qwenft_serve_in_flight_requests 5.0" not in httpx.get(f"{url}/metrics").text:
-                assert time.monotonic() < deadline, "requests never queued"
-                time.sleep(0.02)
+            poll(
+                lambda: "qwenft_serve_in_flight_requests 5.0" in httpx.get(f"{url}/metrics").text,
+                timeout=60,
+                what="five requests in flight",
+                interval=0.02,
+            )
             hold.close()
             together = [f.result() for f in futures]
     assert batch_sizes[4:] == [1, 4], batch_sizes  # the stream, then one batch of four
@@ -485,10 +488,12 @@ def in_process(tiny_model_dir: Path) -> Iterator[TestClient]:
     config = EngineConfig(model=str(tiny_model_dir), served_model_name="tiny", max_model_len=256)
     app = create_app(lambda: load_engine(config), ServerLimits(default_max_tokens=4))
     with TestClient(app) as api:  # unhandled exceptions in the app fail the test
-        deadline = time.monotonic() + 60
-        while api.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "model never loaded"
-            time.sleep(0.05)
+        poll(
+            lambda: api.get("/readyz").status_code == 200,
+            timeout=60,
+            what="the model to load",
+            interval=0.05,
+        )
         yield api
 
 

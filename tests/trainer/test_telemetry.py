@@ -261,7 +261,7 @@ def test_log_record_rounds_and_nulls_non_finite() -> None:
 
 
 def test_endpoint_serves_the_series_over_http() -> None:
-    from trainrun import free_port
+    from support import free_port
 
     metrics = TrainMetrics(run="http-run", cuda=False)
     metrics.set("qwenft_train_loss", 1.5)

@@ -28,14 +28,12 @@ import pytest
 from qwenft_operator.cli import main as qwenft
 from qwenft_trainer.data import (
     IGNORE_INDEX,
-    Conversation,
-    Message,
     TemplateError,
     TokenizedSample,
     tokenize_all,
     tokenize_dialogue,
 )
-from qwenft_trainer.formats import read_conversations
+from qwenft_trainer.formats import Conversation, Message, read_conversations
 from qwenft_trainer.thinking import probe_template
 from qwenft_trainer.tiny import IM_END, TinyModelSpec, build_tiny_qwen, chat_template
 from qwenft_trainer.validate import validate_dataset

@@ -446,7 +446,7 @@ def test_waiting_rank_loads_what_rank0_publishes(
     beat = token_cache.cache_root(config) / token_cache.BEAT_FILE
     rank0.start()
     try:
-        from trainrun import poll
+        from support import poll
 
         poll(beat.exists, timeout=30, what="rank 0's heartbeat")
         waiter = Builds()

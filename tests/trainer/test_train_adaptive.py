@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+from support import poll
 from trainrun import assert_same_adapter, events, run, torchrun, write_config, write_dialogues
 
 STEPS, SAVE_EVERY, RANK, TARGET = 12, 4, 8, 2
@@ -193,10 +193,12 @@ def test_builtin_server_serves_the_adapter(trained: Path, tiny_model_dir: Path) 
     )
     app = create_app(lambda: load_engine(config), ServerLimits(default_max_tokens=8))
     with TestClient(app) as api:
-        deadline = time.monotonic() + 120
-        while api.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "model never loaded"
-            time.sleep(0.05)
+        poll(
+            lambda: api.get("/readyz").status_code == 200,
+            timeout=120,
+            what="the model to load",
+            interval=0.05,
+        )
         models = {m["id"] for m in api.get("/v1/models").json()["data"]}
         assert "adaptive" in models
         body = {"model": "adaptive", "messages": PROMPT, "max_tokens": 8, "temperature": 0}

@@ -30,10 +30,9 @@ import pytest
 import torch
 from qwenft_trainer.checkpoints import newest_complete
 from safetensors.torch import load_file
+from support import free_port, poll
 from trainrun import (
     events,
-    free_port,
-    poll,
     run,
     torchrun,
     train_env,

@@ -27,12 +27,11 @@ from typing import Any
 import psutil
 import pytest
 from qwenft_trainer.checkpoints import newest_complete
+from support import free_port, poll
 from trainrun import (
     LiveRun,
     assert_same_adapter,
     events,
-    free_port,
-    poll,
     run,
     torchrun,
     write_config,

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainrun import events, free_port, poll, run, torchrun, train_env, write_config
+from support import free_port, poll
+from trainrun import events, run, torchrun, train_env, write_config
 from trainrun import write_dialogues as make_data
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

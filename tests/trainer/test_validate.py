@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from qwenft_operator.cli import main as qwenft
-from qwenft_trainer.data import load_conversations, tokenize_dialogue
+from qwenft_trainer.data import tokenize_dialogue
+from qwenft_trainer.formats import load_conversations
 from qwenft_trainer.validate import validate_dataset
 
 DATA = Path(__file__).parent / "data"

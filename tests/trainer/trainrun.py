@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import free_port, poll
 
 # Short, repeated dialogues: a tiny model learns them within a few steps.
 DIALOGUES = [
@@ -81,12 +81,6 @@ def write_config(path: Path, model_dir: Path, data: Path, output_dir: Path, **ex
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def train_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -145,17 +139,6 @@ def events(stdout: str, name: str | None = None) -> list[dict[str, Any]]:
     return found
 
 
-def poll(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Wait until ``condition()`` is truthy (returning its value), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 class InProcessRun:
     """``qwenft_trainer.train.main`` run in this process, keeping the trained model object.
 
@@ -167,26 +150,18 @@ class InProcessRun:
         import contextlib
         import io
 
-        import pytest
-        from qwenft_trainer import session
+        from qwenft_trainer.train import main
 
         self.model: Any = None
         self.initial: dict[str, Any] = {}
-        prepare = session.prepare_model
 
-        def recording_prepare(model: Any, cfg: Any) -> Any:
-            prepared = prepare(model, cfg)
+        def record(prepared: Any) -> None:
             self.model = prepared
             self.initial = {name: p.detach().clone() for name, p in prepared.named_parameters()}
-            return prepared
 
         stdout, stderr = io.StringIO(), io.StringIO()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(session, "prepare_model", recording_prepare)
-            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                from qwenft_trainer.train import main
-
-                self.code = main(["--config", str(config), *argv])
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            self.code = main(["--config", str(config), *argv], on_model_prepared=record)
         self.stdout, self.stderr = stdout.getvalue(), stderr.getvalue()
 
     def losses(self) -> list[float]:

@@ -24,10 +24,21 @@ class BaseConfigError(OSError):
     """The base model's ``config.json`` can't be found or read."""
 
 
+def source_kwargs(source: ModelSource) -> dict[str, Any]:
+    """Keyword arguments every ``from_pretrained`` call of this source takes."""
+    kwargs: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
+    if source.revision:
+        kwargs["revision"] = source.revision
+    if source.cache_dir:
+        kwargs["cache_dir"] = source.cache_dir
+    secret = source.token()
+    if secret is not None:
+        kwargs["token"] = secret.get_secret_value()
+    return kwargs
+
+
 def config_kwargs(source: ModelSource) -> dict[str, Any]:
     """The source's ``from_pretrained`` keyword arguments that reading a config file uses."""
-    from qwenft_trainer.modeling import source_kwargs
-
     return {k: v for k, v in source_kwargs(source).items() if k != "trust_remote_code"}
 
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 Method = Literal["lora", "qlora", "full"]
 Precision = Literal["bf16", "fp16", "fp32"]
+# Each precision's torch dtype, by its name in torch (and in config.json's torch_dtype).
+DTYPE_NAMES: dict[Precision, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 QuantType = Literal["nf4", "fp4"]
 DataFormat = Literal["auto", "dialogue_sequence", "conversations", "sharegpt", "messages"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]

@@ -23,7 +23,7 @@ reply without reasoning follows (qwenft_trainer.thinking).
 Context and reply are tokenized separately, as at inference (the prompt is tokenized and
 the reply generated after it), so no token straddles the two.
 
-    convs = load_conversations("data.jsonl")
+    convs = formats.load_conversations("data.jsonl")
     samples = tokenize_all(convs, tokenizer, max_seq_length=2048, thinking="empty-in-prompt")
 """
 
@@ -32,17 +32,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from qwenft_trainer.config import DataFormat, ThinkingPolicy
-from qwenft_trainer.formats import (
-    Conversation,
-    DatasetError,
-    Message,
-    RecordProblem,
-    load_conversations,
-    read_conversations,
-)
+from qwenft_trainer.config import ThinkingPolicy
+from qwenft_trainer.formats import Conversation
 from qwenft_trainer.replies import TemplateError, TrainedReply, group_replies, trained_replies
 from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateThinking, probe_template
 
@@ -51,17 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IGNORE_INDEX",
-    "Conversation",
-    "DataFormat",
-    "DatasetError",
-    "Message",
-    "RecordProblem",
     "TemplateError",
     "TokenizedSample",
     "TrainedReply",
     "group_replies",
-    "load_conversations",
-    "read_conversations",
     "tokenize_all",
     "tokenize_dialogue",
     "trained_replies",
@@ -198,8 +184,3 @@ def tokenize_all(
             ", ".join(dropped[:5]),
         )
     return samples
-
-
-def features(samples: Iterable[TokenizedSample]) -> list[dict[str, Any]]:
-    """Dataset items (``input_ids``, ``labels``) for the padding collator."""
-    return [sample.to_features() for sample in samples]

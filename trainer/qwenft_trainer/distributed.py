@@ -18,7 +18,7 @@ error is reported as ``PeerLost`` (:func:`is_communication_error`), and the brok
 left without the final barrier, which would wait for the lost rank too.
 
     env = DistributedEnv.from_environ()
-    init_process_group(env, deepspeed=True, cpu=not cuda)
+    init_process_group(env, deepspeed=True, cuda=torch.cuda.is_available())
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from qwenft_trainer import architectures
+from qwenft_trainer.config import DTYPE_NAMES, Precision
 from qwenft_trainer.stops import trim_at_stop
 
 FinishReason = Literal["stop", "length"]
@@ -266,7 +267,7 @@ def load_engine(config: EngineConfig) -> Engine:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype: Any = "auto"
     if config.dtype != "auto":
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[config.dtype]
+        dtype = getattr(torch, DTYPE_NAMES[cast(Precision, config.dtype)])
     elif device.startswith("cuda"):
         dtype = torch.bfloat16
     print(f"[serve] loading {config.model} on {device}", file=sys.stderr, flush=True)

@@ -40,6 +40,7 @@ from qwenft_trainer.checkpoint_choice import (
     parse_choice,
     resolve_checkpoint,
 )
+from qwenft_trainer.config import DTYPE_NAMES
 from qwenft_trainer.merge_checks import (
     AdapterInfo,
     BaseInfo,
@@ -55,7 +56,6 @@ from qwenft_trainer.merge_checks import (
 from qwenft_trainer.quantized import checkpoint_quantization, merge_problem
 
 DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Max |merged - (base + adapter)| allowed, relative to the largest reference logit. Both
 # sides round differently (W + BA rounded once to the output dtype; base and adapter
 # outputs rounded separately), so half precision needs room: bf16 keeps 8 mantissa bits,
@@ -122,7 +122,7 @@ def _log(message: str) -> None:
 def resolve_dtype(requested: DtypeName, base: BaseInfo) -> str:
     """The output dtype: the requested one, else the base's own, else bf16."""
     if requested != "auto":
-        return _DTYPES[requested]
+        return DTYPE_NAMES[requested]
     text = base.config.get("text_config", base.config)
     found = next(
         (
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="hub revision of the base, when --base is a hub id")
     parser.add_argument(
         "--dtype",
-        choices=["auto", *_DTYPES],
+        choices=["auto", *DTYPE_NAMES],
         default="auto",
         help="output dtype; auto keeps the base's (bf16 when the base doesn't say)",
     )
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         reserve = int(os.environ.get(RESERVE_ENV, "0"))
     except ValueError:
         print(f"error: {RESERVE_ENV} must be a number of bytes", file=sys.stderr)
-        return 2
+        return exit_codes.MERGE_USAGE
     options = MergeOptions(
         adapter=args.adapter,
         output=args.output,
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_codes.CHECKPOINT_NOT_FOUND
     except MergeError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return exit_codes.MERGE_FAILED
     if options.checkpoint is not None:
         _log(f"checkpoint {options.checkpoint}: {report.adapter}")
     _log(

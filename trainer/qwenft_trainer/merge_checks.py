@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwenft_trainer.hub_ids import HUB_ID
 from qwenft_trainer.serving import AdapterConfigError, read_adapter_config
 
 ADAPTER_PREFIX = "base_model.model."
@@ -25,8 +26,6 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 METADATA_BYTES = 64 * 1024**2
 
 FreeSpaceProbe = Callable[[Path], int]
-# "Qwen/Qwen2.5-7B-Instruct": what a hub repo id looks like (a path never does).
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # What a merge needs from a hub snapshot: configs, weights, tokenizer, chat template.
 BASE_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
@@ -125,7 +124,7 @@ def locate_base(base: str, *, revision: str | None = None) -> Path:
         "pass --base with the local directory (or hub id) of the un-quantized base checkpoint "
         "the adapter was trained on"
     )
-    if not HUB_ID.fullmatch(base):
+    if not re.fullmatch(HUB_ID, base):
         raise MergeError(f"base model {base} not found: {hint}")
     from huggingface_hub import snapshot_download
 

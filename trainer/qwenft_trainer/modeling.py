@@ -27,7 +27,9 @@ from qwenft_trainer.attention import (
     kernel_problems_here,
     supported_implementations,
 )
+from qwenft_trainer.base_checks import config_kwargs, read_base_config, source_kwargs
 from qwenft_trainer.config import (
+    DTYPE_NAMES,
     ModelSource,
     Precision,
     QuantizationSettings,
@@ -51,20 +53,8 @@ log = logging.getLogger(__name__)
 def torch_dtype(precision: Precision) -> torch.dtype:
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-def source_kwargs(source: ModelSource) -> dict[str, Any]:
-    """Keyword arguments every ``from_pretrained`` call of this source takes."""
-    kwargs: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
-    if source.revision:
-        kwargs["revision"] = source.revision
-    if source.cache_dir:
-        kwargs["cache_dir"] = source.cache_dir
-    secret = source.token()
-    if secret is not None:
-        kwargs["token"] = secret.get_secret_value()
-    return kwargs
+    dtype: torch.dtype = getattr(torch, DTYPE_NAMES[precision])
+    return dtype
 
 
 def build_quantization_config(
@@ -212,7 +202,6 @@ def load_model(
     merged later is still that checkpoint; :mod:`qwenft_trainer.architectures` decides.
     A GPTQ / AWQ checkpoint loads with its own quantization (:mod:`qwenft_trainer.quantized`).
     """
-    from qwenft_trainer.base_checks import config_kwargs, read_base_config
     from qwenft_trainer.quantized import checkpoint_quantization
 
     source = config.model

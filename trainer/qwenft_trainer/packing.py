@@ -86,13 +86,6 @@ def _build_row(members: Sequence[TokenizedSample]) -> PackedSequence:
     return row
 
 
-def packing_efficiency(rows: Sequence[PackedSequence], max_seq_length: int) -> float:
-    """Share of the rows' token slots holding real tokens (1.0 = no padding at all)."""
-    if not rows:
-        return 0.0
-    return sum(len(row.input_ids) for row in rows) / (len(rows) * max_seq_length)
-
-
 class PackedCollator:
     """Batches packed rows as ``[rows, longest row]`` with restarting positions, no mask.
 

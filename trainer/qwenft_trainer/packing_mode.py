@@ -32,11 +32,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from qwenft_trainer.packing import PackedCollator
+from qwenft_trainer.packing import PackedCollator, PaddingCollator
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from qwenft_trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,30 @@ def build_packing_collator(
             pad_token_id=pad_token_id, flatten=True, return_flash_attn_kwargs=True
         )
     return PackedCollator(pad_token_id=pad_token_id, row_length=row_length)
+
+
+def build_collator(
+    config: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    mode: PackingMode | None = None,
+    *,
+    row_length: int | None = None,
+) -> Any:
+    """The batch collator of packing ``mode`` (default: what ``training.packing`` asks for).
+
+    ``row_length`` (:func:`qwenft_trainer.attention.row_length`) gives every batch one
+    width: packed rows, or unpacked samples padded to ``max_seq_length``.
+    """
+    if mode is None:
+        mode = "padded_rows" if config.training.packing else "off"
+    if mode != "off":
+        # A short row's pad segment must use the real pad id, or the Trainer's count of
+        # non-padding tokens would include it.
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return build_packing_collator(mode, pad_token_id=pad_id, row_length=row_length)
+    return PaddingCollator(
+        tokenizer, max_seq_length=config.training.max_seq_length, pad_to_max=row_length is not None
+    )
 
 
 def probe_tolerance(dtype: torch.dtype, logit_scale: float) -> float:

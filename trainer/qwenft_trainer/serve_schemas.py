@@ -16,7 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Role = Literal["system", "developer", "user", "assistant"]
+from qwenft_trainer.formats import Role
+
+# A request's roles: the dataset's, and "developer", OpenAI's newer name for the system prompt.
+RequestRole = Literal[Role, "developer"]
 # Seeds reach Python's, NumPy's and torch's generators; NumPy takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -46,7 +49,7 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Role
+    role: RequestRole
     content: str | list[TextPart]
 
     @field_validator("content")

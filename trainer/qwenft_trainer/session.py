@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from qwenft_trainer.deepspeed_config import build_deepspeed_config
 from qwenft_trainer.distributed import DistributedEnv
 from qwenft_trainer.kernels import KernelDecision, apply_kernels
 from qwenft_trainer.modeling import choose_attention, count_parameters, load_model, prepare_model
-from qwenft_trainer.packing_mode import PackingDecision
+from qwenft_trainer.packing_mode import PackingDecision, build_collator
 from qwenft_trainer.stopping import StopCallback, StopRequest, any_rank
 from qwenft_trainer.summary import (
     TokenCacheRecord,
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
     from qwenft_trainer.data import TokenizedSample
 
 log = logging.getLogger(__name__)
+
+# Called with the model once it is prepared for its method (adapters added), before any step.
+ModelHook = Callable[["PreTrainedModel"], None]
 
 
 def _announce(
@@ -157,11 +161,11 @@ def _build_trainer(
     cuda: bool,
     callbacks: list[Any],
     resume_from: Path | None = None,
+    on_model_prepared: ModelHook | None = None,
 ) -> tuple[Trainer, PackingDecision, AttentionChoice, KernelDecision]:
     from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
 
     from qwenft_trainer.packing import build_features
-    from qwenft_trainer.train import build_collator
 
     ds_config = build_deepspeed_config(config)
     args = build_training_arguments(
@@ -184,6 +188,8 @@ def _build_trainer(
     # after the packing probe (which reads logits), before PEFT wraps the model
     kernels = apply_kernels(model, config, cuda=cuda)
     model = prepare_model(model, config)
+    if on_model_prepared is not None:
+        on_model_prepared(model)
     trainable, total = count_parameters(model)
     log.info("%s: %d of %d parameters trainable", config.method, trainable, total)
     first: list[Any] = []
@@ -224,10 +230,12 @@ def run_training(
     started: float,
     stop: StopRequest | None = None,
     token_cache: TokenCacheRecord | None = None,
+    on_model_prepared: ModelHook | None = None,
 ) -> int:
     """Train, save and summarise; returns the process exit code.
 
-    ``token_cache`` says where the samples came from, for ``summary.json``.
+    ``token_cache`` says where the samples came from, for ``summary.json``;
+    ``on_model_prepared`` is called with the model once it is prepared for its method.
     """
     import torch
 
@@ -260,6 +268,7 @@ def run_training(
             cuda=cuda,
             callbacks=[telemetry, stopper],
             resume_from=resume.path if resumed_from else None,
+            on_model_prepared=on_model_prepared,
         )
         _announce(config, env, resumed_from, packing, attention, kernels)
         train_start = time.time()
@@ -320,7 +329,12 @@ def _report_stopped(
         emit(build_log_record("train_stopped", step=step, checkpoint=checkpoint, cause=cause))
     if env.local_rank == 0:
         # every pod (node) reports it: its launcher turns this into the "stopped" exit code
-        fields = {"status": "stopped", "reason": "Stopped", "message": message, "step": step}
+        fields = {
+            "status": "stopped",
+            "reason": exit_codes.STOPPED_REASON,
+            "message": message,
+            "step": step,
+        }
         write_termination_log(config.termination_log, {**fields, "checkpoint": checkpoint})
     return exit_codes.STOPPED
 

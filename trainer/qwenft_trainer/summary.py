@@ -5,7 +5,7 @@ and for the merge step. Kubernetes shows the contents of ``/dev/termination-log`
 pod's termination message, which the operator reads without parsing logs; it is capped
 at 4 KiB there, so that file gets a short version.
 
-    summary = build_summary(state=trainer.state, ...)
+    summary = TrainSummary(run_name=config.run_name, method=config.method, ...)
     write_summary(output_dir, summary)
     write_termination_log(config.termination_log, short_summary(summary))
 """

@@ -1,10 +1,12 @@
 """What a running training job tells the outside: metrics, log lines and a progress bar.
 
 Three audiences watch a run. Prometheus scrapes the series in ``docs/metrics.md`` from
-rank 0; the operator reads one JSON object per line from stdout (``{"event": "train_log",
-...}``) and mirrors it into the QwenFineTune status; a person watching ``kubectl logs``
-sees a tqdm bar on stderr. All three are fed by one ``TrainerCallback`` that runs on rank
-0 only, from the numbers the Hugging Face Trainer already keeps (``TrainerState``).
+rank 0, and so does the operator, which mirrors them into the QwenFineTune status
+(:mod:`qwenft_operator.progress`); ``qwenft run --local`` and log collectors read one JSON
+object per line from stdout (``{"event": "train_log", ...}``); a person watching
+``kubectl logs`` sees a tqdm bar on stderr. All three are fed by one ``TrainerCallback``
+that runs on rank 0 only, from the numbers the Hugging Face Trainer already keeps
+(``TrainerState``).
 
     metrics = TrainMetrics(run="my-run")
     metrics.serve(port=9400)

@@ -39,7 +39,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qwenft_trainer import exit_codes
 from qwenft_trainer.config import ConfigError, TrainConfig, format_validation_error, load_config
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from qwenft_trainer.data import TokenizedSample
-    from qwenft_trainer.packing_mode import PackingMode
+    from qwenft_trainer.session import ModelHook
     from qwenft_trainer.stopping import StopRequest
 
 log = logging.getLogger("qwenft_trainer.train")
@@ -141,7 +141,8 @@ def build_samples(
     Packing them is left to the session, which knows once the model is loaded whether the
     model can be packed exactly (:mod:`qwenft_trainer.packing_mode`).
     """
-    from qwenft_trainer.data import load_conversations, tokenize_all
+    from qwenft_trainer.data import tokenize_all
+    from qwenft_trainer.formats import load_conversations
 
     t = config.training
     convs = load_conversations(config.data.path, config.data.format)
@@ -189,33 +190,6 @@ def build_datasets(
     )
 
 
-def build_collator(
-    config: TrainConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    mode: PackingMode | None = None,
-    *,
-    row_length: int | None = None,
-) -> Any:
-    """The batch collator of packing ``mode`` (default: what ``training.packing`` asks for).
-
-    ``row_length`` (:func:`qwenft_trainer.attention.row_length`) gives every batch one
-    width: packed rows, or unpacked samples padded to ``max_seq_length``.
-    """
-    from qwenft_trainer.packing import PaddingCollator
-    from qwenft_trainer.packing_mode import build_packing_collator
-
-    if mode is None:
-        mode = "padded_rows" if config.training.packing else "off"
-    if mode != "off":
-        # A short row's pad segment must use the real pad id, or the Trainer's count of
-        # non-padding tokens would include it.
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return build_packing_collator(mode, pad_token_id=pad_id, row_length=row_length)
-    return PaddingCollator(
-        tokenizer, max_seq_length=config.training.max_seq_length, pad_to_max=row_length is not None
-    )
-
-
 def fail(config: TrainConfig | None, reason: str, message: str) -> int:
     """Report a run that can't start: stderr, a JSON line, and the termination log."""
     print(f"qwenft train: {message}", file=sys.stderr)
@@ -231,28 +205,32 @@ def setup_logging(env: DistributedEnv) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s rank{env.rank} %(levelname)s %(message)s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, on_model_prepared: ModelHook | None = None) -> int:
     """Exit codes (:mod:`qwenft_trainer.exit_codes`): 0 trained, 1 invalid config or data,
-    2 usage error, 75 stopped on request with a complete checkpoint to resume from."""
+    2 usage error, 75 stopped on request with a complete checkpoint to resume from.
+
+    ``on_model_prepared`` (for a caller in the same process, such as a test) is called with
+    the model once it is prepared for its method (adapters added), before any step.
+    """
     args = build_parser().parse_args(argv)
     from qwenft_trainer.stopping import StopRequest
 
     # a stop asked for while the data loads still counts: the session checks it first
     with StopRequest.installed(stop_file=os.environ.get(exit_codes.STOP_FILE_ENV)) as stop:
-        return _train(args, stop)
+        return _train(args, stop, on_model_prepared)
 
 
-def _train(args: argparse.Namespace, stop: StopRequest) -> int:
+def _train(args: argparse.Namespace, stop: StopRequest, on_model_prepared: ModelHook | None) -> int:
     env = DistributedEnv.from_environ()
     setup_logging(env)
     try:
         config = apply_overrides(load_config(args.config), args)
     except ConfigError as err:
-        return fail(None, "InvalidConfig", str(err))
+        return fail(None, exit_codes.INVALID_CONFIG, str(err))
 
     refusal = check_base_model(config)
     if refusal:
-        return fail(config, "InvalidConfig", refusal)
+        return fail(config, exit_codes.INVALID_CONFIG, refusal)
     from qwenft_trainer.modeling import load_tokenizer
     from qwenft_trainer.token_cache import load_or_build
 
@@ -260,7 +238,7 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     try:  # rank 0 validates and tokenizes once; the others, and restarts, load its cache
         samples = load_or_build(config, env, tokenizer, build=validated_samples)
     except ConfigError as err:
-        return fail(config, "InvalidDataset", str(err))
+        return fail(config, exit_codes.INVALID_DATASET, str(err))
 
     from qwenft_trainer.session import run_training
 
@@ -273,6 +251,7 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
         started=time.time(),
         stop=stop,
         token_cache=samples.record,
+        on_model_prepared=on_model_prepared,
     )
 
 

@@ -7,12 +7,10 @@ hub token never enters it: the config names the environment variable the token i
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from qwenft_trainer.config import DataSettings, ModelSource, TrainConfig, dump_config
 
-from qwenft_operator import labels
 from qwenft_operator.builders import paths, pods
 from qwenft_operator.runs import Run
 
@@ -47,20 +45,10 @@ def build_train_config(run: Run) -> TrainConfig:
     )
 
 
-def _text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def config_hash(run: Run) -> str:
-    """Short sha256 of the rendered trainer config (:data:`labels.CONFIG_HASH_ANNOTATION`)."""
-    return _text_hash(dump_config(build_train_config(run)))
-
-
 def build_config_map(run: Run) -> dict[str, Any]:
     """ConfigMap ``<run>-config`` with the rendered ``train.yaml``."""
     text = dump_config(build_train_config(run))
     meta = pods.object_meta(run, run.names.config_map, "train")
-    meta["annotations"] = {labels.CONFIG_HASH_ANNOTATION: _text_hash(text)}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

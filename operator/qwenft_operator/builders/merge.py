@@ -15,9 +15,10 @@ from qwenft_trainer import exit_codes
 from qwenft_operator.builders import jobs, paths, pods
 from qwenft_operator.runs import Run
 
-# `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage,
-# and, given a checkpoint choice, 4 when spec.inference.checkpoint isn't kept.
-MERGE_FAILURE_EXIT_CODES = [1, 2]
+# `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage
+# (retrying can't help), and, given a checkpoint choice, 4 when spec.inference.checkpoint
+# isn't kept.
+MERGE_FAILURE_EXIT_CODES = list(exit_codes.MERGE_FAILURES)
 CHECKPOINT_NOT_FOUND_EXIT_CODE = exit_codes.CHECKPOINT_NOT_FOUND
 
 

@@ -20,7 +20,7 @@ from qwenft_trainer import exit_codes
 
 from qwenft_operator import labels
 from qwenft_operator.builders import fetch, jobs, paths, pods
-from qwenft_operator.builders.config import TRAINER_METRICS_PORT, config_hash
+from qwenft_operator.builders.config import TRAINER_METRICS_PORT
 from qwenft_operator.runs import Run
 
 MASTER_PORT = 29500
@@ -48,16 +48,29 @@ while :; do
 done
 rm -f "$stop"
 log="${QWENFT_TERMINATION_LOG:-/dev/termination-log}"
-if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"Invalid(Config|Dataset)"' "$log"; then
+if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"INVALID_INPUT_REASONS"' "$log"; then
   exit INVALID_INPUT_EXIT_CODE
 fi
-if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"Stopped"' "$log"; then
+if [ "$rc" -ne 0 ] && grep -Eqs '"reason": *"STOPPED_REASON"' "$log"; then
   exit STOPPED_EXIT_CODE
 fi
 exit "$rc"
 """
+
+
+def _one_of(words: tuple[str, ...]) -> str:
+    """An extended regex matching exactly ``words`` (CamelCase names, no regex syntax),
+    written as ``Prefix(RestA|RestB)`` around their common prefix."""
+    prefix = words[0]
+    while not all(word.startswith(prefix) for word in words):
+        prefix = prefix[:-1]
+    return prefix + "(" + "|".join(word[len(prefix) :] for word in words) + ")"
+
+
 LAUNCHER = (
     _LAUNCHER_TEMPLATE.replace("STOP_FILE_ENV", exit_codes.STOP_FILE_ENV)
+    .replace("INVALID_INPUT_REASONS", _one_of(exit_codes.INVALID_INPUT_REASONS))
+    .replace("STOPPED_REASON", exit_codes.STOPPED_REASON)
     .replace("INVALID_INPUT_EXIT_CODE", str(INVALID_INPUT_EXIT_CODE))
     .replace("STOPPED_EXIT_CODE", str(STOPPED_EXIT_CODE))
 )
@@ -180,7 +193,7 @@ def build_train_job(run: Run) -> dict[str, Any]:
     if policy.ttl_seconds_after_finished is not None:
         extra["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     queue = spec.scheduling.queue_name
-    job = jobs.build_job(
+    return jobs.build_job(
         run,
         name=run.names.train_job,
         component="train",
@@ -191,5 +204,3 @@ def build_train_job(run: Run) -> dict[str, Any]:
         extra_labels={labels.KUEUE_QUEUE_KEY: queue} if queue else None,
         extra_spec=extra,
     )
-    job["metadata"]["annotations"] = {labels.CONFIG_HASH_ANNOTATION: config_hash(run)}
-    return job
