@@ -74,8 +74,8 @@ def test_training_loads_what_the_validator_cached(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from qwenft_trainer.data import build_samples
     from qwenft_trainer.modeling import load_tokenizer
-    from qwenft_trainer.train import build_samples
 
     data = write_dialogues(tmp_path / "train.jsonl", count=24)
     out = tmp_path / "out"

@@ -14,12 +14,16 @@ best. Only complete checkpoints (:mod:`qwenft_trainer.checkpoints`) count.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenft_trainer.checkpoints import TRAINER_STATE, Checkpoint, list_checkpoints
+from qwenft_trainer.checkpoints import (
+    TRAINER_STATE,
+    Checkpoint,
+    best_step,
+    list_checkpoints,
+)
 
 BEST: Literal["best"] = "best"
 CheckpointChoice = int | Literal["best"]
@@ -36,25 +40,6 @@ def parse_choice(text: str) -> CheckpointChoice:
     if text.isdigit() and int(text) > 0:
         return int(text)
     raise ValueError(f"checkpoint must be a positive step number or '{BEST}', got '{text}'")
-
-
-def eval_losses(log_history: Iterable[Mapping[str, Any]]) -> dict[int, float]:
-    """Step -> eval loss of every evaluation in the Trainer's log history (the last one
-    logged at a step wins, as after a resume that evaluated the same step again)."""
-    losses: dict[int, float] = {}
-    for entry in log_history:
-        loss, step = entry.get("eval_loss"), entry.get("step")
-        if isinstance(loss, int | float) and math.isfinite(loss) and isinstance(step, int):
-            losses[step] = float(loss)
-    return losses
-
-
-def best_step(steps: Iterable[int], log_history: Iterable[Mapping[str, Any]]) -> int | None:
-    """Of ``steps``, the one with the lowest eval loss (earliest on a tie); None when none
-    of them was evaluated."""
-    losses = eval_losses(log_history)
-    evaluated = [(losses[step], step) for step in steps if step in losses]
-    return min(evaluated)[1] if evaluated else None
 
 
 def read_log_history(checkpoint: Checkpoint) -> list[dict[str, Any]]:

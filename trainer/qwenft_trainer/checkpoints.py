@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,10 +211,27 @@ class CheckpointCallback(TrainerCallback):
         if state.is_world_process_zero and path.is_dir():
             mark_complete(path, step=state.global_step)
             self.saved.append(path)
-            from qwenft_trainer.checkpoint_choice import best_step
-
             steps = [c.step for c in list_checkpoints(args.output_dir) if c.complete]
             best = best_step(steps, state.log_history)
             for removed in prune(args.output_dir, self.keep, protect=best):
                 log.info("removed old checkpoint %s (keeping %d)", removed, self.keep)
         _barrier()
+
+
+def eval_losses(log_history: Iterable[Mapping[str, Any]]) -> dict[int, float]:
+    """Step -> eval loss of every evaluation in the Trainer's log history (the last one
+    logged at a step wins, as after a resume that evaluated the same step again)."""
+    losses: dict[int, float] = {}
+    for entry in log_history:
+        loss, step = entry.get("eval_loss"), entry.get("step")
+        if isinstance(loss, int | float) and math.isfinite(loss) and isinstance(step, int):
+            losses[step] = float(loss)
+    return losses
+
+
+def best_step(steps: Iterable[int], log_history: Iterable[Mapping[str, Any]]) -> int | None:
+    """Of ``steps``, the one with the lowest eval loss (earliest on a tie); None when none
+    of them was evaluated."""
+    losses = eval_losses(log_history)
+    evaluated = [(losses[step], step) for step in steps if step in losses]
+    return min(evaluated)[1] if evaluated else None

@@ -30,11 +30,12 @@ the reply generated after it), so no token straddles the two.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from qwenft_trainer.config import ThinkingPolicy
+from qwenft_trainer.config import ConfigError, ThinkingPolicy, TrainConfig
 from qwenft_trainer.formats import Conversation
 from qwenft_trainer.replies import TemplateError, TrainedReply, group_replies, trained_replies
 from qwenft_trainer.thinking import DEFAULT_POLICY, TemplateThinking, probe_template
@@ -47,6 +48,7 @@ __all__ = [
     "TemplateError",
     "TokenizedSample",
     "TrainedReply",
+    "build_samples",
     "group_replies",
     "tokenize_all",
     "tokenize_dialogue",
@@ -184,3 +186,36 @@ def tokenize_all(
             ", ".join(dropped[:5]),
         )
     return samples
+
+
+def build_samples(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[TokenizedSample], list[TokenizedSample] | None]:
+    """Train and (optional) eval samples: tokenized, with assistant-only labels, unpacked.
+
+    Packing them is left to the session, which knows once the model is loaded whether the
+    model can be packed exactly (:mod:`qwenft_trainer.packing_mode`).
+    """
+    from qwenft_trainer.formats import load_conversations
+
+    t = config.training
+    convs = load_conversations(config.data.path, config.data.format)
+    eval_convs = []
+    if config.evaluation.file:
+        eval_convs = load_conversations(config.evaluation.file, config.data.format)
+    elif config.evaluation.fraction > 0:
+        order = list(range(len(convs)))
+        random.Random(t.seed).shuffle(order)
+        held = max(1, round(len(convs) * config.evaluation.fraction))
+        eval_convs = [convs[i] for i in sorted(order[:held])]
+        convs = [convs[i] for i in sorted(order[held:])]
+
+    train = tokenize_all(convs, tokenizer, t.max_seq_length, thinking=t.thinking)
+    if not train:
+        raise ConfigError(f"{config.data.path}: no dialogue is left to train on")
+    held_out = (
+        tokenize_all(eval_convs, tokenizer, t.max_seq_length, thinking=t.thinking)
+        if eval_convs
+        else []
+    )
+    return train, held_out or None

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from qwenft_trainer import exit_codes
 from qwenft_trainer.config import ConfigError, TrainConfig, format_validation_error, load_config
+from qwenft_trainer.data import build_samples
 from qwenft_trainer.distributed import DistributedEnv
 from qwenft_trainer.summary import write_termination_log
 from qwenft_trainer.telemetry import build_log_record, emit
@@ -131,40 +131,6 @@ def check_base_model(config: TrainConfig) -> str | None:
         log.warning("%s", err)
         return None
     return "; ".join(problems) or None
-
-
-def build_samples(
-    config: TrainConfig, tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[TokenizedSample], list[TokenizedSample] | None]:
-    """Train and (optional) eval samples: tokenized, with assistant-only labels, unpacked.
-
-    Packing them is left to the session, which knows once the model is loaded whether the
-    model can be packed exactly (:mod:`qwenft_trainer.packing_mode`).
-    """
-    from qwenft_trainer.data import tokenize_all
-    from qwenft_trainer.formats import load_conversations
-
-    t = config.training
-    convs = load_conversations(config.data.path, config.data.format)
-    eval_convs = []
-    if config.evaluation.file:
-        eval_convs = load_conversations(config.evaluation.file, config.data.format)
-    elif config.evaluation.fraction > 0:
-        order = list(range(len(convs)))
-        random.Random(t.seed).shuffle(order)
-        held = max(1, round(len(convs) * config.evaluation.fraction))
-        eval_convs = [convs[i] for i in sorted(order[:held])]
-        convs = [convs[i] for i in sorted(order[held:])]
-
-    train = tokenize_all(convs, tokenizer, t.max_seq_length, thinking=t.thinking)
-    if not train:
-        raise ConfigError(f"{config.data.path}: no dialogue is left to train on")
-    held_out = (
-        tokenize_all(eval_convs, tokenizer, t.max_seq_length, thinking=t.thinking)
-        if eval_convs
-        else []
-    )
-    return train, held_out or None
 
 
 def validated_samples(

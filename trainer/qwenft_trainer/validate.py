@@ -542,10 +542,10 @@ def prebuild_token_cache(config_text: str) -> str | None:
     import yaml
 
     from qwenft_trainer.config import ConfigError, TrainConfig
+    from qwenft_trainer.data import build_samples
     from qwenft_trainer.distributed import DistributedEnv
     from qwenft_trainer.modeling import load_tokenizer
     from qwenft_trainer.token_cache import Samples, load_or_build
-    from qwenft_trainer.train import build_samples
 
     if not config_text.strip():  # e.g. ``qwenft run --local``: training builds the cache
         return None
