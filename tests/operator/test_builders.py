@@ -496,7 +496,7 @@ def test_serving_targets_and_commands() -> None:
 
 def test_vllm_serves_an_unmerged_adapter_with_a_rank_it_accepts() -> None:
     run = load_run("kueue-queued")
-    decision = serving.build_vllm_decision(run)
+    decision = serving.vllm_decision(run)
     assert decision.mode == "lora" and decision.max_lora_rank == 32
     assert not serving.needs_merge(run)
     assert serve_command(run)[3:] == [
@@ -512,7 +512,7 @@ def test_vllm_decision_forces_a_merge_for_unservable_adapters() -> None:
     odd = Run(
         name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": lora})
     )
-    assert serving.build_vllm_decision(odd).requires_merge
+    assert serving.vllm_decision(odd).requires_merge
     assert serving.needs_merge(odd)
     assert serving.build_serve_target(odd) == serving.ServeTarget(
         model="/output/queued-lora/merged"
@@ -525,7 +525,7 @@ def test_vllm_decision_merges_when_expert_targets_are_left_to_the_architecture()
     auto = Run(
         name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": lora})
     )
-    decision = serving.build_vllm_decision(auto)
+    decision = serving.vllm_decision(auto)
     assert decision.requires_merge
     assert decision.reasons == (
         "lora.targetParameters is unset: on a MoE base the adapter holds expert tensors, "
@@ -537,12 +537,12 @@ def test_vllm_decision_merges_when_expert_targets_are_left_to_the_architecture()
     explicit = Run(
         name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": experts})
     )
-    assert "target_parameters" in serving.build_vllm_decision(explicit).reasons[0]
+    assert "target_parameters" in serving.vllm_decision(explicit).reasons[0]
     router = run.spec.lora.model_copy(update={"train_router": True})
     routed = Run(
         name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": router})
     )
-    assert "modules_to_save ['mlp.gate']" in serving.build_vllm_decision(routed).reasons[0]
+    assert "modules_to_save ['mlp.gate']" in serving.vllm_decision(routed).reasons[0]
 
 
 def test_builtin_adapter_target_and_probes() -> None:

@@ -125,7 +125,7 @@ class TestPlanning:
                                         "modulesToSave": ["lm_head"]})  # fmt: skip
         s = server([{"fromFineTune": "saved"}])
         (p,) = plan.plan_adapters(s.name, s.spec, [facts(saved)])
-        own = serving.build_vllm_decision(Run.from_body(saved))
+        own = serving.vllm_decision(Run.from_body(saved))
         assert own.reasons  # the QwenFineTune path would merge it
         assert p.status.reason == plan.VLLM_UNSUPPORTED
         assert all(reason in p.status.message for reason in own.reasons)

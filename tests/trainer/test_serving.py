@@ -21,7 +21,7 @@ import pytest
 from qwenft_trainer.serving import (
     VLLM_MAX_LORA_RANKS,
     AdapterConfigError,
-    build_vllm_decision,
+    read_vllm_decision,
     round_up_lora_rank,
 )
 
@@ -46,7 +46,7 @@ def test_plain_lora_adapters_are_served_with_enable_lora(
     make_adapter, rank: int, max_rank: int
 ) -> None:
     adapter = make_adapter(f"serving-r{rank}", r=rank)
-    decision = build_vllm_decision(
+    decision = read_vllm_decision(
         adapter, served_model_name="demo", adapter_path="/adapters/demo", base_model="/models/base"
     )
     assert decision.mode == "lora"
@@ -72,7 +72,7 @@ def test_plain_lora_adapters_are_served_with_enable_lora(
 def test_trained_adapters_are_served_as_lora(
     trained_adapter, tiny_model_dir: Path, method: str, rank: int, max_rank: int
 ) -> None:
-    decision = build_vllm_decision(trained_adapter(method, r=rank), served_model_name="run")
+    decision = read_vllm_decision(trained_adapter(method, r=rank), served_model_name="run")
     assert decision.mode == "lora", decision.reasons
     assert decision.adapter_rank == rank
     assert decision.max_lora_rank == max_rank
@@ -81,7 +81,7 @@ def test_trained_adapters_are_served_as_lora(
 
 @pytest.mark.slow
 def test_trained_adapter_with_modules_to_save_must_be_merged(trained_adapter) -> None:
-    decision = build_vllm_decision(
+    decision = read_vllm_decision(
         trained_adapter("lora", modules_to_save=["lm_head"]), served_model_name="run"
     )
     assert decision.requires_merge
@@ -92,14 +92,14 @@ def test_trained_adapter_with_modules_to_save_must_be_merged(trained_adapter) ->
 
 
 def test_base_model_defaults_to_the_adapters_own(make_adapter, tiny_model_dir: Path) -> None:
-    decision = build_vllm_decision(make_adapter("serving-r8", r=8), served_model_name="demo")
+    decision = read_vllm_decision(make_adapter("serving-r8", r=8), served_model_name="demo")
     assert decision.base_model == str(tiny_model_dir)
     assert decision.vllm_args()[:2] == ["--model", str(tiny_model_dir)]
 
 
 def test_modules_to_save_requires_merge(make_adapter) -> None:
     adapter = make_adapter("serving-mts", r=8, modules_to_save=["lm_head"])
-    decision = build_vllm_decision(adapter, served_model_name="demo")
+    decision = read_vllm_decision(adapter, served_model_name="demo")
     assert decision.requires_merge
     assert decision.max_lora_rank is None
     assert any("modules_to_save" in reason for reason in decision.reasons)
@@ -114,7 +114,7 @@ def test_modules_to_save_requires_merge(make_adapter) -> None:
 
 
 def test_rank_above_vllm_limit_requires_merge(make_adapter) -> None:
-    decision = build_vllm_decision(make_adapter("serving-r600", r=600), served_model_name="x")
+    decision = read_vllm_decision(make_adapter("serving-r600", r=600), served_model_name="x")
     assert decision.requires_merge
     assert decision.adapter_rank == 600
     assert any("above vLLM's largest --max-lora-rank 512" in r for r in decision.reasons)
@@ -122,7 +122,7 @@ def test_rank_above_vllm_limit_requires_merge(make_adapter) -> None:
 
 def test_lora_on_output_head_requires_merge(make_adapter) -> None:
     adapter = make_adapter("serving-head", r=8, target_modules=["q_proj", "lm_head"])
-    decision = build_vllm_decision(adapter, served_model_name="x")
+    decision = read_vllm_decision(adapter, served_model_name="x")
     assert decision.requires_merge
     assert any("lm_head" in reason for reason in decision.reasons)
 
@@ -138,24 +138,24 @@ def _edited_copy(adapter: Path, tmp_path: Path, **changes: object) -> Path:
 
 def test_dora_requires_merge(make_adapter, tmp_path: Path) -> None:
     adapter = _edited_copy(make_adapter("serving-r8", r=8), tmp_path, use_dora=True)
-    decision = build_vllm_decision(adapter, served_model_name="x")
+    decision = read_vllm_decision(adapter, served_model_name="x")
     assert decision.requires_merge
     assert any("DoRA" in reason for reason in decision.reasons)
 
 
 def test_rank_pattern_sets_the_rank(make_adapter, tmp_path: Path) -> None:
     adapter = _edited_copy(make_adapter("serving-r8", r=8), tmp_path, rank_pattern={"q_proj": 48})
-    decision = build_vllm_decision(adapter, served_model_name="x")
+    decision = read_vllm_decision(adapter, served_model_name="x")
     assert decision.adapter_rank == 48
     assert decision.max_lora_rank == 64
 
 
 def test_unreadable_adapter_config(tmp_path: Path) -> None:
     with pytest.raises(AdapterConfigError, match="not a PEFT adapter directory"):
-        build_vllm_decision(tmp_path, served_model_name="x")
+        read_vllm_decision(tmp_path, served_model_name="x")
     (tmp_path / "adapter_config.json").write_text("{not json")
     with pytest.raises(AdapterConfigError, match="not valid JSON"):
-        build_vllm_decision(tmp_path, served_model_name="x")
+        read_vllm_decision(tmp_path, served_model_name="x")
 
 
 def test_serving_module_does_not_import_torch() -> None:
@@ -202,7 +202,7 @@ VLLM_MODES = {
 def test_vllm_decision_per_architecture(tiny_arch_dir, tmp_path: Path, arch: str) -> None:
     model_dir = tiny_arch_dir(arch)
     adapter = _default_adapter(model_dir, tmp_path / "adapter")
-    decision = build_vllm_decision(adapter, served_model_name="demo", base_model=str(model_dir))
+    decision = read_vllm_decision(adapter, served_model_name="demo", base_model=str(model_dir))
     assert decision.mode == VLLM_MODES[arch], decision.reasons
     if decision.requires_merge:
         assert len(decision.reasons) == 1
@@ -217,5 +217,21 @@ def test_moe_adapter_without_experts_is_served_unmerged(tiny_arch_dir, tmp_path:
     adapter = _default_adapter(model_dir, tmp_path / "adapter", target_parameters=[])
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert not config.get("target_parameters")
-    decision = build_vllm_decision(adapter, served_model_name="demo", base_model=str(model_dir))
+    decision = read_vllm_decision(adapter, served_model_name="demo", base_model=str(model_dir))
     assert decision.mode == "lora", decision.reasons
+
+
+def test_lora_args_serve_every_module_at_a_rank_vllm_accepts() -> None:
+    from qwenft_trainer.serving import lora_args
+
+    modules = {"code": "/adapters/runs/code", "text": "/adapters/runs/text"}
+    assert lora_args(modules, max_lora_rank=64) == [
+        "--enable-lora",
+        "--max-lora-rank", "64",
+        "--max-loras", "2",
+        "--lora-modules", "code=/adapters/runs/code", "text=/adapters/runs/text",
+    ]  # fmt: skip
+    limited = lora_args(modules, max_lora_rank=64, max_loras=1, max_cpu_loras=4)
+    assert limited[4:8] == ["--max-loras", "1", "--max-cpu-loras", "4"]
+    with pytest.raises(ValueError, match="--max-lora-rank 48 is not one of"):
+        lora_args(modules, max_lora_rank=48)

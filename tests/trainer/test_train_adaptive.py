@@ -216,7 +216,7 @@ def test_vllm_decisions_merge_adaptive_adapters_first(trained: Path) -> None:
     from qwenft_operator.runs import Run
     from qwenft_trainer import serving
 
-    trainer = serving.build_vllm_decision(trained, served_model_name="demo")
+    trainer = serving.read_vllm_decision(trained, served_model_name="demo")
     assert trainer.requires_merge and trainer.max_lora_rank is None
     assert trainer.reasons == (serving.ADALORA_REASON,)
     assert trainer.adapter_rank == max(
@@ -241,7 +241,7 @@ def test_vllm_decisions_merge_adaptive_adapters_first(trained: Path) -> None:
         return Run.from_body(body)
 
     vllm = spec_run("vllm")
-    operator = operator_serving.build_vllm_decision(vllm)
+    operator = operator_serving.vllm_decision(vllm)
     assert operator.requires_merge and operator.reasons == trainer.reasons
     assert operator_serving.needs_merge(vllm)
     assert operator_serving.build_serve_target(vllm).adapter is None  # the merged model

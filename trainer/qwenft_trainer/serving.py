@@ -5,9 +5,13 @@ base in GPU memory for many fine-tunes, but it accepts only plain LoRA adapters:
 larger than ``--max-lora-rank`` (itself one of a fixed set of values), no
 ``modules_to_save``, no DoRA, no AdaLoRA (``lora.adaptive``), no bias terms, no LoRA on
 embeddings or the output head, no inits that rewrite the base weights. Anything else has to
-be merged into the base first and served as an ordinary model. The operator calls
-:func:`build_vllm_decision` when it renders the vLLM Deployment, so this module reads only
-``adapter_config.json`` and imports no torch (the operator image has none).
+be merged into the base first and served as an ordinary model.
+
+:func:`decide_vllm` is the one decision, over an adapter's PEFT config: the operator calls it
+with the config its spec will make the trainer write (before training, to plan the merge Job
+and the Deployment), and :func:`read_vllm_decision` with the ``adapter_config.json`` on disk.
+:func:`lora_args` writes vLLM's LoRA flags for every server that serves adapters. This module
+imports no torch (the operator image has none).
 
     python -m qwenft_trainer.serving /runs/demo/adapter --served-model-name demo
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -100,17 +105,32 @@ class VllmDecision:
                 "the adapter's config names no base model: pass model= (the base directory)"
             )
         assert self.max_lora_rank is not None
-        return [
-            "--model",
-            base,
-            "--enable-lora",
-            "--max-lora-rank",
-            str(self.max_lora_rank),
-            "--max-loras",
-            "1",
-            "--lora-modules",
-            f"{self.served_model_name}={self.adapter_path}",
-        ]
+        modules = {self.served_model_name: self.adapter_path}
+        return ["--model", base, *lora_args(modules, max_lora_rank=self.max_lora_rank)]
+
+
+def lora_args(
+    modules: Mapping[str, str],
+    *,
+    max_lora_rank: int,
+    max_loras: int | None = None,
+    max_cpu_loras: int | None = None,
+) -> list[str]:
+    """vLLM's flags for serving ``modules`` (served name -> adapter path) over one base.
+
+    ``max_loras`` (adapters in one batch) defaults to all of them; ``--max-cpu-loras`` is
+    given only when set. ``max_lora_rank`` must be one vLLM accepts (:func:`round_up_lora_rank`).
+    """
+    if max_lora_rank not in VLLM_MAX_LORA_RANKS:
+        raise ValueError(f"--max-lora-rank {max_lora_rank} is not one of {VLLM_MAX_LORA_RANKS}")
+    args = [
+        "--enable-lora",
+        "--max-lora-rank", str(max_lora_rank),
+        "--max-loras", str(max_loras or len(modules)),
+    ]  # fmt: skip
+    if max_cpu_loras is not None:
+        args += ["--max-cpu-loras", str(max_cpu_loras)]
+    return [*args, "--lora-modules", *(f"{name}={path}" for name, path in modules.items())]
 
 
 def round_up_lora_rank(rank: int) -> int | None:
@@ -201,24 +221,24 @@ def adapter_rank(config: dict[str, Any]) -> int:
     return max(ranks)
 
 
-def build_vllm_decision(
-    adapter_dir: str | Path,
+def decide_vllm(
+    config: Mapping[str, Any],
     *,
     served_model_name: str,
-    adapter_path: str | None = None,
-    base_model: str | None = None,
+    adapter_path: str,
+    base_model: str | None,
+    model_type: str | None = None,
+    more_reasons: Sequence[str] = (),
 ) -> VllmDecision:
-    """Decide how vLLM serves the adapter in ``adapter_dir``.
+    """How vLLM serves the adapter whose PEFT config is ``config``: as a LoRA, or merged.
 
-    ``adapter_path`` is where the vLLM server will see the adapter (the mount path in its
-    pod; defaults to ``adapter_dir``); ``base_model`` overrides the base the adapter names.
+    ``adapter_path`` is where the vLLM server sees the adapter; ``model_type`` is the base's,
+    when known; ``more_reasons`` are the caller's own reasons to merge (what it can't know).
     """
     if not served_model_name:
         raise ValueError("served_model_name must not be empty")
-    config = read_adapter_config(adapter_dir)
-    rank = adapter_rank(config)
-    base = base_model or config.get("base_model_name_or_path") or None
-    reasons = unsupported_features(config, model_type=local_model_type(base))
+    rank = adapter_rank(dict(config))
+    reasons = [*unsupported_features(dict(config), model_type=model_type), *more_reasons]
     max_rank = round_up_lora_rank(rank)
     if max_rank is None:
         reasons.append(
@@ -227,11 +247,34 @@ def build_vllm_decision(
     return VllmDecision(
         mode="merged" if reasons else "lora",
         served_model_name=served_model_name,
-        adapter_path=adapter_path or str(adapter_dir),
+        adapter_path=adapter_path,
         adapter_rank=rank,
         max_lora_rank=None if reasons else max_rank,
-        base_model=base,
+        base_model=base_model,
         reasons=tuple(reasons),
+    )
+
+
+def read_vllm_decision(
+    adapter_dir: str | Path,
+    *,
+    served_model_name: str,
+    adapter_path: str | None = None,
+    base_model: str | None = None,
+) -> VllmDecision:
+    """:func:`decide_vllm` for the adapter saved in ``adapter_dir``.
+
+    ``adapter_path`` is where the vLLM server will see the adapter (the mount path in its
+    pod; defaults to ``adapter_dir``); ``base_model`` overrides the base the adapter names.
+    """
+    config = read_adapter_config(adapter_dir)
+    base = base_model or config.get("base_model_name_or_path") or None
+    return decide_vllm(
+        config,
+        served_model_name=served_model_name,
+        adapter_path=adapter_path or str(adapter_dir),
+        base_model=base,
+        model_type=local_model_type(base),
     )
 
 
@@ -256,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", help="base model to serve (default: the adapter's)")
     args = parser.parse_args(argv)
     try:
-        decision = build_vllm_decision(
+        decision = read_vllm_decision(
             args.adapter_dir,
             served_model_name=args.served_model_name,
             adapter_path=args.adapter_path,

@@ -67,33 +67,28 @@ def predicted_adapter_config(run: Run) -> dict[str, Any]:
     }
 
 
-def build_vllm_decision(run: Run) -> serving.VllmDecision:
-    """How vLLM would serve this run's adapter (``qwenft_trainer.serving``'s rules).
+def vllm_decision(run: Run) -> serving.VllmDecision:
+    """How vLLM would serve this run's adapter: the trainer's :func:`~qwenft_trainer.serving.
+    decide_vllm` over the adapter config this spec makes the trainer write.
 
     The operator never sees the base's config, so with ``lora.targetParameters`` unset it
     can't tell a dense base (nothing to adapt) from a MoE one (experts adapted, which vLLM
     serves only merged) and merges to be safe.
     """
     config = predicted_adapter_config(run)
-    rank = serving.adapter_rank(config)
-    reasons = serving.unsupported_features(config)
+    unknown = []
     if config["target_parameters"] is None:
-        reasons.append(
+        unknown.append(
             "lora.targetParameters is unset: on a MoE base the adapter holds expert tensors, "
             "which vLLM serves only merged; set lora.targetParameters: [] (a dense base, or "
             "experts left frozen) to serve the adapter unmerged"
         )
-    max_rank = serving.round_up_lora_rank(rank)
-    if max_rank is None:
-        reasons.append(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank")
-    return serving.VllmDecision(
-        mode="merged" if reasons else "lora",
+    return serving.decide_vllm(
+        config,
         served_model_name=run.served_model_name,
         adapter_path=paths.adapter_dir(run),
-        adapter_rank=rank,
-        max_lora_rank=None if reasons else max_rank,
         base_model=paths.model_location(run),
-        reasons=tuple(reasons),
+        more_reasons=unknown,
     )
 
 
@@ -111,7 +106,7 @@ def needs_merge(run: Run) -> bool:
     return (
         inference.enabled
         and inference.engine == "vllm"
-        and (inference.checkpoint is not None or build_vllm_decision(run).requires_merge)
+        and (inference.checkpoint is not None or vllm_decision(run).requires_merge)
     )
 
 
@@ -126,7 +121,7 @@ def build_serve_target(run: Run) -> ServeTarget:
         return ServeTarget(model=paths.merged_dir(run))
     rank = None
     if run.spec.inference.engine == "vllm":
-        rank = build_vllm_decision(run).max_lora_rank
+        rank = vllm_decision(run).max_lora_rank
     return ServeTarget(
         model=paths.model_location(run),
         adapter=paths.adapter_dir(run),
@@ -164,12 +159,8 @@ def build_vllm_args(run: Run, target: ServeTarget) -> list[str]:
     if target.adapter:
         if target.max_lora_rank is None:
             raise ValueError("vLLM serving an adapter needs target.max_lora_rank")
-        args += [
-            "--enable-lora",
-            "--max-lora-rank", str(target.max_lora_rank),
-            "--max-loras", "1",
-            "--lora-modules", f"{run.served_model_name}={target.adapter}",
-        ]  # fmt: skip
+        modules = {run.served_model_name: target.adapter}
+        args += serving.lora_args(modules, max_lora_rank=target.max_lora_rank)
     else:
         args += ["--served-model-name", run.served_model_name]
     args += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]

@@ -4,7 +4,7 @@ Pure: from a server's spec and the ``QwenFineTune`` runs of its namespace, one
 :class:`PlannedAdapter` per adapter asked for, each accepted (to be served) or not (Pending:
 not trained yet; Refused: it can never be served here, with the reason). A run's adapter
 is judged by what the run's spec says it trains, exactly as the run's own serving decides
-it (:func:`qwenft_operator.builders.serving.build_vllm_decision`, the trainer's
+it (:func:`qwenft_operator.builders.serving.vllm_decision`, the trainer's
 :mod:`qwenft_trainer.serving` rules), so a run and a server never disagree on whether vLLM
 can serve an adapter. The operator never serves an adapter on the wrong base: a run is
 compared to the server's base by hub id and revision, or claim and path.
@@ -146,7 +146,7 @@ def judge_run(
         message = f"run {facts.name} trained on {trained_on}; this server serves {server_base}"
         return _refused(served, source, BASE_MODEL_MISMATCH, message, **extra)
     if spec.engine == "vllm":
-        decision = serving.build_vllm_decision(run)
+        decision = serving.vllm_decision(run)
         if decision.reasons:
             message = "vLLM can't serve it as a LoRA: " + "; ".join(decision.reasons)
             return _refused(served, source, VLLM_UNSUPPORTED, message, **extra)

@@ -120,9 +120,9 @@ def model_location(server: Server) -> str:
     return model.path
 
 
-def adapter_modules(adapters: Sequence[PlannedAdapter]) -> list[str]:
-    """``name=path`` for each accepted adapter, in order."""
-    return [f"{a.status.name}={a.status.path}" for a in adapters if a.accepted]
+def adapter_modules(adapters: Sequence[PlannedAdapter]) -> dict[str, str]:
+    """Served name -> adapter path of each accepted adapter, in order."""
+    return {a.status.name: str(a.status.path) for a in adapters if a.accepted}
 
 
 def max_lora_rank(server: Server, adapters: Sequence[PlannedAdapter]) -> int:
@@ -149,14 +149,13 @@ def build_vllm_args(server: Server, adapters: Sequence[PlannedAdapter]) -> list[
     revision = spec.model.hub.revision if spec.model.hub else None
     if revision:
         args += ["--revision", revision, "--tokenizer-revision", revision]
-    args += [
-        "--enable-lora",
-        "--max-lora-rank", str(max_lora_rank(server, adapters)),
-        "--max-loras", str(max_loras),
-        "--max-cpu-loras", str(cpu_loras),
-        "--lora-modules", *modules,
-        "--host", "0.0.0.0", "--port", str(SERVE_PORT),
-    ]  # fmt: skip
+    args += rules.lora_args(
+        modules,
+        max_lora_rank=max_lora_rank(server, adapters),
+        max_loras=max_loras,
+        max_cpu_loras=cpu_loras,
+    )
+    args += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]
     if spec.gpus > 1:
         args += ["--tensor-parallel-size", str(spec.gpus)]
     if spec.max_model_len:
@@ -174,8 +173,8 @@ def build_builtin_args(server: Server, adapters: Sequence[PlannedAdapter]) -> li
     if revision:
         args += ["--revision", revision]
     args += ["--served-model-name", server.name]
-    for module in adapter_modules(adapters):
-        args += ["--adapter", module]
+    for name, path in adapter_modules(adapters).items():
+        args += ["--adapter", f"{name}={path}"]
     args += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]
     if spec.max_model_len:
         args += ["--max-model-len", str(spec.max_model_len)]
