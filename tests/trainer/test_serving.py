@@ -232,6 +232,6 @@ def test_lora_args_serve_every_module_at_a_rank_vllm_accepts() -> None:
         "--lora-modules", "code=/adapters/runs/code", "text=/adapters/runs/text",
     ]  # fmt: skip
     limited = lora_args(modules, max_lora_rank=64, max_loras=1, max_cpu_loras=4)
-    assert limited[4:8] == ["--max-loras", "1", "--max-cpu-loras", "4"]
+    assert limited[3:7] == ["--max-loras", "1", "--max-cpu-loras", "4"]
     with pytest.raises(ValueError, match="--max-lora-rank 48 is not one of"):
         lora_args(modules, max_lora_rank=48)
