@@ -6,6 +6,9 @@ pool so the kopf event loop never waits on the network. Objects travel as plain 
 fields and refuse integer quantities). ``ensure_*`` creates an object unless it exists
 (a 409 reads the existing one back), so a restarted operator never makes a second copy;
 Secrets are only ever looked up for existence, as metadata: their data is never fetched.
+
+It is over 300 lines because every API call the operator makes lives here, so that nothing
+else imports the client.
 """
 
 from __future__ import annotations

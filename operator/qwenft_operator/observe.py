@@ -16,6 +16,9 @@ missing Secret or ConfigMap waits with reason ``CreateContainerConfigError``. A 
 Deployment's facts carry the objects its pod template mounts
 (:func:`qwenft_operator.references.template_references`), and ConfigMaps and claims into
 :class:`~qwenft_operator.references.Found` (absent once being deleted).
+
+It is over 300 lines because a pod's termination message, scheduling verdict and disruption
+are each parsed here into typed facts, so the decision reads no raw object.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ estimate is checked against its GPUs (:mod:`gpu_fit`): a run that can't fit fail
 This module is over 400 lines because it holds every phase step of one decision (the
 pod-scheduling and stopped-pod reports included); splitting it by step is planned with the
 runner's split by job.
+
+It is over 300 lines because the decision walks one run through every phase, and each step's
+function reads the ones before it; the gang, reference, queue and GPU-fit checks live in
+their own modules.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ the operator may not watch them), and the decision is made again if one is missi
 of one wakes the runs that use it (:class:`~qwenft_operator.reference_users.ReferenceUsers`),
 and a run that relies on a Secret is looked at again every ``secret_recheck_seconds``.
 Smoke tests run in :class:`~qwenft_operator.smoke_tasks.SmokeTests`, progress reads in
-:class:`~qwenft_operator.progress_reader.ProgressReader`. The module is near 400 lines because
+:class:`~qwenft_operator.progress_reader.ProgressReader`. The module is over 300 lines because
 one reconcile pass (read, decide, look up, decide again, act, record, retry) is read best in
 one place; the jobs around it live in the modules named here.
 """

@@ -3,6 +3,9 @@
 These are the Kubernetes-specific parts of the ``QwenFineTune`` spec; the training
 hyper-parameters come from the trainer's own config sections (see :mod:`spec`). Free-form
 Kubernetes objects (tolerations, affinity) are passed through to the pods untouched.
+
+It is over 300 lines because each section's fields carry the descriptions and bounds the CRD
+is generated from; the sections belong to one part of the spec.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ every other term is counted from the shapes.
 
     estimate = estimate_memory(json.load(open("config.json")), load_config("run.yaml"), gpus=4)
     print(estimate.render())
+
+It is over 300 lines because each part of the estimate (weights by precision, adapter,
+optimizer, activations, logits, ZeRO partitioning) is a small counted formula, and the
+verdict and its fixes are derived from all of them.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ complete, so a crash or a full disk never leaves an output that looks finished.
 Memory: the base is loaded once, on the CPU, at the output dtype (bf16: 2 bytes per
 parameter): about 16 GB of RAM for a 7B model, 30 GB for 14B, 146 GB for 72B, plus 1-2 GB
 of working space. No GPU is needed.
+
+It is over 300 lines because the merge, its verification against the unmerged model and its
+command line are one step that must fail as a whole.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ training on leaked context.
 
     decision = configure_model_for_packing(model, requested=True, pad_token_id=pad_id)
     log.info("%s", decision.log_line())
+
+It is over 300 lines because the packing decision, the collator it picks and the start-up
+probe that checks it on the loaded model must agree, so they are kept side by side.
 """
 
 from __future__ import annotations

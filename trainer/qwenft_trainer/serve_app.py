@@ -6,6 +6,9 @@ completion runs in a worker thread; at most ``max_concurrency`` generate at once
 ``max_queue`` more wait, and anything beyond that gets 429 straight away rather than
 piling up. Errors use OpenAI's ``{"error": {...}}`` body so clients raise the right
 exception types.
+
+It is over 300 lines because the OpenAI routes share the admission control, the error
+mapping and the streaming that make them one API.
 """
 
 from __future__ import annotations

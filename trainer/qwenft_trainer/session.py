@@ -15,6 +15,9 @@ without the final barrier (:mod:`qwenft_trainer.distributed`).
 
     run_training(config, env, tokenizer, train_samples, eval_samples,
                  started=time.time(), stop=request)
+
+It is over 300 lines because the order of a run (output directory, packing decision,
+Trainer, training, stop and peer-loss reports, export) is read best in one place.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ that runs on rank 0 only, from the numbers the Hugging Face Trainer already keep
     metrics = TrainMetrics(run="my-run")
     metrics.serve(port=9400)
     trainer.add_callback(TelemetryCallback(metrics, samples_per_step=effective_batch))
+
+It is over 300 lines because the metrics, the log record and the progress bar read the same
+Trainer state in one callback.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ architecture next to it:
 | qwen3_5_moe | Qwen3_5MoeForConditionalGeneration | Qwen3.5 |
 
     python -m qwenft_trainer.tiny /tmp/tiny-qwen3 --arch qwen3
+
+It is over 300 lines because it holds one config builder per architecture (dense, MoE, Gated
+DeltaNet hybrid, multimodal) with the tokenizer they share.
 """
 
 from __future__ import annotations

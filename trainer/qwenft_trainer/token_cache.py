@@ -23,6 +23,9 @@ tokenizes for itself, which gives the same samples.
 
     prepared = load_or_build(config, env, tokenizer, build=validated_samples)
     prepared.train, prepared.eval, prepared.record.status  # "built" | "loaded" | "tokenized"
+
+It is over 300 lines because writing an entry atomically, reading and checking it, and the
+wait of the other ranks for rank 0 are one protocol.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ directory's token cache (:mod:`qwenft_trainer.token_cache`), under the key train
 computes, so the training pods load the samples instead of validating and tokenizing while
 their GPUs wait; that config's ``evaluation.file`` is validated too. A cache that can't be
 written only costs the training pods the tokenizing.
+
+It is over 300 lines because the dataset checks, the model checks and the validation Job's
+report (with the token cache it prebuilds) are the one command the validation Job runs.
 """
 
 from __future__ import annotations

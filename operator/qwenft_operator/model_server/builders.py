@@ -9,6 +9,9 @@ Pure functions of a :class:`Server` and its accepted adapters. vLLM gets
 the set is a change of the template: the Deployment rolls, one new pod at a time, each
 taking traffic only once ready (``maxUnavailable: 0``), while the old ones finish what
 they serve (a preStop pause lets the Service drop them before they stop).
+
+It is over 300 lines because the Deployment of a server is one object: its two engines'
+command lines, volumes, probes and rollout are built together.
 """
 
 from __future__ import annotations
