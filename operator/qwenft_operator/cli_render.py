@@ -23,7 +23,7 @@ import yaml
 from qwenft_operator.phases import Phase
 from qwenft_operator.render import RenderedChild, RenderError, render_children
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings, SettingsError
+from qwenft_operator.settings import OperatorConfig, SettingsError
 from qwenft_operator.spec import ManifestError, load_manifest
 
 EXIT_INVALID = 2
@@ -49,7 +49,7 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockDumper.add_representer(str, _represent_str)
 
 
-def load_run(path: Path, *, namespace: str | None, settings: OperatorSettings) -> Run:
+def load_run(path: Path, *, namespace: str | None, settings: OperatorConfig) -> Run:
     """The run a manifest file describes, as the operator would see it once applied."""
     manifest = load_manifest(path)
     meta = manifest.metadata
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = OperatorSettings.from_env()
+        settings = OperatorConfig.from_env()
         run = load_run(args.manifest, namespace=args.namespace, settings=settings)
         children = render_children(run)
     except (ManifestError, RenderError, SettingsError) as err:

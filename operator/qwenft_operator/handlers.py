@@ -46,7 +46,7 @@ from qwenft_operator.observe import (
 )
 from qwenft_operator.references import ObjectKey
 from qwenft_operator.runner import Indexes, Runner
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
 MANAGED = {labels.MANAGED_BY_KEY: labels.MANAGED_BY}
@@ -126,7 +126,7 @@ async def _child_changed(
     await runner.child_changed(key, child, signature, deleted=deleted)
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+def register(registry: kopf.OperatorRegistry, settings: OperatorConfig) -> None:
     """Register every handler of the operator on ``registry``."""
     server_handlers.register(registry, settings)
     run = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
@@ -141,7 +141,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         settings.posting.level = logging.INFO  # only the operator's explicit Events are posted
         for resource in CHILD_RESOURCES:
             settings.watching.label_selectors[resource] = labels.MANAGED_SELECTOR
-        operator_settings: OperatorSettings = memo["settings"]
+        operator_settings: OperatorConfig = memo["settings"]
         if operator_settings.namespaces:
             # Exact namespaces need no namespace list/watch (which the chart's namespaced
             # RBAC does not grant); resources are then discovered once at start.

@@ -29,7 +29,7 @@ from kubernetes.config import ConfigException
 from urllib3.exceptions import HTTPError
 
 from qwenft_operator import handlers, kube, permissions
-from qwenft_operator.settings import OperatorSettings, SettingsError
+from qwenft_operator.settings import OperatorConfig, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run(settings: OperatorSettings, stop_flag: asyncio.Event | None = None) -> None:
+async def run(settings: OperatorConfig, stop_flag: asyncio.Event | None = None) -> None:
     """Run the operator until ``stop_flag`` is set (or the process is signalled)."""
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings)
@@ -76,7 +76,7 @@ def is_transient(err: Exception) -> bool:
     return isinstance(err, HTTPError | OSError)
 
 
-def _check_once(settings: OperatorSettings) -> str | None:
+def _check_once(settings: OperatorConfig) -> str | None:
     try:
         clients = kube.Clients.connect()
     except ConfigException:
@@ -88,7 +88,7 @@ def _check_once(settings: OperatorSettings) -> str | None:
 
 
 def refused_watches(
-    settings: OperatorSettings, *, sleep: Callable[[float], None] = time.sleep
+    settings: OperatorConfig, *, sleep: Callable[[float], None] = time.sleep
 ) -> str | None:
     """The error to stop with when the operator may not watch what it needs, else None.
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         # kopf logs every handler success; keep the operator's log to changes and problems.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
-        settings = OperatorSettings.from_env()
+        settings = OperatorConfig.from_env()
     except SettingsError as err:
         print(f"qwenft operator: {err}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from typing import Any
 
 from qwenft_operator.metrics import RunKey
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 
 
 def resource_version(body: Mapping[str, Any]) -> int:
@@ -25,7 +25,7 @@ def resource_version(body: Mapping[str, Any]) -> int:
 class RunCache:
     """Bodies by run, newest wins; parsed runs by (uid, generation)."""
 
-    def __init__(self, settings: OperatorSettings) -> None:
+    def __init__(self, settings: OperatorConfig) -> None:
         self.settings = settings
         self._bodies: dict[RunKey, dict[str, Any]] = {}
         self._runs: dict[RunKey, tuple[tuple[str, int], Run]] = {}

@@ -59,7 +59,7 @@ from qwenft_operator.reference_users import ReferenceUsers
 from qwenft_operator.references import Found, Known, ObjectKey, RecentLookups, Reference
 from qwenft_operator.run_cache import RunCache
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.smoke_tasks import SmokeTests
 from qwenft_operator.status import QwenFineTuneStatus
 
@@ -117,7 +117,7 @@ class Runner:
     def __init__(
         self,
         clients: kube.Clients,
-        settings: OperatorSettings,
+        settings: OperatorConfig,
         metrics: OperatorMetrics,
         *,
         workers: int = WORKERS,

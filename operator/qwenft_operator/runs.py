@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenft_operator.names import ChildNames
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.spec import API_VERSION, KIND, QwenFineTuneSpec
 
 
@@ -23,7 +23,7 @@ class Run:
     namespace: str
     uid: str
     spec: QwenFineTuneSpec
-    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    settings: OperatorConfig = field(default_factory=OperatorConfig)
     generation: int = 1
 
     @property
@@ -54,7 +54,7 @@ class Run:
         }
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any], settings: OperatorSettings | None = None) -> Run:
+    def from_body(cls, body: Mapping[str, Any], settings: OperatorConfig | None = None) -> Run:
         """A run from a ``QwenFineTune`` object as the API returns it.
 
         Raises ``pydantic.ValidationError`` when the spec is not valid (an object stored
@@ -67,5 +67,5 @@ class Run:
             uid=meta.get("uid") or "",
             generation=int(meta.get("generation") or 1),
             spec=QwenFineTuneSpec.model_validate(body.get("spec") or {}),
-            settings=settings or OperatorSettings(),
+            settings=settings or OperatorConfig(),
         )

@@ -1,18 +1,18 @@
-"""Operator settings, read once from the environment at start-up.
+"""Operator settings, read once from the environment at start-up (pydantic-settings).
 
-The Helm chart sets these variables; tests build :class:`OperatorSettings` directly.
+The Helm chart sets these variables; tests build :class:`OperatorConfig` directly.
 Builders take the settings as a value, so nothing reads the environment behind a
-caller's back.
+caller's back: only :meth:`OperatorConfig.from_env` does, through pydantic-settings.
 
     QWENFT_NAMESPACES=team-a,team-b qwenft operator
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "QWENFT_"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/qwenft/trainer:0.1.0"
@@ -25,12 +25,12 @@ class SettingsError(ValueError):
     """An environment variable holds a value the operator can't use."""
 
 
-class OperatorSettings(BaseModel):
+class OperatorConfig(BaseModel):
     """How the operator runs; each field is the variable ``QWENFT_<FIELD NAME>``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    namespaces: tuple[str, ...] = Field(
+    namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Namespaces to watch (comma list); empty watches all."
     )
     trainer_image: str = Field(
@@ -58,23 +58,29 @@ class OperatorSettings(BaseModel):
     def cluster_wide(self) -> bool:
         return not self.namespaces
 
+    @field_validator("namespaces", mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
-        """Settings from ``QWENFT_*`` variables (``os.environ`` by default)."""
-        env = os.environ if environ is None else environ
-        raw: dict[str, object] = {}
-        for name in cls.model_fields:
-            value = env.get(ENV_PREFIX + name.upper())
-            if value is None or value == "":
-                continue
-            if name == "namespaces":
-                raw[name] = tuple(ns.strip() for ns in value.split(",") if ns.strip())
-            else:
-                raw[name] = value
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        """Settings from the ``QWENFT_*`` variables; empty ones keep their default."""
         try:
-            return cls.model_validate(raw)
+            found = _FromEnvironment()
         except ValidationError as err:
             problems = "; ".join(
                 f"{ENV_PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in err.errors()
             )
             raise SettingsError(f"invalid operator settings: {problems}") from err
+        return cls.model_validate(found.model_dump())
+
+
+class _FromEnvironment(BaseSettings, OperatorConfig):
+    """:class:`OperatorConfig` as pydantic-settings reads it from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore"
+    )

@@ -6,7 +6,7 @@ object validated against the Kubernetes schemas of each supported version
 Security Standard; the Deployment runs one replica with Recreate, kopf's liveness probe, the
 QWENFT_* environment and a read-only root with a writable /tmp; RBAC in both modes comes from
 one rule list, never grants Secret reads through a ClusterRole, and namespaced mode makes one
-Role per watched namespace; the environment is what OperatorSettings reads; monitoring
+Role per watched namespace; the environment is what OperatorConfig reads; monitoring
 objects appear only when enabled and the Prometheus Operator API exists; the dashboard
 ConfigMap carries the generated JSON; long release names are cut to 63 characters; the
 kubeVersion floor (1.30) is enforced; the chart's defaults equal the operator's, and its
@@ -255,17 +255,21 @@ def test_long_release_names_are_cut_to_63(helm: Path) -> None:
     assert max(len(name) for _, _, name in keys) == 63, sorted(keys)
 
 
-def test_environment_matches_the_operator_settings(render: Render) -> None:
-    from qwenft_operator.settings import ENV_PREFIX, OperatorSettings
+def test_environment_matches_the_operator_settings(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qwenft_operator.settings import ENV_PREFIX, OperatorConfig
 
     (container,) = _deployment(render())["spec"]["template"]["spec"]["containers"]
     chart_env = {e["name"] for e in container["env"]}
-    fields = {ENV_PREFIX + name.upper() for name in OperatorSettings.model_fields}
+    fields = {ENV_PREFIX + name.upper() for name in OperatorConfig.model_fields}
     assert chart_env <= fields, f"the operator does not read {sorted(chart_env - fields)}"
     # Tuning knobs with sound defaults stay out of values.yaml (operator.extraEnv sets them).
     assert fields - chart_env == {"QWENFT_PROGRESS_INTERVAL"}
     env = {e["name"]: e["value"] for e in container["env"]}
-    settings = OperatorSettings.from_env(env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorConfig.from_env()
     assert settings.cluster_wide
     assert settings.trainer_image == env["QWENFT_TRAINER_IMAGE"]
 
@@ -281,11 +285,11 @@ def test_kube_version_floor_is_enforced(helm: Path) -> None:
 def test_defaults_agree_with_the_operator_and_the_package(render: Render) -> None:
     import tomllib
 
-    from qwenft_operator.settings import ENV_PREFIX, OperatorSettings
+    from qwenft_operator.settings import ENV_PREFIX, OperatorConfig
 
     (container,) = _deployment(render())["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    defaults = OperatorSettings().model_dump()
+    defaults = OperatorConfig().model_dump()
     for name, value in env.items():
         field = name.removeprefix(ENV_PREFIX).lower()
         if field != "namespaces":

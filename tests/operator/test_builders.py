@@ -29,7 +29,7 @@ import yaml
 from qwenft_operator import labels
 from qwenft_operator.builders import config, merge, paths, serving, training, validation
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.workloads import ValidationSpec
 from qwenft_trainer import exit_codes
 from qwenft_trainer.config import TrainConfig, dump_config
@@ -51,7 +51,7 @@ UPDATE = os.environ.get("QWENFT_UPDATE_GOLDEN") == "1"
 def load_run(example: str, **settings: Any) -> Run:
     manifest = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text(encoding="utf-8"))
     manifest["metadata"].update(namespace="ml", uid="0c2f4a1e-run-uid", generation=1)
-    return Run.from_body(manifest, OperatorSettings(**settings))
+    return Run.from_body(manifest, OperatorConfig(**settings))
 
 
 class GoldenDumper(yaml.SafeDumper):
@@ -362,7 +362,7 @@ def gptq_run(*, lora: dict[str, Any] | None = None, **merge_spec: Any) -> Run:
     manifest["spec"]["model"]["hub"]["id"] = "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4"
     manifest["spec"].setdefault("merge", {}).update(merge_spec)
     manifest["spec"].setdefault("lora", {}).update(lora or {})
-    return Run.from_body(manifest, OperatorSettings())
+    return Run.from_body(manifest, OperatorConfig())
 
 
 def test_validator_checks_the_merge_target_only_when_the_run_merges() -> None:
@@ -413,7 +413,7 @@ def test_validation_pod_is_placed_by_spec_validation_not_the_gpu_scheduling() ->
 def test_url_dataset_is_fetched_by_an_init_container() -> None:
     pod = training.build_train_job(load_run("kueue-queued"))["spec"]["template"]["spec"]
     fetch = pod["initContainers"][0]
-    assert fetch["image"] == OperatorSettings().awscli_image
+    assert fetch["image"] == OperatorConfig().awscli_image
     assert fetch["command"] == [
         "aws", "s3", "cp", "--only-show-errors",
         "--endpoint-url", "https://minio.storage.svc:9000",

@@ -23,7 +23,7 @@ from qwenft_operator import cli, cli_render
 from qwenft_operator.phases import Phase
 from qwenft_operator.render import RenderError, render_children
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE.parents[1] / "examples"
@@ -143,7 +143,7 @@ def test_yaml_stream_round_trips_to_the_decision_bodies(
     code, out, _ = render_cli(capsys, str(example), "--namespace", "ml")
     assert code == 0
     expected = render_children(
-        cli_render.load_run(example, namespace="ml", settings=OperatorSettings())
+        cli_render.load_run(example, namespace="ml", settings=OperatorConfig())
     )
     assert list(yaml.safe_load_all(out)) == [c.body for c in expected]
     comments = [line for line in out.splitlines() if line.startswith("# created")]

@@ -36,7 +36,7 @@ from qwenft_operator.model_server.decide import decide_server
 from qwenft_operator.model_server.spec import QwenModelServer
 from qwenft_operator.model_server.status import QwenModelServerStatus
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.spec import QwenFineTune
 from qwenft_trainer import serving as rules
 
@@ -438,7 +438,7 @@ class RecordingController(ServerController):
     """The controller with its reconcile replaced by a note of which server it was for."""
 
     def __init__(self) -> None:
-        super().__init__(cast(kube.Clients, None), OperatorSettings(), cast(Any, None))
+        super().__init__(cast(kube.Clients, None), OperatorConfig(), cast(Any, None))
         self.woken: list[tuple[str, str]] = []
 
     async def trigger(self, key: tuple[str, str]) -> None:

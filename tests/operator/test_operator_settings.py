@@ -12,15 +12,28 @@ from pathlib import Path
 
 import pytest
 import yaml
-from qwenft_operator.settings import OperatorSettings, SettingsError
+from qwenft_operator.settings import OperatorConfig, SettingsError
 
 ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_qwenft_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("QWENFT_")]:
+        monkeypatch.delenv(name)
+
+
+def set_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
 
 
 def test_defaults_are_what_the_chart_and_the_image_set() -> None:
     """Run without the chart (qwenft operator, the bare image), the operator behaves as the
     chart's default values make it: same images, ports and GPU resource, cluster-wide."""
-    settings = OperatorSettings.from_env({})
+    settings = OperatorConfig.from_env()
     values = yaml.safe_load((ROOT / "charts/qwenft-operator/values.yaml").read_text())["operator"]
     assert settings.namespaces == tuple(values["watchNamespaces"]) and settings.cluster_wide
     assert (settings.trainer_image, settings.vllm_image) == (
@@ -43,8 +56,9 @@ def test_defaults_are_what_the_chart_and_the_image_set() -> None:
     assert settings.trainer_image.endswith(f":{version}"), "the trainer image of this release"
 
 
-def test_every_variable_is_read() -> None:
-    settings = OperatorSettings.from_env(
+def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
         {
             "QWENFT_NAMESPACES": " team-a, ,team-b ",
             "QWENFT_TRAINER_IMAGE": "registry.local/trainer:1",
@@ -55,8 +69,9 @@ def test_every_variable_is_read() -> None:
             "QWENFT_PROGRESS_INTERVAL": "2.5",
             "QWENFT_TRAINER_IMAGEX": "ignored",
             "QWENFT_CURL_IMAGE": "",
-        }
+        },
     )
+    settings = OperatorConfig.from_env()
     assert settings.namespaces == ("team-a", "team-b")
     assert not settings.cluster_wide
     assert settings.trainer_image == "registry.local/trainer:1"
@@ -64,7 +79,7 @@ def test_every_variable_is_read() -> None:
     assert settings.gpu_resource == "amd.com/gpu"
     assert (settings.metrics_port, settings.health_port) == (9090, 9091)
     assert settings.progress_interval == 2.5
-    assert settings.curl_image == OperatorSettings().curl_image
+    assert settings.curl_image == OperatorConfig().curl_image
 
 
 @pytest.mark.parametrize(
@@ -75,6 +90,9 @@ def test_every_variable_is_read() -> None:
         ("QWENFT_PROGRESS_INTERVAL", "0"),
     ],
 )
-def test_bad_values_name_the_variable(name: str, value: str) -> None:
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=name):
-        OperatorSettings.from_env({name: value})
+        OperatorConfig.from_env()

@@ -39,7 +39,7 @@ from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_j
 from qwenft_operator.references import Found, RecentLookups
 from qwenft_operator.runner import Runner
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Progress, SmokeTest
 
@@ -129,7 +129,7 @@ async def wait_for(probe: Callable[[], bool], timeout: float) -> None:
 
 
 def make_runner() -> Runner:
-    return Runner(object(), OperatorSettings(), OperatorMetrics(), workers=2)  # type: ignore[arg-type]
+    return Runner(object(), OperatorConfig(), OperatorMetrics(), workers=2)  # type: ignore[arg-type]
 
 
 def test_new_run_creates_validation_then_patches_and_reports(api: FakeApi) -> None:
@@ -433,7 +433,7 @@ def test_a_secret_created_after_the_run_is_noticed_within_seconds(api: FakeApi) 
 def test_a_secret_deleted_under_a_running_job_is_found_by_the_recheck(api: FakeApi) -> None:
     runner = Runner(
         object(),  # type: ignore[arg-type]
-        OperatorSettings(),
+        OperatorConfig(),
         OperatorMetrics(),
         workers=2,
         secret_recheck_seconds=0.3,

@@ -15,7 +15,7 @@ import yaml
 from kubernetes.client.rest import ApiException
 from kubernetes.config import kube_config
 from qwenft_operator import main
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from support import free_port
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
@@ -71,7 +71,7 @@ def test_unreachable_api_server_is_retried_with_growing_capped_pauses(
 
     caplog.set_level(logging.WARNING, logger=main.__name__)
     with pytest.raises(_Enough):
-        main.refused_watches(OperatorSettings(namespaces=["team-a"]), sleep=sleep)
+        main.refused_watches(OperatorConfig(namespaces=["team-a"]), sleep=sleep)
     assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     lines = [r.getMessage() for r in caplog.records if "not reachable" in r.getMessage()]
     assert len(lines) == 7

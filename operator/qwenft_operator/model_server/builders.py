@@ -35,7 +35,7 @@ from qwenft_operator.builders.serving import (
 from qwenft_operator.model_server.adapters import ADAPTERS_DIR, PlannedAdapter
 from qwenft_operator.model_server.spec import API_VERSION, KIND, QwenModelServerSpec
 from qwenft_operator.names import child_name
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 
 SERVER_KEY = "finetune.qwenft.io/server"  # the QwenModelServer's name, on its children
 ADAPTERS_HASH_ANNOTATION = "finetune.qwenft.io/adapters-hash"
@@ -52,7 +52,7 @@ class Server:
     namespace: str
     uid: str
     spec: QwenModelServerSpec
-    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    settings: OperatorConfig = field(default_factory=OperatorConfig)
     generation: int = 1
 
     @property
@@ -78,7 +78,7 @@ class Server:
         }
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any], settings: OperatorSettings | None = None) -> Server:
+    def from_body(cls, body: Mapping[str, Any], settings: OperatorConfig | None = None) -> Server:
         """A server from its object; raises ``pydantic.ValidationError`` on a bad spec."""
         meta = body["metadata"]
         return cls(
@@ -87,7 +87,7 @@ class Server:
             uid=meta.get("uid") or "",
             generation=int(meta.get("generation") or 1),
             spec=QwenModelServerSpec.model_validate(body.get("spec") or {}),
-            settings=settings or OperatorSettings(),
+            settings=settings or OperatorConfig(),
         )
 
 

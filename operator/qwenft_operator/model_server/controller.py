@@ -32,7 +32,7 @@ from qwenft_operator.model_server.decide import READY, ServerDecision, decide_se
 from qwenft_operator.model_server.spec import KIND
 from qwenft_operator.model_server.status import QwenModelServerStatus, ServerPhase
 from qwenft_operator.runs import Run
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -97,7 +97,7 @@ class ServerController:
     def __init__(
         self,
         clients: kube.Clients,
-        settings: OperatorSettings,
+        settings: OperatorConfig,
         executor: ThreadPoolExecutor,
     ) -> None:
         self.clients = clients

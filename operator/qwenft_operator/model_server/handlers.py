@@ -20,7 +20,7 @@ from qwenft_operator import kube, labels
 from qwenft_operator.model_server.builders import SERVER_KEY
 from qwenft_operator.model_server.controller import ServerController, record_fine_tune
 from qwenft_operator.model_server.spec import PLURAL
-from qwenft_operator.settings import OperatorSettings
+from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.spec import GROUP, VERSION
 from qwenft_operator.spec import PLURAL as FINE_TUNES
 
@@ -40,7 +40,7 @@ def _controller(memo: kopf.Memo, kwargs: dict[str, Any]) -> ServerController:
     return controller
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+def register(registry: kopf.OperatorRegistry, settings: OperatorConfig) -> None:
     """Register the server handlers on ``registry``."""
     servers = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
     fine_tunes = {"group": GROUP, "version": VERSION, "plural": FINE_TUNES, "registry": registry}
