@@ -139,7 +139,7 @@ def bare_training_job(namespace: str, name: str) -> dict[str, Any]:
     """The training Job the operator would build for ``run_body(name)``, standing alone:
     no owner and no managed-by label, so the operator neither sees nor collects it."""
     from qwenft_operator.builders import training
-    from qwenft_operator.runs import Run
+    from qwenft_operator.parsed_run import Run
 
     body = run_body(name)
     body["metadata"].update(namespace=namespace, uid=f"bare-{name}")

@@ -34,7 +34,7 @@ TRAINER_MODULES_FOR_THE_OPERATOR = {
     "qwenft_trainer.hub_ids",
     "qwenft_trainer.model_shapes",
     "qwenft_trainer.rules",
-    "qwenft_trainer.serving",
+    "qwenft_trainer.vllm_serving",
     "qwenft_trainer.tiny",
 }
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
 from qwenft_operator.render import RenderedChild, RenderError, render_children
-from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorConfig, SettingsError
 from qwenft_operator.spec import ManifestError, load_manifest
 

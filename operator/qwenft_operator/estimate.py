@@ -27,7 +27,7 @@ from qwenft_trainer.model_shapes import KNOWN_CONFIGS, ModelShape, ShapeError
 
 from qwenft_operator import gpu_fit
 from qwenft_operator.builders.config import build_train_config
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.spec import ManifestError, load_manifest
 
 

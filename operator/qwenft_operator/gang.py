@@ -38,8 +38,8 @@ from qwenft_operator.actions import DeleteChild, EmitEvent, Requeue
 from qwenft_operator.builders import training
 from qwenft_operator.draft import Draft
 from qwenft_operator.observe import JOB_BACKOFF_LIMIT_EXCEEDED, JobFacts, PodFacts, report_reason
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
-from qwenft_operator.runs import Run
 from qwenft_operator.status import Restart
 
 # Seconds from recording a restart to deleting the Job (the next decision).

@@ -33,7 +33,7 @@ from qwenft_operator import conditions as cond
 from qwenft_operator.actions import EmitEvent
 from qwenft_operator.builders.config import build_train_config
 from qwenft_operator.draft import Draft
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 # GPU Feature Discovery's label: the memory of each GPU of the node, in MiB.
 GFD_MEMORY_LABEL = "nvidia.com/gpu.memory"

@@ -41,8 +41,8 @@ from qwenft_operator.builders.config import build_train_config
 from qwenft_operator.builders.merge import build_merge_args
 from qwenft_operator.builders.serving import build_builtin_args, build_serve_target, needs_merge
 from qwenft_operator.builders.validation import build_validation_args
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
-from qwenft_operator.runs import Run
 from qwenft_operator.spec import ManifestError, load_manifest
 from qwenft_operator.workloads import EvaluationPrompt
 

@@ -57,11 +57,11 @@ from qwenft_operator.observe import (
     first_failure,
     report_message,
 )
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import TERMINAL_PHASES, Phase
 from qwenft_operator.queueing import QueueWait
 from qwenft_operator.reference_checks import Running, Waiting
 from qwenft_operator.references import Known, build_references
-from qwenft_operator.runs import Run
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Endpoint, Outputs, QwenFineTuneStatus
 

@@ -23,6 +23,7 @@ from qwenft_operator.actions import Requeue
 from qwenft_operator.conditions import ConditionStatus
 from qwenft_operator.draft import Draft
 from qwenft_operator.observe import PodFacts
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
 from qwenft_operator.references import (
     Known,
@@ -34,7 +35,6 @@ from qwenft_operator.references import (
     template_references,
     unique,
 )
-from qwenft_operator.runs import Run
 
 # Seconds between looks while only ConfigMaps or claims are missing: their watch wakes the
 # run when one appears; this is the fallback.

@@ -21,8 +21,8 @@ from qwenft_operator import reconcile
 from qwenft_operator.actions import CreateChild
 from qwenft_operator.conditions import FAILED, get_condition
 from qwenft_operator.observe import DeploymentFacts, JobFacts
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
-from qwenft_operator.runs import Run
 from qwenft_operator.status import QwenFineTuneStatus
 
 # More decisions than a run has steps (validate, train, merge, serve, ready): a decision

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qwenft_operator.metrics import RunKey
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.settings import OperatorConfig
 
 

@@ -47,6 +47,7 @@ from qwenft_operator.actions import (
 from qwenft_operator.backoff import RetryBackoff
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.progress_reader import ProgressReader
 from qwenft_operator.reconcile import (
     Observed,
@@ -58,7 +59,6 @@ from qwenft_operator.reconcile import (
 from qwenft_operator.reference_users import ReferenceUsers
 from qwenft_operator.references import Found, Known, ObjectKey, RecentLookups, Reference
 from qwenft_operator.run_cache import RunCache
-from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.smoke_tasks import SmokeTests
 from qwenft_operator.status import QwenFineTuneStatus

@@ -29,7 +29,7 @@ from qwenft_trainer.config import (
     TrainingSettings,
 )
 from qwenft_trainer.rules import TRAINING_RULES, Rule, format_errors
-from qwenft_trainer.serving import VLLM_MAX_LORA_RANKS
+from qwenft_trainer.vllm_serving import VLLM_MAX_LORA_RANKS
 
 from qwenft_operator.rules import SpecObject, immutable
 from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec

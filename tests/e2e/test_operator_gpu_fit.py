@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 from operatorkit import condition, create_run, example, get_run, wait_phase, wait_until
 from qwenft_operator.builders.config import build_train_config
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_trainer.fit_estimate import estimate_memory
 from qwenft_trainer.model_shapes import known_config
 

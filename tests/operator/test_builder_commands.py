@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from qwenft_operator.builders import config, merge, serving, validation
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_trainer.config import dump_config
 from support import free_port, poll
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from qwenft_operator import labels
 from qwenft_operator.builders import config, merge, paths, serving, training, validation
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.workloads import ValidationSpec
 from qwenft_trainer import exit_codes

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from invalid_manifests import CASES, InvalidCase, build
 from qwenft_operator import cli, cli_render
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
 from qwenft_operator.render import RenderError, render_children
-from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorConfig
 
 HERE = Path(__file__).parent

@@ -33,9 +33,9 @@ from qwenft_operator.actions import CreateChild, Decision, DeleteChild, EmitEven
 from qwenft_operator.builders import training
 from qwenft_operator.metrics import OperatorMetrics
 from qwenft_operator.observe import JobFacts, PodFacts, Termination, parse_job, parse_pod
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
 from qwenft_operator.reconcile import Observed, decide
-from qwenft_operator.runs import Run
 from qwenft_operator.status import QwenFineTuneStatus, Restart
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

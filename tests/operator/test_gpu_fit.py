@@ -26,9 +26,9 @@ from qwenft_operator import gpu_fit
 from qwenft_operator.actions import CreateChild, EmitEvent
 from qwenft_operator.builders.config import build_train_config
 from qwenft_operator.observe import JobFacts, PodFacts, parse_pod
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
 from qwenft_operator.reconcile import Observed, decide, needs_gpu_memory
-from qwenft_operator.runs import Run
 from qwenft_operator.status import QwenFineTuneStatus
 from qwenft_trainer.fit_estimate import GIB, estimate_memory
 from qwenft_trainer.model_shapes import known_config

@@ -28,7 +28,7 @@ from qwenft_operator.local import (
     tiny_model_arch,
     with_tiny_arch,
 )
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.spec import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -35,10 +35,10 @@ from qwenft_operator.model_server.controller import ServerController, record_fin
 from qwenft_operator.model_server.decide import decide_server
 from qwenft_operator.model_server.spec import QwenModelServer
 from qwenft_operator.model_server.status import QwenModelServerStatus
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.spec import QwenFineTune
-from qwenft_trainer import serving as rules
+from qwenft_trainer import vllm_serving as rules
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "multi-task-adapters.yaml"

@@ -52,6 +52,7 @@ from qwenft_operator.observe import (
     parse_pod,
     report_message,
 )
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import TERMINAL_PHASES, Phase
 from qwenft_operator.queueing import QueueWait
 from qwenft_operator.reconcile import (
@@ -61,7 +62,6 @@ from qwenft_operator.reconcile import (
     decide_invalid_spec,
     needs_queue_check,
 )
-from qwenft_operator.runs import Run
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Progress, QwenFineTuneStatus, SmokeTest
 from qwenft_trainer.exit_codes import CHECKPOINT_NOT_FOUND

@@ -35,10 +35,10 @@ from qwenft_operator.observe import (
     parse_job,
     parse_pod,
 )
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
 from qwenft_operator.reconcile import Observed, decide
 from qwenft_operator.references import Found, Reference
-from qwenft_operator.runs import Run
 from qwenft_operator.status import QwenFineTuneStatus
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

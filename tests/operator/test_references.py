@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from qwenft_operator import reference_checks
 from qwenft_operator.builders import merge, serving, training, validation
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.references import (
     Found,
     RecentLookups,
@@ -29,7 +30,6 @@ from qwenft_operator.references import (
     secret_retry_after,
     template_references,
 )
-from qwenft_operator.runs import Run
 from qwenft_operator.spec import load_manifest
 
 ROOT = Path(__file__).parents[2]

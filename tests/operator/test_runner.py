@@ -36,9 +36,9 @@ from qwenft_operator import smoke as smoke_module
 from qwenft_operator.builders import training, validation
 from qwenft_operator.metrics import OperatorMetrics
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_job
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.references import Found, RecentLookups
 from qwenft_operator.runner import Runner
-from qwenft_operator.runs import Run
 from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.smoke import SmokeOutcome
 from qwenft_operator.status import Progress, SmokeTest

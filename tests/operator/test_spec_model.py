@@ -17,7 +17,7 @@ import yaml
 from invalid_manifests import BASE_MANIFEST, CASES, InvalidCase, build
 from pydantic import ValidationError
 from qwenft_operator.builders.config import build_train_config
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.spec import (
     ManifestError,
     QwenFineTune,

@@ -27,9 +27,9 @@ from pydantic import ValidationError
 from qwenft_operator import conditions as cond
 from qwenft_operator.actions import Decision, DeleteChild, EmitEvent, PatchStatus, Requeue
 from qwenft_operator.observe import JobFacts, PodFacts, Unschedulable, parse_pod
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
 from qwenft_operator.reconcile import Observed, decide
-from qwenft_operator.runs import Run
 from qwenft_operator.scheduling import find_unschedulable
 from qwenft_operator.status import QwenFineTuneStatus
 from qwenft_operator.workloads import RunPolicySpec, ValidationSpec

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qwenft_trainer import serving
+from qwenft_trainer import vllm_serving
 from qwenft_trainer.config import LoraSettings, TrainConfig
 from qwenft_trainer.modeling import build_lora_config
 from qwenft_trainer.targets import ARCH_TARGETS, TargetError, arch_of, resolve_targets
@@ -164,7 +164,7 @@ def test_explicit_dropout_and_expert_tensors_do_not_mix(
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_default_modules_are_ones_vllm_applies_lora_to(arch: str) -> None:
-    assert set(ARCH_TARGETS[arch].modules) <= serving.VLLM_QWEN_LORA_MODULES
+    assert set(ARCH_TARGETS[arch].modules) <= vllm_serving.VLLM_QWEN_LORA_MODULES
 
 
 def test_qwen3_next_shared_expert_tensors_also_refuse_dropout(

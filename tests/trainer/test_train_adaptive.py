@@ -213,12 +213,12 @@ def test_builtin_server_serves_the_adapter(trained: Path, tiny_model_dir: Path) 
 @pytest.mark.slow
 def test_vllm_decisions_merge_adaptive_adapters_first(trained: Path) -> None:
     from qwenft_operator.builders import serving as operator_serving
-    from qwenft_operator.runs import Run
-    from qwenft_trainer import serving
+    from qwenft_operator.parsed_run import Run
+    from qwenft_trainer import vllm_serving
 
-    trainer = serving.read_vllm_decision(trained, served_model_name="demo")
+    trainer = vllm_serving.read_vllm_decision(trained, served_model_name="demo")
     assert trainer.requires_merge and trainer.max_lora_rank is None
-    assert trainer.reasons == (serving.ADALORA_REASON,)
+    assert trainer.reasons == (vllm_serving.ADALORA_REASON,)
     assert trainer.adapter_rank == max(
         kept(json.loads((trained / "adapter_config.json").read_text())).values()
     )

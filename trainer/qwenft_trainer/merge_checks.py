@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenft_trainer.hub_ids import HUB_ID
-from qwenft_trainer.serving import AdapterConfigError, read_adapter_config
+from qwenft_trainer.vllm_serving import AdapterConfigError, read_adapter_config
 
 ADAPTER_PREFIX = "base_model.model."
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}

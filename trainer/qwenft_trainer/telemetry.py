@@ -130,7 +130,7 @@ class TrainMetrics:
 
 
 @dataclass(frozen=True)
-class Progress:
+class StepRates:
     """Rates between two logging steps, and the time left at that pace."""
 
     tokens_per_second: float
@@ -147,11 +147,11 @@ def build_progress(
     steps_left: int,
     session_steps: int,
     session_seconds: float,
-) -> Progress:
+) -> StepRates:
     """Throughput over the last window; the ETA uses the whole session's pace per step."""
     window = max(seconds, 1e-9)
     pace = session_seconds / session_steps if session_steps > 0 else 0.0
-    return Progress(
+    return StepRates(
         tokens_per_second=tokens / window,
         samples_per_second=steps * samples_per_step / window,
         eta_seconds=max(steps_left, 0) * pace,

@@ -1,4 +1,4 @@
-"""Pure builders: a :class:`~qwenft_operator.runs.Run` in, a Kubernetes object (a dict) out.
+"""Pure builders: a :class:`~qwenft_operator.parsed_run.Run` in, a Kubernetes object (a dict) out.
 
 Nothing here talks to the API or reads the environment; the same run always gives the
 same objects, so tests compare whole manifests and a restarted operator rebuilds exactly

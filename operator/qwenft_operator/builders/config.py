@@ -12,7 +12,7 @@ from typing import Any
 from qwenft_trainer.config import DataSettings, ModelSource, TrainConfig, dump_config
 
 from qwenft_operator.builders import paths, pods
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 TRAINER_METRICS_PORT = 9400
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from qwenft_operator.builders import paths, pods
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.sources import UrlSource
 
 TOKEN_KEY = "token"  # key of the bearer token in an http(s) credentials Secret

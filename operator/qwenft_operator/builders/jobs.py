@@ -10,7 +10,7 @@ from typing import Any
 
 from qwenft_operator import labels
 from qwenft_operator.builders import pods
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 
 def build_job(

@@ -13,7 +13,7 @@ from typing import Any
 from qwenft_trainer import exit_codes
 
 from qwenft_operator.builders import jobs, paths, pods
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 # `qwenft merge` exits 1 on a merge error (mismatched base, failed verification), 2 on usage
 # (retrying can't help), and, given a checkpoint choice, 4 when spec.inference.checkpoint

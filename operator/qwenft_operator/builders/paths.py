@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import urlparse
 
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 DATA_DIR = "/data"  # dataset ConfigMap, claim, or downloaded file
 MODEL_DIR = "/models"  # model claim (read-only)

@@ -14,7 +14,7 @@ from typing import Any
 
 from qwenft_operator import labels
 from qwenft_operator.builders import paths
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.workloads import ComputeResources, ContainerResources
 
 # Non-root user and group of the pods; fsGroup makes claims writable for it.

@@ -4,7 +4,7 @@ Engine ``builtin`` runs the trainer image's ``qwenft serve``; engine ``vllm`` ru
 OpenAI server. What they load is a :class:`ServeTarget`: the merged model, the full
 fine-tune's weights, or the base with the adapter on top (vLLM: ``--enable-lora`` with a
 ``--max-lora-rank`` it accepts, decided by the trainer's own rules in
-:mod:`qwenft_trainer.serving` applied to the adapter the spec will produce).
+:mod:`qwenft_trainer.vllm_serving` applied to the adapter the spec will produce).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qwenft_trainer import exit_codes, serving
+from qwenft_trainer import exit_codes, vllm_serving
 
 from qwenft_operator import labels
 from qwenft_operator.builders import paths, pods
 from qwenft_operator.names import child_name
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 SERVE_PORT = 8000
 # `qwenft serve` exits with this when spec.inference.checkpoint isn't kept.
@@ -67,8 +67,8 @@ def predicted_adapter_config(run: Run) -> dict[str, Any]:
     }
 
 
-def vllm_decision(run: Run) -> serving.VllmDecision:
-    """How vLLM would serve this run's adapter: the trainer's :func:`~qwenft_trainer.serving.
+def vllm_decision(run: Run) -> vllm_serving.VllmDecision:
+    """How vLLM would serve this run's adapter: the trainer's :func:`~qwenft_trainer.vllm_serving.
     decide_vllm` over the adapter config this spec makes the trainer write.
 
     The operator never sees the base's config, so with ``lora.targetParameters`` unset it
@@ -83,7 +83,7 @@ def vllm_decision(run: Run) -> serving.VllmDecision:
             "which vLLM serves only merged; set lora.targetParameters: [] (a dense base, or "
             "experts left frozen) to serve the adapter unmerged"
         )
-    return serving.decide_vllm(
+    return vllm_serving.decide_vllm(
         config,
         served_model_name=run.served_model_name,
         adapter_path=paths.adapter_dir(run),
@@ -160,7 +160,7 @@ def build_vllm_args(run: Run, target: ServeTarget) -> list[str]:
         if target.max_lora_rank is None:
             raise ValueError("vLLM serving an adapter needs target.max_lora_rank")
         modules = {run.served_model_name: target.adapter}
-        args += serving.lora_args(modules, max_lora_rank=target.max_lora_rank)
+        args += vllm_serving.lora_args(modules, max_lora_rank=target.max_lora_rank)
     else:
         args += ["--served-model-name", run.served_model_name]
     args += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]

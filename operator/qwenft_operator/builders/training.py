@@ -21,7 +21,7 @@ from qwenft_trainer import exit_codes
 from qwenft_operator import labels
 from qwenft_operator.builders import fetch, jobs, paths, pods
 from qwenft_operator.builders.config import TRAINER_METRICS_PORT
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 MASTER_PORT = 29500
 # Exit code of a training pod whose trainer refused its config or data: retrying can't help.

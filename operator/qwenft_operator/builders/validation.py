@@ -20,7 +20,7 @@ from typing import Any
 from qwenft_trainer.config import dump_config
 
 from qwenft_operator.builders import config, fetch, jobs, merge, paths, pods, serving
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 
 # `qwenft data validate` exits 1 when the data is invalid: retrying can't help. (It exits 2
 # when the tokenizer can't load, which may be a hub outage, so that one is retried.)

@@ -5,7 +5,7 @@ Pure: from a server's spec and the ``QwenFineTune`` runs of its namespace, one
 not trained yet; Refused: it can never be served here, with the reason). A run's adapter
 is judged by what the run's spec says it trains, exactly as the run's own serving decides
 it (:func:`qwenft_operator.builders.serving.vllm_decision`, the trainer's
-:mod:`qwenft_trainer.serving` rules), so a run and a server never disagree on whether vLLM
+:mod:`qwenft_trainer.vllm_serving` rules), so a run and a server never disagree on whether vLLM
 can serve an adapter. The operator never serves an adapter on the wrong base: a run is
 compared to the server's base by hub id and revision, or claim and path.
 """
@@ -16,13 +16,13 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from qwenft_trainer import serving as rules
+from qwenft_trainer import vllm_serving as rules
 
 from qwenft_operator.builders import serving
 from qwenft_operator.model_server.spec import AdapterSource, QwenModelServerSpec
 from qwenft_operator.model_server.status import AdapterSourceKind, AdapterStatus
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
-from qwenft_operator.runs import Run
 from qwenft_operator.sources import ModelSpec
 
 ADAPTERS_DIR = "/adapters"  # each adapter claim is mounted at /adapters/<claim>

@@ -3,7 +3,7 @@
 Pure functions of a :class:`Server` and its accepted adapters. vLLM gets
 ``--enable-lora`` with one ``--lora-modules name=path`` per adapter, ``--max-loras``,
 ``--max-cpu-loras`` and a ``--max-lora-rank`` rounded up to a value it accepts
-(:func:`qwenft_trainer.serving.round_up_lora_rank`); the builtin server gets one
+(:func:`qwenft_trainer.vllm_serving.round_up_lora_rank`); the builtin server gets one
 ``--adapter name=path`` per adapter. Each claim holding adapters is mounted read-only at
 ``/adapters/<claim>``. The pod template carries a hash of the adapter set, so a change of
 the set is a change of the template: the Deployment rolls, one new pod at a time, each
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwenft_trainer import serving as rules
+from qwenft_trainer import vllm_serving as rules
 
 from qwenft_operator import labels
 from qwenft_operator.builders import paths, pods

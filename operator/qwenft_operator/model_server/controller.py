@@ -31,7 +31,7 @@ from qwenft_operator.model_server.builders import Server
 from qwenft_operator.model_server.decide import READY, ServerDecision, decide_server
 from qwenft_operator.model_server.spec import KIND
 from qwenft_operator.model_server.status import QwenModelServerStatus, ServerPhase
-from qwenft_operator.runs import Run
+from qwenft_operator.parsed_run import Run
 from qwenft_operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from qwenft_trainer.rules import Rule
-from qwenft_trainer.serving import VLLM_MAX_LORA_RANKS
+from qwenft_trainer.vllm_serving import VLLM_MAX_LORA_RANKS
 
 from qwenft_operator.model_server.status import QwenModelServerStatus
 from qwenft_operator.rules import SpecObject, count_set, exactly_one

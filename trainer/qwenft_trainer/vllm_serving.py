@@ -13,7 +13,7 @@ and the Deployment), and :func:`read_vllm_decision` with the ``adapter_config.js
 :func:`lora_args` writes vLLM's LoRA flags for every server that serves adapters. This module
 imports no torch (the operator image has none).
 
-    python -m qwenft_trainer.serving /runs/demo/adapter --served-model-name demo
+    python -m qwenft_trainer.vllm_serving /runs/demo/adapter --served-model-name demo
 
 It is over 300 lines because every reason vLLM can't serve an adapter as a LoRA is written
 out with its source in vLLM, beside the one decision that uses them.

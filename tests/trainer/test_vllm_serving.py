@@ -1,4 +1,4 @@
-"""The vLLM serving decision (qwenft_trainer.serving) on real PEFT adapters.
+"""The vLLM serving decision (qwenft_trainer.vllm_serving) on real PEFT adapters.
 
 Covers: adapters from real trainer runs (LoRA and Q-LoRA of ranks 8 and 40, and one with
 modules_to_save); rank rounding to vLLM's allowed --max-lora-rank values for adapters of several
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from qwenft_trainer.serving import (
+from qwenft_trainer.vllm_serving import (
     VLLM_MAX_LORA_RANKS,
     AdapterConfigError,
     read_vllm_decision,
@@ -160,7 +160,7 @@ def test_unreadable_adapter_config(tmp_path: Path) -> None:
 
 def test_serving_module_does_not_import_torch() -> None:
     code = (
-        "import sys, qwenft_trainer.serving\n"
+        "import sys, qwenft_trainer.vllm_serving\n"
         "assert 'torch' not in sys.modules, 'serving imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -222,7 +222,7 @@ def test_moe_adapter_without_experts_is_served_unmerged(tiny_arch_dir, tmp_path:
 
 
 def test_lora_args_serve_every_module_at_a_rank_vllm_accepts() -> None:
-    from qwenft_trainer.serving import lora_args
+    from qwenft_trainer.vllm_serving import lora_args
 
     modules = {"code": "/adapters/runs/code", "text": "/adapters/runs/text"}
     assert lora_args(modules, max_lora_rank=64) == [
