@@ -6,7 +6,7 @@ into gauge values, a counter of tokens and one parseable ``train_log`` line per 
 step (and ``eval`` lines); the last-checkpoint gauge moves only to a checkpoint carrying
 the complete marker (and starts at the resumed step); one series per complete checkpoint on
 disk, dropped when pruned, listed again after a restart; rates and ETA from
-``build_progress``; non-finite values become null; the ``/metrics`` endpoint serves over
+``build_step_rates``; non-finite values become null; the ``/metrics`` endpoint serves over
 HTTP. The endpoint during a real run
 is covered in test_train_distributed.py.
 """
@@ -27,7 +27,7 @@ from qwenft_trainer.telemetry import (
     TelemetryCallback,
     TrainMetrics,
     build_log_record,
-    build_progress,
+    build_step_rates,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -229,7 +229,7 @@ def test_callback_is_silent_on_other_ranks() -> None:
 
 
 def test_progress_rates_and_eta() -> None:
-    progress = build_progress(
+    progress = build_step_rates(
         steps=2,
         tokens=4000,
         seconds=2.0,
@@ -242,7 +242,7 @@ def test_progress_rates_and_eta() -> None:
     assert progress.samples_per_second == 16
     assert progress.eta_seconds == 60
     assert (
-        build_progress(
+        build_step_rates(
             steps=0,
             tokens=0,
             seconds=0.0,

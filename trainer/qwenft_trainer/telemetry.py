@@ -138,7 +138,7 @@ class StepRates:
     eta_seconds: float
 
 
-def build_progress(
+def build_step_rates(
     *,
     steps: int,
     tokens: int,
@@ -268,7 +268,7 @@ class TelemetryCallback(TrainerCallback):
         now = time.monotonic()
         tokens = int(state.num_input_tokens_seen or 0)
         last_time, last_step, last_tokens = self._mark
-        progress = build_progress(
+        progress = build_step_rates(
             steps=state.global_step - last_step,
             tokens=tokens - last_tokens,
             seconds=now - last_time,
