@@ -197,7 +197,12 @@ def test_checkpoint_series_mirror_the_complete_checkpoints_on_disk(tmp_path: Pat
         metrics, samples_per_step=1, progress_bar=False, stream=io.StringIO()
     )
     state = SimpleNamespace(
-        is_world_process_zero=True, global_step=0, max_steps=9, epoch=0.0, num_input_tokens_seen=0
+        is_world_process_zero=True,
+        global_step=0,
+        max_steps=9,
+        epoch=0.0,
+        num_input_tokens_seen=0,
+        log_history=[],  # no evaluation: no best checkpoint is kept beyond keep
     )
     args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace()
     callback.on_train_begin(args, state, control)  # type: ignore[arg-type]
