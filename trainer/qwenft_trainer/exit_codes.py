@@ -41,3 +41,9 @@ MERGE_FAILED = 1
 # ... or its command line or environment is wrong (argparse exits 2 on a bad argument too).
 MERGE_USAGE = 2
 MERGE_FAILURES = (MERGE_FAILED, MERGE_USAGE)
+
+# ``qwenft data validate``: the data (or the model, as asked) can't be trained on; retrying
+# can't help ...
+VALIDATION_FAILED = 1
+# ... or the model or its tokenizer can't be read, which may be a hub outage: retried.
+VALIDATION_UNREADABLE = 2

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
+from qwenft_trainer import exit_codes
 from qwenft_trainer.config import (
     AttentionSetting,
     DataFormat,
@@ -447,10 +448,10 @@ def check_model(args: argparse.Namespace) -> int | None:
         )
     except BaseConfigError as err:
         _refuse(args, str(err))
-        return 2
+        return exit_codes.VALIDATION_UNREADABLE
     if problems:
         _refuse(args, "; ".join(problems))
-        return 1
+        return exit_codes.VALIDATION_FAILED
     return None
 
 
@@ -473,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"ok": False, "message": message}))
         else:
             print(f"qwenft data validate: {message}", file=sys.stderr)
-        return 2
+        return exit_codes.VALIDATION_UNREADABLE
     report = validate_dataset(
         args.file, tokenizer, args.max_seq_length, args.format, thinking=args.thinking
     )
@@ -489,14 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         problem = prebuild_token_cache(os.environ.get(args.token_cache_from_env, ""))
         if problem is not None:
             _refuse(args, problem)
-            return 1
+            return exit_codes.VALIDATION_FAILED
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
     if report.ok:
         write_termination_log(
             TERMINATION_LOG,
             {"ok": True, "message": report.message, "base_config": report.base_config},
         )
-    return 0 if report.ok else 1
+    return 0 if report.ok else exit_codes.VALIDATION_FAILED
 
 
 def available_memory_bytes() -> int | None:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenft_trainer import exit_codes
 from qwenft_trainer.config import dump_config
 
 from qwenft_operator.builders import config, fetch, jobs, merge, paths, pods, serving
 from qwenft_operator.parsed_run import Run
 
-# `qwenft data validate` exits 1 when the data is invalid: retrying can't help. (It exits 2
-# when the tokenizer can't load, which may be a hub outage, so that one is retried.)
-INVALID_DATA_EXIT_CODE = 1
+# `qwenft data validate` exits VALIDATION_FAILED when the data is invalid: retrying can't
+# help. (VALIDATION_UNREADABLE, a tokenizer that can't load, may be a hub outage: retried.)
+INVALID_DATA_EXIT_CODE = exit_codes.VALIDATION_FAILED
 VALIDATION_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}}
 # The rendered trainer config (YAML) whose token cache the validator writes.
 TRAIN_CONFIG_ENV = "QWENFT_TRAIN_CONFIG"
