@@ -27,13 +27,14 @@ registered at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
-from typing import Any, TypeVar, cast
+from collections.abc import Hashable
+from typing import Any
 
 import kopf
 
 from qwenft_operator import kube, labels
 from qwenft_operator.builders import serving
+from qwenft_operator.kopf_typing import typed
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.model_server import handlers as server_handlers
 from qwenft_operator.observe import (
@@ -56,14 +57,6 @@ JOB_PODS = {**MANAGED, labels.COMPONENT_KEY: kopf.PRESENT}
 JOB_COMPONENTS = ("validate", "train", "merge")
 # The children watched, as kopf selectors: (group, plural), "v1" being the core group.
 CHILD_RESOURCES = (("batch", "jobs"), ("v1", "pods"), ("apps", "deployments"))
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def typed(decorator: Any) -> Callable[[F], F]:
-    """A kopf decorator as mypy should see it (kopf is imported untyped here)."""
-    return cast(Callable[[F], F], decorator)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

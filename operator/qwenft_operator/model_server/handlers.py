@@ -10,13 +10,13 @@ passed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import kopf
 
 from qwenft_operator import kube, labels
+from qwenft_operator.kopf_typing import typed
 from qwenft_operator.model_server.builders import SERVER_KEY
 from qwenft_operator.model_server.controller import ServerController, record_fine_tune
 from qwenft_operator.model_server.spec import PLURAL
@@ -26,12 +26,6 @@ from qwenft_operator.spec import PLURAL as FINE_TUNES
 
 SERVER_DEPLOYMENTS = {labels.MANAGED_BY_KEY: labels.MANAGED_BY, SERVER_KEY: kopf.PRESENT}
 WORKERS = 4
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _typed(decorator: Any) -> Callable[[F], F]:
-    """A kopf decorator as mypy should see it (as ``qwenft_operator.handlers.typed``)."""
-    return cast(Callable[[F], F], decorator)
 
 
 def _controller(memo: kopf.Memo, kwargs: dict[str, Any]) -> ServerController:
@@ -45,23 +39,23 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorConfig) -> None:
     servers = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
     fine_tunes = {"group": GROUP, "version": VERSION, "plural": FINE_TUNES, "registry": registry}
 
-    @_typed(kopf.on.startup(registry=registry))
+    @typed(kopf.on.startup(registry=registry))
     async def start_servers(memo: kopf.Memo, **_: Any) -> None:
         executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="qwenft-qms")
         memo["servers"] = ServerController(kube.Clients.connect(), settings, executor)
 
-    @_typed(kopf.on.cleanup(registry=registry))
+    @typed(kopf.on.cleanup(registry=registry))
     async def stop_servers(memo: kopf.Memo, **_: Any) -> None:
         if "servers" in memo:
             controller: ServerController = memo["servers"]
             controller.executor.shutdown(wait=False, cancel_futures=True)
             controller.clients.close()
 
-    @_typed(kopf.index(id="qwenft_fine_tunes", **fine_tunes))
+    @typed(kopf.index(id="qwenft_fine_tunes", **fine_tunes))
     def qwenft_fine_tunes(namespace: str, body: kopf.Body, **_: Any) -> Any:
         return {namespace: record_fine_tune(body)}
 
-    @_typed(kopf.on.event(id="servers", **fine_tunes))
+    @typed(kopf.on.event(id="servers", **fine_tunes))
     async def fine_tune_changed(
         type: str | None, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
         **kwargs: Any,
@@ -72,7 +66,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorConfig) -> None:
         record = None if type == "DELETED" else record_fine_tune(body)
         await controller.fine_tune_changed(namespace, name, record)
 
-    @_typed(kopf.on.event(**servers))
+    @typed(kopf.on.event(**servers))
     async def server_changed(
         type: str | None, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
         **kwargs: Any,
@@ -83,9 +77,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorConfig) -> None:
             return
         await controller.server_changed((namespace, name), body)
 
-    @_typed(
-        kopf.on.event("apps", "v1", "deployments", labels=SERVER_DEPLOYMENTS, registry=registry)
-    )
+    @typed(kopf.on.event("apps", "v1", "deployments", labels=SERVER_DEPLOYMENTS, registry=registry))
     async def server_deployment_changed(
         namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
     ) -> None:
