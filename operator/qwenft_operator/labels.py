@@ -1,4 +1,5 @@
-"""Label keys and values on every object the operator creates, in one place.
+"""Label keys and values on every object the operator creates, and its ownerReference, in
+one place.
 
 The operator finds a run's children by these labels (``kopf`` filters, list selectors),
 dashboards group by them, and ``kubectl get pods -l finetune.qwenft.io/name=demo`` shows a
@@ -37,3 +38,15 @@ def selector_string(labels: dict[str, str]) -> str:
 
 # Every object the operator manages, for watches and list calls.
 MANAGED_SELECTOR = selector_string({MANAGED_BY_KEY: MANAGED_BY})
+
+
+def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, object]:
+    """The ownerReference every child carries: deleting the owner deletes the child."""
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenft_operator import labels
 from qwenft_operator.names import ChildNames
 from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.spec import API_VERSION, KIND, QwenFineTuneSpec
@@ -44,14 +45,7 @@ class Run:
 
     def owner_reference(self) -> dict[str, Any]:
         """The ownerReference every child carries: deleting the run deletes the child."""
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+        return labels.owner_reference(API_VERSION, KIND, self.name, self.uid)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], settings: OperatorConfig | None = None) -> Run:

@@ -45,6 +45,7 @@ from qwenft_operator.actions import (
     SetJobSuspended,
 )
 from qwenft_operator.backoff import RetryBackoff
+from qwenft_operator.coalesce import Coalescer
 from qwenft_operator.metrics import OperatorMetrics, RunKey
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.parsed_run import Run
@@ -137,8 +138,7 @@ class Runner:
             metrics=metrics,
         )
         self.references = ReferenceUsers()
-        self._busy: set[RunKey] = set()
-        self._again: set[RunKey] = set()
+        self._passes = Coalescer[RunKey]()
         # What each child last looked like to the decision, so repeats wake nobody.
         self._signatures: dict[tuple[str, str, str], Hashable] = {}
         self.secret_recheck_seconds = secret_recheck_seconds
@@ -169,20 +169,9 @@ class Runner:
         ``body`` is the run as a watch event just delivered it (saves reading it again);
         further passes read it fresh.
         """
-        if key in self._busy:
-            self._again.add(key)
-            return None
-        self._busy.add(key)
-        try:
-            decision = None
-            while True:
-                self._again.discard(key)
-                decision = await self._reconcile(key, body)
-                body = None
-                if key not in self._again:
-                    return decision
-        finally:
-            self._busy.discard(key)
+        return await self._passes.run(
+            key, lambda first: self._reconcile(key, body if first else None)
+        )
 
     def forget(self, key: RunKey) -> None:
         """The run is gone (or going): drop what is held about it."""

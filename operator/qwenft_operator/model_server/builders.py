@@ -68,14 +68,8 @@ class Server:
         return self.settings.gpu_resource
 
     def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+        """The ownerReference every child carries: deleting the server deletes the child."""
+        return labels.owner_reference(API_VERSION, KIND, self.name, self.uid)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], settings: OperatorConfig | None = None) -> Server:

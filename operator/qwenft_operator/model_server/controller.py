@@ -26,6 +26,8 @@ from qwenft_trainer.rules import format_errors
 from qwenft_operator import conditions as cond
 from qwenft_operator import kube
 from qwenft_operator.actions import EmitEvent
+from qwenft_operator.backoff import RetryBackoff
+from qwenft_operator.coalesce import Coalescer
 from qwenft_operator.model_server.adapters import FineTuneFacts
 from qwenft_operator.model_server.builders import Server
 from qwenft_operator.model_server.decide import READY, ServerDecision, decide_server
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 ServerKey = tuple[str, str]
-RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ class ServerController:
         # validated once per generation.
         self._parsed: dict[tuple[str, str], tuple[tuple[str, int], Run | None, str]] = {}
         self._servers: dict[ServerKey, dict[str, Any]] = {}
-        self._busy: set[ServerKey] = set()
-        self._again: set[ServerKey] = set()
+        self._passes = Coalescer[ServerKey]()
+        self._backoff = RetryBackoff()
         # What servers last read of each run, so a status patch that changes none of it
         # (training progress) wakes no server.
         self._fine_tunes_seen: dict[tuple[str, str], tuple[Any, ...] | None] = {}
@@ -176,30 +177,25 @@ class ServerController:
             task.add_done_callback(self._tasks.discard)
 
     async def trigger(self, key: ServerKey) -> ServerDecision | None:
-        """Reconcile ``key`` now, or once more after the pass that is running."""
-        if key in self._busy:
-            self._again.add(key)
-            return None
-        self._busy.add(key)
+        """Reconcile ``key`` now, or once more after the pass that is running; a pass
+        failed on an API error is tried again after a growing wait (backoff.py)."""
         try:
-            decision = None
-            while True:
-                self._again.discard(key)
-                try:
-                    decision = await self._reconcile(key)
-                except (ApiException, OSError) as err:
-                    if not kube.namespace_terminating(err):
-                        log.warning("reconcile of server %s/%s failed: %s", *key, err)
-                        self._later(key)
-                    return None
-                if key not in self._again:
-                    return decision
-        finally:
-            self._busy.discard(key)
+            decision = await self._passes.run(key, lambda _first: self._reconcile(key))
+        except (ApiException, OSError) as err:
+            if not kube.namespace_terminating(err):
+                delay = self._backoff.failed(key)
+                log.warning(
+                    "reconcile of server %s/%s failed: %s; tried again in %.0f s",
+                    *key, err, delay,
+                )  # fmt: skip
+                self._later(key, delay)
+            return None
+        self._backoff.succeeded(key)
+        return decision
 
-    def _later(self, key: ServerKey) -> None:
+    def _later(self, key: ServerKey, seconds: float) -> None:
         loop = asyncio.get_running_loop()
-        loop.call_later(RETRY_SECONDS, lambda: loop.create_task(self.trigger(key)))
+        loop.call_later(seconds, lambda: loop.create_task(self.trigger(key)))
 
     async def _reconcile(self, key: ServerKey) -> ServerDecision | None:
         namespace, _name = key
