@@ -39,6 +39,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT / "tests"))  # support.py, shared with the tests
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from devcluster import ControlPlane  # noqa: E402
