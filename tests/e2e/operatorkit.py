@@ -344,3 +344,24 @@ def running_operator(kubeconfig: Path, log_dir: Path, **env: str) -> Iterator[Op
         yield operator
     finally:
         operator.stop()
+
+
+def pods_of(api: client.ApiClient, namespace: str, run: str, component: str) -> list[Any]:
+    """The run's pods of one component (validate, train, merge, serve), by the labels."""
+    selector = f"finetune.qwenft.io/name={run},finetune.qwenft.io/component={component}"
+    pods: list[Any] = (
+        client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
+    )
+    return pods
+
+
+def warning_with(api: client.ApiClient, namespace: str, run: str, reason: str, text: str) -> bool:
+    """The run has a Warning Event with ``reason`` whose message contains ``text``."""
+    events = (
+        client.CoreV1Api(api)
+        .list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={run},involvedObject.kind=QwenFineTune"
+        )
+        .items
+    )
+    return any(e.type == "Warning" and e.reason == reason and text in e.message for e in events)

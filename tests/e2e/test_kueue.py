@@ -37,6 +37,7 @@ from operatorkit import (
     example,
     get_run,
     install_crd,
+    pods_of,
     prepare_namespace,
     running_operator,
     wait_phase,
@@ -143,14 +144,6 @@ def train_job(api: client.ApiClient, namespace: str, run: str) -> Any:
     return client.BatchV1Api(api).read_namespaced_job(f"{run}-train", namespace)
 
 
-def train_pods(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
-    selector = f"finetune.qwenft.io/name={run},finetune.qwenft.io/component=train"
-    pods: list[Any] = (
-        client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
-    )
-    return pods
-
-
 def workload_of(api: client.ApiClient, namespace: str, run: str) -> dict[str, Any] | None:
     """The Workload Kueue made for the run's training Job."""
     found = client.CustomObjectsApi(api).list_namespaced_custom_object(
@@ -194,7 +187,7 @@ def running_pods(api: client.ApiClient, namespace: str, run: str, count: int) ->
     """The run's training pods once `count` of them run on nodes, each with 4 GPUs."""
 
     def up() -> list[Any] | None:
-        pods = train_pods(api, namespace, run)
+        pods = pods_of(api, namespace, run, "train")
         running = [p for p in pods if p.status.phase == "Running" and p.spec.node_name]
         return running if len(running) == count else None
 
@@ -204,7 +197,7 @@ def running_pods(api: client.ApiClient, namespace: str, run: str, count: int) ->
 def finish(api: client.ApiClient, namespace: str, run: str) -> None:
     """Let kwok complete the run's running training pods now."""
     core = client.CoreV1Api(api)
-    for pod in train_pods(api, namespace, run):
+    for pod in pods_of(api, namespace, run, "train"):
         patch = {"metadata": {"annotations": {KWOK_AFTER: "0s"}}}
         core.patch_namespaced_pod(pod.metadata.name, namespace, patch)
 
@@ -261,7 +254,7 @@ def test_quota_admits_two_runs_holds_the_third_until_one_finishes(
     found = get_run(api, namespace, waiting)
     assert found["status"]["phase"] == "Training"
     assert train_job(api, namespace, waiting).spec.suspend is True
-    assert train_pods(api, namespace, waiting) == []
+    assert pods_of(api, namespace, waiting, "train") == []
     assert not admitted(api, namespace, waiting)
 
     done = going[0]
@@ -292,13 +285,13 @@ def test_multi_node_run_is_admitted_only_whole(
     wait_until(
         f"{wide} to show Kueue's reason", lambda: shows_kueues_reason(api, namespace, wide), 90
     )
-    assert train_pods(api, namespace, wide) == [], "a rank started without the whole gang"
+    assert pods_of(api, namespace, wide, "train") == [], "a rank started without the whole gang"
     assert train_job(api, namespace, wide).spec.suspend is True
 
     finish(api, namespace, occupant)
 
     def whole() -> list[Any] | None:
-        pods = train_pods(api, namespace, wide)
+        pods = pods_of(api, namespace, wide, "train")
         running = [p for p in pods if p.status.phase == "Running" and p.spec.node_name]
         return running if len(running) == 2 else None
 

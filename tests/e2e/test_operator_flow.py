@@ -35,6 +35,7 @@ from operatorkit import (
     example,
     get_run,
     patch_run,
+    pods_of,
     wait_phase,
     wait_until,
 )
@@ -43,14 +44,6 @@ pytestmark = pytest.mark.e2e
 KWOK_FAIL_CODE = "qwenft.io/kwok-fail-exit-code"
 KWOK_FAIL_MESSAGE = "qwenft.io/kwok-fail-message"
 KWOK_AFTER = "qwenft.io/kwok-complete-after"
-
-
-def train_pods(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
-    selector = f"finetune.qwenft.io/name={run},finetune.qwenft.io/component=train"
-    pods: list[Any] = (
-        client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
-    )
-    return pods
 
 
 def events_of(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
@@ -114,7 +107,7 @@ def test_example_reaches_ready(
         assert found is not None and found["status"] == "True", (type_, status["conditions"])
     assert children(kube_client, namespace, run) == expected_children(run, merge=merge, nodes=nodes)
 
-    pods = train_pods(kube_client, namespace, run)
+    pods = pods_of(kube_client, namespace, run, "train")
     assert len(pods) == nodes
     master = f"{run}-train-0.{run}-train.{namespace}.svc" if nodes > 1 else "127.0.0.1"
     ranks = set()
@@ -236,7 +229,9 @@ def test_suspend_and_resume(kube_client: client.ApiClient, namespace: str) -> No
     assert train_job(kube_client, namespace, run).spec.suspend is True
     wait_until(
         "the suspended Job's pods to go",
-        lambda: all(p.status.phase != "Running" for p in train_pods(kube_client, namespace, run)),
+        lambda: all(
+            p.status.phase != "Running" for p in pods_of(kube_client, namespace, run, "train")
+        ),
         timeout=30,
     )
     patch_run(kube_client, namespace, run, {"spec": {"suspend": False}})

@@ -28,6 +28,7 @@ from operatorkit import (
     create_run,
     example,
     get_run,
+    pods_of,
     wait_phase,
     wait_until,
 )
@@ -64,14 +65,6 @@ def train_jobs(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
     return jobs
 
 
-def train_pods(api: client.ApiClient, namespace: str, run: str) -> list[Any]:
-    selector = f"finetune.qwenft.io/name={run},{TRAIN}"
-    pods: list[Any] = (
-        client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
-    )
-    return pods
-
-
 def admit(
     api: client.ApiClient, namespace: str, run: str, seen: set[str]
 ) -> tuple[str, dict[int, Any]]:
@@ -101,7 +94,7 @@ def admit(
     def running() -> dict[int, Any] | None:
         pods = [
             p
-            for p in train_pods(api, namespace, run)
+            for p in pods_of(api, namespace, run, "train")
             if p.metadata.labels.get("batch.kubernetes.io/controller-uid") == uid
             and p.status.phase == "Running"
         ]
@@ -178,7 +171,9 @@ def delete_and_wait(api: client.ApiClient, namespace: str, run: str) -> None:
         GROUP, VERSION, namespace, PLURAL, run
     )
     wait_until(
-        f"{run}'s training pods to be gone", lambda: not train_pods(api, namespace, run), timeout=60
+        f"{run}'s training pods to be gone",
+        lambda: not pods_of(api, namespace, run, "train"),
+        timeout=60,
     )
 
 

@@ -32,6 +32,7 @@ from operatorkit import (
     patch_run,
     wait_phase,
     wait_until,
+    warning_with,
 )
 
 pytestmark = pytest.mark.e2e
@@ -51,17 +52,6 @@ def condition_with(
     if found is not None and found["reason"] == reason and text in found["message"]:
         return found
     return None
-
-
-def warning_with(api: client.ApiClient, namespace: str, run: str, reason: str, text: str) -> bool:
-    events = (
-        client.CoreV1Api(api)
-        .list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={run},involvedObject.kind=QwenFineTune"
-        )
-        .items
-    )
-    return any(e.type == "Warning" and e.reason == reason and text in e.message for e in events)
 
 
 def job_exists(api: client.ApiClient, namespace: str, name: str) -> bool:

@@ -27,8 +27,10 @@ from operatorkit import (
     get_run,
     own_gpu_nodes,
     patch_run,
+    pods_of,
     wait_phase,
     wait_until,
+    warning_with,
 )
 
 pytestmark = pytest.mark.e2e
@@ -40,25 +42,6 @@ SELECTOR_MISMATCH = "didn't match Pod's node affinity/selector"
 def named(body: dict[str, Any], name: str) -> dict[str, Any]:
     body["metadata"]["name"] = name
     return body
-
-
-def pods_of(api: client.ApiClient, namespace: str, run: str, component: str) -> list[Any]:
-    selector = f"finetune.qwenft.io/name={run},finetune.qwenft.io/component={component}"
-    pods: list[Any] = (
-        client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
-    )
-    return pods
-
-
-def warning_with(api: client.ApiClient, namespace: str, run: str, reason: str, text: str) -> bool:
-    events = (
-        client.CoreV1Api(api)
-        .list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={run},involvedObject.kind=QwenFineTune"
-        )
-        .items
-    )
-    return any(e.type == "Warning" and e.reason == reason and text in e.message for e in events)
 
 
 GANG = re.compile(
