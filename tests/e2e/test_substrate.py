@@ -176,7 +176,14 @@ def test_pod_asking_too_many_gpus_stays_pending_with_event(
 
     event = wait_until("a FailedScheduling event", failed_scheduling)
     assert "Insufficient nvidia.com/gpu" in event.message
-    pod_now = core.read_namespaced_pod("greedy", e2e_namespace)
+
+    # the scheduler records the event and patches the pod's status separately, in either order
+    def marked_unschedulable() -> Any:
+        pod_now = core.read_namespaced_pod("greedy", e2e_namespace)
+        scheduled = condition(pod_now, "PodScheduled")
+        return pod_now if scheduled is not None and scheduled.status == "False" else None
+
+    pod_now = wait_until("the pod's PodScheduled condition to be False", marked_unschedulable)
     assert pod_now.status.phase == "Pending"
     assert condition(pod_now, "PodScheduled").reason == "Unschedulable"
 
