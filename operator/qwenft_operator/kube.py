@@ -59,6 +59,7 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 # Ask for an object's metadata alone (PartialObjectMetadata), not its body.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 REF_KINDS = {
     "secret": "Secret",
     "configmap": "ConfigMap",
@@ -326,7 +327,9 @@ def node_labels(clients: Clients, node_selector: Mapping[str, str]) -> list[dict
     """
     selector = ",".join(f"{key}={value}" for key, value in sorted(node_selector.items()))
     try:
-        found = clients.request("GET", "/api/v1/nodes", query={"labelSelector": selector})
+        found = clients.request(
+            "GET", "/api/v1/nodes", query={"labelSelector": selector}, accept=METADATA_ONLY_LIST
+        )
     except ApiException as err:
         if err.status == 403:
             return None

@@ -62,8 +62,7 @@ from qwenft_operator.phases import TERMINAL_PHASES, Phase
 from qwenft_operator.queueing import QueueWait
 from qwenft_operator.reference_checks import Running, Waiting
 from qwenft_operator.references import Known, build_references
-from qwenft_operator.smoke import SmokeOutcome
-from qwenft_operator.status import Endpoint, Outputs, QwenFineTuneStatus
+from qwenft_operator.status import Endpoint, Outputs, QwenFineTuneStatus, SmokeOutcome
 
 # A Job can report its failure a moment before the watch shows the failed pod; wait this
 # long for the pod (its exit code and message) before failing with the Job's message.

@@ -47,6 +47,7 @@ from qwenft_operator.actions import (
 from qwenft_operator.backoff import RetryBackoff
 from qwenft_operator.coalesce import Coalescer
 from qwenft_operator.metrics import OperatorMetrics, RunKey
+from qwenft_operator.node_labels import RecentNodeLabels
 from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_time
 from qwenft_operator.parsed_run import Run
 from qwenft_operator.progress_reader import ProgressReader
@@ -145,6 +146,7 @@ class Runner:
         self._secret_rechecks: dict[RunKey, asyncio.TimerHandle] = {}
         # Recent answers about referenced objects, so runs of one namespace share a lookup.
         self.lookups = RecentLookups()
+        self.nodes = RecentNodeLabels(lambda sel: self._call(kube.node_labels, self.clients, sel))
         # API errors in a row per run: the next try waits longer (backoff.py).
         self._backoff = RetryBackoff()
 
@@ -293,7 +295,7 @@ class Runner:
                 observed = replace(observed, queue_wait=wait)
             if needs_gpu_memory(run, observed):
                 selector = run.spec.scheduling.node_selector
-                nodes = await self._call(kube.node_labels, self.clients, selector)
+                nodes = await self.nodes.of(selector)
                 memory = gpu_fit.gpu_memory_of_nodes(nodes) if nodes is not None else None
                 observed = replace(observed, gpu_memory=memory)
             decision = decide(run, status, observed, now)

@@ -5,7 +5,8 @@ Each prompt goes to the OpenAI ``/chat/completions`` route of ``status.endpoint`
 without one passes once the endpoint answers it). :func:`evaluate_answers` is the pure check;
 :func:`run_smoke_test` is the HTTP side (httpx): an endpoint that does not answer, or
 answers with an error status, is tried again a few times and then reported unreachable.
-The reconcile decides when a test is due and records the :class:`SmokeOutcome`.
+The reconcile decides when a test is due and records the
+:class:`~qwenft_operator.status.SmokeOutcome`.
 
     outcome = await run_smoke_test(url, model, prompts, generation=3)
 """
@@ -14,27 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 
-from qwenft_operator.status import SmokeTest
+from qwenft_operator.status import SmokeOutcome, SmokeTest
 from qwenft_operator.workloads import EvaluationPrompt
 
 ATTEMPTS = 3  # tries of an endpoint that does not answer
 RETRY_SECONDS = 2.0
 REQUEST_TIMEOUT_SECONDS = 60.0  # one generation of up to maxTokens tokens
 MAX_QUOTE = 80  # characters of a prompt or answer quoted in a message
-
-
-@dataclass(frozen=True)
-class SmokeOutcome:
-    """A finished smoke test of one generation of the run."""
-
-    generation: int
-    result: SmokeTest
-    reachable: bool  # False: the endpoint never answered; result.message says why
 
 
 class EndpointUnreachable(Exception):

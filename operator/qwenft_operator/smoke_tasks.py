@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from qwenft_operator import smoke
 from qwenft_operator.actions import RunSmokeTest
 from qwenft_operator.metrics import RunKey
+from qwenft_operator.status import SmokeOutcome
 
 
 class SmokeTests:
@@ -22,9 +23,9 @@ class SmokeTests:
     def __init__(self, on_done: Callable[[RunKey], Awaitable[None]]) -> None:
         self._on_done = on_done
         self._tasks: dict[RunKey, asyncio.Task[None]] = {}
-        self._outcomes: dict[RunKey, smoke.SmokeOutcome] = {}
+        self._outcomes: dict[RunKey, SmokeOutcome] = {}
 
-    def outcome(self, key: RunKey) -> smoke.SmokeOutcome | None:
+    def outcome(self, key: RunKey) -> SmokeOutcome | None:
         return self._outcomes.get(key)
 
     def start(self, key: RunKey, test: RunSmokeTest) -> None:

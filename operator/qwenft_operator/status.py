@@ -8,6 +8,7 @@ keys it does not know so an older operator can read a newer status.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -135,6 +136,16 @@ class SmokeTest(StatusObject):
     failed: int = Field(default=0, ge=0, description="Prompts that failed.")
     message: str | None = Field(default=None, max_length=32768, description="What failed.")
     time: datetime | None = Field(default=None, description="When the test ran.")
+
+
+@dataclass(frozen=True)
+class SmokeOutcome:
+    """A finished smoke test of one generation of the run, as the operator holds it in memory
+    until the reconcile records its result (not part of the resource's schema)."""
+
+    generation: int
+    result: SmokeTest
+    reachable: bool  # False: the endpoint never answered; result.message says why
 
 
 class QwenFineTuneStatus(StatusObject):

@@ -62,8 +62,7 @@ from qwenft_operator.reconcile import (
     decide_invalid_spec,
     needs_queue_check,
 )
-from qwenft_operator.smoke import SmokeOutcome
-from qwenft_operator.status import Progress, QwenFineTuneStatus, SmokeTest
+from qwenft_operator.status import Progress, QwenFineTuneStatus, SmokeOutcome, SmokeTest
 from qwenft_trainer.exit_codes import CHECKPOINT_NOT_FOUND
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

@@ -40,8 +40,7 @@ from qwenft_operator.parsed_run import Run
 from qwenft_operator.references import Found, RecentLookups
 from qwenft_operator.runner import Runner
 from qwenft_operator.settings import OperatorConfig
-from qwenft_operator.smoke import SmokeOutcome
-from qwenft_operator.status import Progress, SmokeTest
+from qwenft_operator.status import Progress, SmokeOutcome, SmokeTest
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lora-single-gpu.yaml"
 KEY = ("team", "support-lora")

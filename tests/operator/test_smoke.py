@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from qwenft_operator.smoke import SmokeOutcome, evaluate_answers, run_smoke_test
+from qwenft_operator.smoke import evaluate_answers, run_smoke_test
+from qwenft_operator.status import SmokeOutcome
 from qwenft_operator.workloads import EvaluationPrompt
 from support import free_port, poll
 
