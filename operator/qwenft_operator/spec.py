@@ -29,7 +29,6 @@ from qwenft_trainer.config import (
     TrainingSettings,
 )
 from qwenft_trainer.rules import TRAINING_RULES, Rule, format_errors
-from qwenft_trainer.vllm_serving import VLLM_MAX_LORA_RANKS
 
 from qwenft_operator.rules import SpecObject, immutable
 from qwenft_operator.sources import DatasetSpec, ModelSpec, OutputSpec
@@ -58,8 +57,6 @@ RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 RUN_NAME_MAX_LENGTH = 63
 # Fields the API server refuses to change once a run exists (CEL ``self == oldSelf``).
 IMMUTABLE_FIELDS = ("model", "dataset", "method")
-# The largest --max-lora-rank vLLM accepts.
-VLLM_LARGEST_LORA_RANK = VLLM_MAX_LORA_RANKS[-1]
 
 
 def _section(description: str, factory: type[BaseModel]) -> Any:
@@ -80,13 +77,6 @@ def _has_evaluation(s: QwenFineTuneSpec) -> bool:
 
 def _best_checkpoint(s: QwenFineTuneSpec) -> bool:
     return s.inference.checkpoint == BEST_CHECKPOINT
-
-
-def _vllm_unmerged(s: QwenFineTuneSpec) -> bool:
-    """vLLM is asked to serve the adapter itself (no merge) in the run's own Deployment."""
-    inference = s.inference
-    own = inference.enabled and inference.server is None
-    return own and inference.engine == "vllm" and not s.merge.enabled
 
 
 class QwenFineTuneSpec(SpecObject):
@@ -157,24 +147,6 @@ class QwenFineTuneSpec(SpecObject):
             message="evaluationPrompts test the run's own endpoint; a run attached to a "
             "QwenModelServer has none: remove evaluationPrompts or inference.server",
             field=".evaluationPrompts",
-        ),
-        Rule(
-            cel="!self.inference.enabled || has(self.inference.server) || "
-            "self.inference.engine != 'vllm' || "
-            f"self.merge.enabled || self.lora.r <= {VLLM_LARGEST_LORA_RANK}",
-            check=lambda s: not _vllm_unmerged(s) or s.lora.r <= VLLM_LARGEST_LORA_RANK,
-            message=f"vLLM serves unmerged adapters up to rank {VLLM_LARGEST_LORA_RANK}: set "
-            "merge.enabled or lower lora.r",
-            field=".merge.enabled",
-        ),
-        Rule(
-            cel="!self.inference.enabled || has(self.inference.server) || "
-            "self.inference.engine != 'vllm' || "
-            "self.merge.enabled || size(self.lora.modulesToSave) == 0",
-            check=lambda s: not _vllm_unmerged(s) or not s.lora.modules_to_save,
-            message="vLLM can't serve an unmerged adapter with lora.modulesToSave: set "
-            "merge.enabled",
-            field=".merge.enabled",
         ),
     )
 

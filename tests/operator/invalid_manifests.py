@@ -72,7 +72,6 @@ def build(case: InvalidCase | UpdateCase) -> dict[str, Any]:
 
 
 QLORA = {"spec.method": "qlora", "spec.quantization": {"quantType": "nf4"}}
-VLLM_UNMERGED = {"spec.inference": {"engine": "vllm", "gpus": 1}, "spec.merge": {"enabled": False}}
 
 CASES: list[InvalidCase] = [
     # Bounds and enums of the trainer's own sections.
@@ -156,8 +155,6 @@ CASES: list[InvalidCase] = [
     InvalidCase("best-checkpoint-without-evaluation", "spec.inference.checkpoint", {"spec.inference": {"checkpoint": "best"}}),
     InvalidCase("best-checkpoint-unevaluated-saves", "spec.checkpoint.saveSteps", {"spec.inference": {"checkpoint": "best"}, "spec.evaluation": {"fraction": 0.1, "steps": 30}, "spec.checkpoint": {"saveSteps": 100}}),
     InvalidCase("checkpoint-full-vllm", "spec.inference.checkpoint", {"spec.method": "full", "spec.inference": {"engine": "vllm", "gpus": 1, "checkpoint": 200}}),
-    InvalidCase("vllm-unmerged-rank-too-big", "spec.merge.enabled", {**VLLM_UNMERGED, "spec.lora": {"r": 1024}}),
-    InvalidCase("vllm-unmerged-modules-to-save", "spec.merge.enabled", {**VLLM_UNMERGED, "spec.lora": {"modulesToSave": ["lm_head"]}}),
     # spec.inference.server: attach the adapter to a QwenModelServer.
     InvalidCase("server-without-inference", "spec.inference.server", {"spec.inference": {"enabled": False, "server": "shared"}}),
     InvalidCase("server-with-full", "spec.inference.server", {"spec.method": "full", "spec.inference": {"server": "shared"}}),

@@ -519,6 +519,27 @@ def test_vllm_decision_forces_a_merge_for_unservable_adapters() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"r": 1024, "alpha": 2048}, "LoRA rank 1024 is above vLLM's largest --max-lora-rank 512"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save ['lm_head']"),
+    ],
+)
+def test_merge_disabled_still_merges_what_vllm_cant_serve_unmerged(
+    change: dict[str, Any], reason: str
+) -> None:
+    run = load_run("kueue-queued")  # vLLM, merge.enabled false, rank 32: served unmerged
+    assert not run.spec.merge.enabled and not serving.needs_merge(run)
+    lora = run.spec.lora.model_copy(update=change)
+    odd = Run(
+        name=run.name, namespace="ml", uid="u", spec=run.spec.model_copy(update={"lora": lora})
+    )
+    assert reason in " ".join(serving.vllm_decision(odd).reasons)
+    assert serving.needs_merge(odd)
+    assert serving.build_serve_target(odd).model == "/output/queued-lora/merged"
+
+
 def test_vllm_decision_merges_when_expert_targets_are_left_to_the_architecture() -> None:
     run = load_run("kueue-queued")  # sets lora.targetParameters: []
     lora = run.spec.lora.model_copy(update={"target_parameters": None})
