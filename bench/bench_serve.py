@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import free_port  # shared with the tests
 
 PROMPTS = [
     "What is the capital of France?",
@@ -144,9 +146,7 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> Re
 def start_server(
     model_dir: Path, device: str, max_concurrency: int, max_batch_size: int, threads: int
 ) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable, "-m", "qwenft_trainer.serve", "--model", str(model_dir),
         "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),

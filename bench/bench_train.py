@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,9 @@ from typing import Any
 import yaml
 from qwenft_trainer.formats import load_conversations
 from qwenft_trainer.tiny import TinyModelSpec, build_tokenizer, ensure_tiny_qwen
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import free_port  # shared with the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
@@ -450,13 +452,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.method == "qlora" and args.device != "cuda":
         parser.error("--method qlora needs --device cuda (bitsandbytes 4-bit)")
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run_qwenft(args: argparse.Namespace, model: Path, train: Path, out: Path) -> dict[str, Any]:
