@@ -39,7 +39,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VALUES = ROOT / "charts" / "qwenft-operator" / "values.yaml"
-CACHE = Path(os.environ.get("QWENFT_CACHE", Path.home() / ".cache" / "qwenft"))
+# QWENFT_VLLM_CACHE=/tmp/c puts vLLM into /tmp/c/vllm-<version>.
+CACHE = Path(os.environ.get("QWENFT_VLLM_CACHE", Path.home() / ".cache" / "qwenft"))
 # What vLLM 0.11.0's parser import chain (vllm.engine.arg_utils, vllm.entrypoints.openai.
 # cli_args) needs beyond the venv. Another vLLM version may need more: `check` then fails
 # with the missing module's name; add its package here.
@@ -121,6 +122,9 @@ def _load_vllm(directory: Path) -> Any:
     sys.path.append(str(directory))
     # vLLM logs to stdout unless told not to; stdout carries the JSON answer.
     os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
+    # Online, as in the server pods: offline, EngineArgs swaps a hub id for its snapshot in
+    # the local cache. Nothing here downloads (the model is read only when the engine starts).
+    os.environ["HF_HUB_OFFLINE"] = "0"
     import logging
 
     logging.getLogger("vllm").setLevel(logging.ERROR)
@@ -193,7 +197,7 @@ def _verdict(v: Any, args: list[str]) -> dict[str, Any]:
             "max_model_len": engine.max_model_len,
             "tensor_parallel_size": engine.tensor_parallel_size,
             "trust_remote_code": engine.trust_remote_code,
-            "enable_lora": engine.enable_lora,
+            "enable_lora": bool(engine.enable_lora),  # None (unset) is off
             "max_lora_rank": lora.max_lora_rank if lora else None,
             "max_loras": lora.max_loras if lora else None,
             "max_cpu_loras": lora.max_cpu_loras if lora else None,
