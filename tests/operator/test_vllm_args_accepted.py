@@ -193,6 +193,7 @@ def vllm() -> dict[str, Any]:
 def flag_values(args: list[str]) -> dict[str, list[str]]:
     """Our own command line read back: each flag and the words after it up to the next."""
     values: dict[str, list[str]] = {}
+    last = ""  # words before the first flag would be positionals: there are none
     for word in args:
         if word.startswith("--"):
             values[word] = []
@@ -246,7 +247,7 @@ def accepted(vllm: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def smallest_fitting(vllm: dict[str, Any], rank: int) -> int:
-    return min(allowed for allowed in vllm["lora_ranks"] if allowed >= rank)
+    return int(min(allowed for allowed in vllm["lora_ranks"] if allowed >= rank))
 
 
 def test_the_operators_lora_ranks_are_exactly_vllms(vllm: dict[str, Any]) -> None:
