@@ -2,6 +2,7 @@
 # Installs everything qwenft's demo and tests need, from scratch, and skips what is there.
 #   - a Python virtual environment (QWENFT_VENV, default ~/.cache/qwenft/venv) with .[dev]
 #   - the local control plane binaries (hack/build-cluster.sh, cached by version)
+#   - vLLM's argument parser, of the chart's vLLM version, outside the venv (hack/vllm_parser.py)
 # Safe to run again: a warm machine finishes in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,14 @@ if [ "${QWENFT_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then
         TORCH_EXTENSIONS_DIR=$ext_dir DS_ACCELERATOR=cpu "$VENV/bin/python" -c \
             "from deepspeed.accelerator import get_accelerator as a; [a().create_op_builder(n).load() for n in ('ShareMemCommBuilder', 'CPUAdamBuilder')]"
     fi
+fi
+
+# The tests parse every vLLM command line the operator builds with vLLM's own parser, of
+# the release the chart deploys; it lives outside the venv (vLLM pins another torch).
+# A 440 MB download once per vLLM version; installed, this takes a tenth of a second.
+if [ "${QWENFT_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then
+    vllm_dir=$("$VENV/bin/python" hack/vllm_parser.py install)
+    stamp "vLLM argument parser ready: $vllm_dir"
 fi
 
 if [ -x hack/build-cluster.sh ] && [ "${QWENFT_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then

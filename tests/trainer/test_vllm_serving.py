@@ -28,7 +28,7 @@ from qwenft_trainer.vllm_serving import (
 
 @pytest.mark.parametrize(
     ("rank", "expected"),
-    [(1, 1), (2, 8), (8, 8), (12, 16), (64, 64), (65, 128), (257, 320), (321, 512), (512, 512)],
+    [(1, 8), (2, 8), (8, 8), (12, 16), (64, 64), (65, 128), (257, 320), (321, 512), (512, 512)],
 )
 def test_round_up_lora_rank(rank: int, expected: int) -> None:
     assert round_up_lora_rank(rank) == expected

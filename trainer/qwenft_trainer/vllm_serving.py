@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-# LoRAConfig.max_lora_rank in vLLM (vllm/config/lora.py, ``MaxLoRARanks``).
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# The --max-lora-rank values vLLM 0.11.0, the chart's vLLM, accepts (LoRAConfig.__post_init__
+# in vllm/config/lora.py refuses any other at start-up; later releases also take 1).
+# tests/operator/test_vllm_args_accepted.py compares this with vLLM's own LoRAConfig.
+VLLM_MAX_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 # Modules vLLM applies LoRA to in Qwen2 (packed there as qkv_proj and gate_up_proj).
 VLLM_QWEN2_LORA_MODULES = frozenset(
