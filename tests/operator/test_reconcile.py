@@ -360,7 +360,9 @@ def test_a_merge_that_finds_no_chosen_checkpoint_fails_with_its_list() -> None:
     log_tail = f"[merge] loading\n{MISSING_CHECKPOINT}\n"
     observed = Observed(
         train_job=DONE_TRAIN,
-        merge_job=job(f"{RUN}-merge", "Failed", reason="PodFailurePolicy", finished_at=ENDED),
+        merge_job=job(
+            f"{RUN}-merge", "Failed", reason="PodFailurePolicy", finished_at=ENDED, checkpoint="500"
+        ),
         pods=(failed_pod(f"{RUN}-merge-z", "merge", CHECKPOINT_NOT_FOUND, log_tail),),
     )
     decision = decide(make_run(inference={"checkpoint": 500}), QwenFineTuneStatus(), observed, NOW)
@@ -379,7 +381,7 @@ def test_a_server_that_finds_no_chosen_checkpoint_fails_and_is_removed() -> None
         failed_pod(f"{RUN}-serve-abc", "serve", CHECKPOINT_NOT_FOUND, MISSING_CHECKPOINT),
         phase="Running",  # restarting after the exit
     )
-    deployment = DeploymentFacts(f"{RUN}-serve", 1, 0)
+    deployment = DeploymentFacts(f"{RUN}-serve", 1, 0, checkpoint="500")
     observed = Observed(train_job=DONE_TRAIN, deployment=deployment, pods=(crashed,))
     decision = decide(run, QwenFineTuneStatus(), observed, NOW)
     assert decision.status.phase == Phase.FAILED
