@@ -29,6 +29,17 @@ class CreateChild:
 
 
 @dataclass(frozen=True)
+class ReplaceChild:
+    """Replace an existing child's spec and annotations with ``body``'s (a Deployment whose
+    pod template changed rolls onto it). ``body`` is built from the spec alone, so doing it
+    twice changes nothing the second time."""
+
+    kind: ChildKind
+    name: str
+    body: dict[str, Any] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class DeleteChild:
     """Delete a child (foreground, so its pods go first)."""
 
@@ -78,7 +89,14 @@ class RunSmokeTest:
 
 
 Action = (
-    CreateChild | DeleteChild | SetJobSuspended | PatchStatus | EmitEvent | Requeue | RunSmokeTest
+    CreateChild
+    | ReplaceChild
+    | DeleteChild
+    | SetJobSuspended
+    | PatchStatus
+    | EmitEvent
+    | Requeue
+    | RunSmokeTest
 )
 
 

@@ -71,6 +71,9 @@ MERGE_SUCCEEDED = "MergeSucceeded"  # the merged model was written and verified
 MERGE_SKIPPED = "MergeSkipped"  # merge disabled, or nothing to merge (method full)
 MERGE_FAILED = "MergeFailed"  # the merge Job failed; message has its error
 CHECKPOINT_NOT_FOUND = "CheckpointNotFound"  # inference.checkpoint not kept; message lists those
+# spec.inference.checkpoint changed after a merge or a rollout: the merge is redone (Merged)
+# and the server rolls onto it (Ready); the old choice is served until then.
+CHECKPOINT_CHANGED = "CheckpointChanged"
 
 # Reasons: serving.
 DEPLOYING = "Deploying"  # the Deployment is rolling out
@@ -111,6 +114,7 @@ REASONS = (
     MERGE_SKIPPED,
     MERGE_FAILED,
     CHECKPOINT_NOT_FOUND,
+    CHECKPOINT_CHANGED,
     DEPLOYING,
     ENDPOINT_READY,
     INFERENCE_DISABLED,

@@ -208,18 +208,24 @@ def get_object(clients: Clients, kind: str, namespace: str, name: str) -> dict[s
 
 
 def replace_child(
-    clients: Clients, kind: ChildKind, namespace: str, body: dict[str, Any], resource_version: str
+    clients: Clients,
+    kind: ChildKind,
+    namespace: str,
+    body: dict[str, Any],
+    resource_version: str | None,
 ) -> dict[str, Any]:
     """Replace a child's spec and annotations with ``body``'s, as of ``resource_version``.
 
     A JSON patch (the ``patch`` verb: the operator may not ``update``) that tests the
     resourceVersion first, so a 409/422 means it changed since it was read and the caller
     decides again; ``replace`` on ``/spec`` drops whatever the old spec had that the new
-    one hasn't, which a merge patch would keep.
+    one hasn't, which a merge patch would keep. Without ``resource_version`` nothing is
+    tested: for a body built from the run's spec alone, where the newest spec wins.
     """
     name = str(body["metadata"]["name"])
+    test = [{"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}]
     ops = [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        *(test if resource_version is not None else []),
         {"op": "replace", "path": "/spec", "value": body["spec"]},
         {
             "op": "add",

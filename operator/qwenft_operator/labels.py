@@ -16,6 +16,11 @@ NAME_KEY = "finetune.qwenft.io/name"  # the QwenFineTune's name
 COMPONENT_KEY = "finetune.qwenft.io/component"  # which step of the run the object serves
 KUEUE_QUEUE_KEY = "kueue.x-k8s.io/queue-name"  # Kueue LocalQueue of a queued Job
 JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# The weights a merge Job merged and a server pod template serves: spec.inference.checkpoint
+# ("best" or a step) or "final" when it is unset. A merge Job or Deployment without it was
+# made by an operator that did not record it and is taken as "final" (the final adapter).
+CHECKPOINT_ANNOTATION = "finetune.qwenft.io/checkpoint"
+FINAL_CHECKPOINT = "final"
 
 Component = Literal["validate", "train", "merge", "serve"]
 COMPONENTS: tuple[Component, ...] = ("validate", "train", "merge", "serve")
@@ -24,6 +29,11 @@ COMPONENTS: tuple[Component, ...] = ("validate", "train", "merge", "serve")
 def build_labels(run: str, component: Component) -> dict[str, str]:
     """Labels of a child object (and of its pods)."""
     return {MANAGED_BY_KEY: MANAGED_BY, NAME_KEY: run, COMPONENT_KEY: component}
+
+
+def checkpoint_value(choice: int | str | None) -> str:
+    """The :data:`CHECKPOINT_ANNOTATION` value of a spec.inference.checkpoint choice."""
+    return FINAL_CHECKPOINT if choice is None else str(choice)
 
 
 def build_selector(run: str, component: Component) -> dict[str, str]:

@@ -15,7 +15,10 @@ with the disruption's reason and message; a container the kubelet can't start fo
 missing Secret or ConfigMap waits with reason ``CreateContainerConfigError``. A Job's or
 Deployment's facts carry the objects its pod template mounts
 (:func:`qwenft_operator.references.template_references`), and ConfigMaps and claims into
-:class:`~qwenft_operator.references.Found` (absent once being deleted).
+:class:`~qwenft_operator.references.Found` (absent once being deleted). A Job's and a
+Deployment's facts carry the checkpoint choice they were made for
+(``labels.CHECKPOINT_ANNOTATION`` on the Job, on the Deployment's pod template; ``final``
+where it is missing).
 
 It is over 300 lines because a pod's termination message, scheduling verdict and disruption
 are each parsed here into typed facts, so the decision reads no raw object.
@@ -85,6 +88,9 @@ class JobFacts:
     start_time: datetime | None = None
     finished_at: datetime | None = None
     references: tuple[Reference, ...] = ()  # what its pod template mounts
+    # The checkpoint choice a merge Job merges (labels.CHECKPOINT_ANNOTATION; "final"
+    # when the annotation is missing, as on Jobs of operators that did not record it).
+    checkpoint: str = labels.FINAL_CHECKPOINT
 
     @property
     def finished(self) -> bool:
@@ -124,7 +130,14 @@ def parse_job(body: Mapping[str, Any]) -> JobFacts:
         start_time=parse_time(status.get("startTime")),
         finished_at=parse_time(ended.get("lastTransitionTime")) if ended else None,
         references=template_references(body),
+        checkpoint=_checkpoint(meta),
     )
+
+
+def _checkpoint(meta: Mapping[str, Any]) -> str:
+    """The recorded checkpoint choice of an object's metadata ("final" when absent)."""
+    annotations = meta.get("annotations") or {}
+    return str(annotations.get(labels.CHECKPOINT_ANNOTATION) or labels.FINAL_CHECKPOINT)
 
 
 @dataclass(frozen=True)
@@ -280,6 +293,9 @@ class DeploymentFacts:
     failed: bool = False  # rollout stuck: ProgressDeadlineExceeded or a ReplicaFailure
     message: str = ""
     references: tuple[Reference, ...] = ()  # what its pod template mounts
+    # The checkpoint choice its pod template serves (labels.CHECKPOINT_ANNOTATION; "final"
+    # when missing); the rollout may still be on its way to it.
+    checkpoint: str = labels.FINAL_CHECKPOINT
 
 
 def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
@@ -309,6 +325,7 @@ def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
         failed=failure is not None,
         message=str(failure.get("message") or failure.get("reason") or "") if failure else "",
         references=template_references(body),
+        checkpoint=_checkpoint((spec.get("template") or {}).get("metadata") or {}),
     )
 
 

@@ -20,6 +20,8 @@ change and failure) and a status patch. Before each step creates its Job (or the
 Deployment) the objects that child mounts are checked, and those of the children that run
 are watched (:mod:`reference_checks`). Between validation and training the run's memory
 estimate is checked against its GPUs (:mod:`gpu_fit`): a run that can't fit fails there.
+A merge Job or server Deployment of another ``spec.inference.checkpoint`` than the spec's
+is redone or rolled (:mod:`checkpoint_changes`).
 
 This module is over 400 lines because it holds every phase step of one decision (the
 pod-scheduling and stopped-pod reports included); splitting it by step is planned with the
@@ -35,8 +37,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from qwenft_operator import (
+    checkpoint_changes,
+    gang,
+    gpu_fit,
+    labels,
+    reference_checks,
+    scheduling,
+)
 from qwenft_operator import conditions as cond
-from qwenft_operator import gang, gpu_fit, reference_checks, scheduling
 from qwenft_operator.actions import (
     Decision,
     DeleteChild,
@@ -419,6 +428,10 @@ def _merge(d: Draft, run: Run, observed: Observed) -> bool:
             d.set(cond.MERGED, "False", cond.MERGE_SKIPPED, "no merge: disabled or not needed")
         return True
     job = observed.merge_job
+    wanted = labels.checkpoint_value(run.spec.inference.checkpoint)
+    if job is not None and job.checkpoint != wanted:
+        checkpoint_changes.redo_merge(d, job, observed.deployment, wanted)
+        return False
     if job is None:
         body = merge.build_merge_job(run)
         waiting = Waiting(cond.MERGED, "False", Phase.MERGING)
@@ -491,7 +504,9 @@ def _serve(d: Draft, run: Run, observed: Observed) -> None:
     d.child("serve_deployment", deployment.name)
     d.child("serve_service", names.serve_service)
     missing = _checkpoint_not_found(observed.pods_of("serve"))
-    if missing is not None:
+    if deployment.checkpoint != serving.served_checkpoint(run):
+        checkpoint_changes.roll(d, run, observed.references, deployment)
+    elif missing is not None:
         # the server exits at start and would restart forever, holding its GPUs
         d.fail(cond.READY, cond.CHECKPOINT_NOT_FOUND, missing)
         d.actions.append(DeleteChild("Deployment", names.serve_deployment))

@@ -41,6 +41,7 @@ from qwenft_operator.actions import (
     DeleteChild,
     EmitEvent,
     PatchStatus,
+    ReplaceChild,
     RunSmokeTest,
     SetJobSuspended,
 )
@@ -385,6 +386,9 @@ class Runner:
                     _, made = kube.ensure_child(self.clients, kind, namespace, child)
                     log.info("%s %s %s/%s", "created" if made else "found", kind, namespace,
                              action.name)  # fmt: skip
+                case ReplaceChild(kind=kind, body=child):
+                    kube.replace_child(self.clients, kind, namespace, child, None)
+                    log.info("replaced %s %s/%s", kind, namespace, action.name)
                 case DeleteChild(kind=kind, name=child_name):
                     kube.delete_child(self.clients, kind, namespace, child_name)
                 case SetJobSuspended(name=job, suspend=suspend):

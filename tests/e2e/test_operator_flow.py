@@ -16,6 +16,10 @@ become Ready). Covers:
   Event;
 - suspend and resume: the running Job is suspended (its pods go), phase Suspended, then
   resumed and the run finishes;
+- a new ``inference.checkpoint`` on a Ready run: a new merge Job with the new
+  ``--checkpoint`` argument, then (only once it completed) the Deployment rolls onto pods
+  annotated with the new choice, the run Ready on the new generation, with an Event for
+  each step;
 - deleting a run removes every child (ownerReferences and the garbage collector);
 - ``kubectl get qft`` shows the printer columns.
 
@@ -273,3 +277,94 @@ def test_kubectl_get_shows_printer_columns(kube_client: client.ApiClient, namesp
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "READY", "ENDPOINT", "AGE"]
     assert row.split()[:2] == [run, "Ready"]
     assert f"http://{run}-serve.{namespace}.svc:8000/v1" in row
+
+
+CHECKPOINT_ANNOTATION = "finetune.qwenft.io/checkpoint"
+
+
+def merge_job_other_than(api: client.ApiClient, namespace: str, run: str, uid: str) -> Any:
+    """The run's merge Job, once it is another one than the Job with ``uid``."""
+    jobs = client.BatchV1Api(api).list_namespaced_job(
+        namespace,
+        label_selector=f"finetune.qwenft.io/name={run},finetune.qwenft.io/component=merge",
+    )
+    return next((j for j in jobs.items if j.metadata.uid != uid), None)
+
+
+def serving_choice(api: client.ApiClient, namespace: str, run: str, choice: str) -> Any:
+    """The run's ReplicaSet for ``choice`` once its pods are all ready (the rollout is done)."""
+    sets = client.AppsV1Api(api).list_namespaced_replica_set(
+        namespace,
+        label_selector=f"finetune.qwenft.io/name={run},finetune.qwenft.io/component=serve",
+    )
+    for rs in sets.items:
+        annotations = rs.spec.template.metadata.annotations or {}
+        wanted = rs.spec.replicas or 0
+        if annotations.get(CHECKPOINT_ANNOTATION) == choice and wanted > 0:
+            return rs if (rs.status.ready_replicas or 0) >= wanted else None
+    return None
+
+
+def test_a_new_checkpoint_on_a_ready_run_merges_again_then_rolls_the_server(
+    kube_client: client.ApiClient, namespace: str
+) -> None:
+    run = "support-lora"
+    create_run(kube_client, namespace, example("lora-single-gpu"))
+    wait_phase(kube_client, namespace, run, "Ready", timeout=60)
+    batch, apps = client.BatchV1Api(kube_client), client.AppsV1Api(kube_client)
+    first = batch.read_namespaced_job(f"{run}-merge", namespace)
+    assert first.metadata.annotations[CHECKPOINT_ANNOTATION] == "final"
+    assert "--checkpoint" not in first.spec.template.spec.containers[0].command
+    wait_until("the pods serving the final adapter", lambda: serving_choice(
+        kube_client, namespace, run, "final"), timeout=30)  # fmt: skip
+
+    patch_run(kube_client, namespace, run, {"spec": {"inference": {"checkpoint": 200}}})
+    generation = get_run(kube_client, namespace, run)["metadata"]["generation"]
+    second = wait_until(
+        "a new merge Job",
+        lambda: merge_job_other_than(kube_client, namespace, run, first.metadata.uid),
+        timeout=60,
+    )
+    command = second.spec.template.spec.containers[0].command
+    assert command[command.index("--checkpoint") + 1] == "200"
+    assert second.metadata.annotations[CHECKPOINT_ANNOTATION] == "200"
+
+    rolled = wait_until(
+        "the Deployment rolled onto checkpoint 200",
+        lambda: serving_choice(kube_client, namespace, run, "200"),
+        timeout=60,
+    )
+    # the server moved only once the new merge had finished
+    done = batch.read_namespaced_job(f"{run}-merge", namespace)
+    assert done.metadata.uid == second.metadata.uid and done.status.completion_time is not None
+    assert rolled.metadata.creation_timestamp >= done.status.completion_time
+    deployment = apps.read_namespaced_deployment(f"{run}-serve", namespace)
+    assert deployment.spec.template.metadata.annotations[CHECKPOINT_ANNOTATION] == "200"
+    pods = [p for p in pods_of(kube_client, namespace, run, "serve") if p.status.phase == "Running"]
+    assert pods and all(
+        (p.metadata.annotations or {}).get(CHECKPOINT_ANNOTATION) == "200" for p in pods
+    )
+
+    def ready_again() -> dict[str, Any] | None:
+        found = get_run(kube_client, namespace, run)
+        ready = condition(found, "Ready")
+        current = ready is not None and ready["observedGeneration"] == generation
+        return found if current and ready["status"] == "True" else None
+
+    wait_until("the run Ready on the new generation", ready_again, timeout=60)
+    wanted = {
+        "merge redone for checkpoint 200 (was final)",
+        "the server rolls onto checkpoint 200 (was final)",
+    }
+    wait_until(
+        "both CheckpointChanged Events (merge redone, server rolled)",
+        lambda: (
+            wanted
+            <= {
+                e.message
+                for e in events_of(kube_client, namespace, run)
+                if e.reason == "CheckpointChanged"
+            }
+        ),
+        timeout=30,
+    )

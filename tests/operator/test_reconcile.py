@@ -15,8 +15,13 @@ the merge skipped for a full fine-tune; the smoke test of a Ready run with
 evaluationPrompts (asked for once per generation while it runs, its outcome recorded in
 status.smokeTest and SmokeTested True/False with SmokeTestFailed or EndpointUnreachable
 and an event, the run staying Ready; not asked again until the generation changes; no
-test without prompts); observe.py parsing of Job, Pod and Deployment
-objects and of validator reports.
+test without prompts); a changed spec.inference.checkpoint on a Ready run (the merge Job
+of the old choice deleted, the new one created with the new --checkpoint once it is gone,
+the server left alone until that merge succeeded, then its pod template replaced so the
+Deployment rolls; removing the choice merges the final adapter; the builtin server without
+a merge rolls at once; an unchanged choice does nothing; a Job or Deployment without the
+annotation counts as final; a roll waits for a missing reference); observe.py parsing of
+Job, Pod and Deployment objects and of validator reports.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from qwenft_operator.actions import (
     DeleteChild,
     EmitEvent,
     PatchStatus,
+    ReplaceChild,
     Requeue,
     RunSmokeTest,
     SetJobSuspended,
 )
-from qwenft_operator.builders import training
+from qwenft_operator.builders import merge, training
+from qwenft_operator.builders import serving as serving_builders
 from qwenft_operator.observe import (
     DeploymentFacts,
     JobFacts,
@@ -83,6 +90,8 @@ def summary(decision: Decision) -> list[str]:
         match action:
             case CreateChild(kind=kind, name=name):
                 out.append(f"create {kind} {name}")
+            case ReplaceChild(kind=kind, name=name):
+                out.append(f"replace {kind} {name}")
             case DeleteChild(kind=kind, name=name):
                 out.append(f"delete {kind} {name}")
             case SetJobSuspended(name=name, suspend=suspend):
@@ -360,7 +369,9 @@ def test_a_merge_that_finds_no_chosen_checkpoint_fails_with_its_list() -> None:
     log_tail = f"[merge] loading\n{MISSING_CHECKPOINT}\n"
     observed = Observed(
         train_job=DONE_TRAIN,
-        merge_job=job(f"{RUN}-merge", "Failed", reason="PodFailurePolicy", finished_at=ENDED),
+        merge_job=job(
+            f"{RUN}-merge", "Failed", reason="PodFailurePolicy", finished_at=ENDED, checkpoint="500"
+        ),
         pods=(failed_pod(f"{RUN}-merge-z", "merge", CHECKPOINT_NOT_FOUND, log_tail),),
     )
     decision = decide(make_run(inference={"checkpoint": 500}), QwenFineTuneStatus(), observed, NOW)
@@ -379,7 +390,7 @@ def test_a_server_that_finds_no_chosen_checkpoint_fails_and_is_removed() -> None
         failed_pod(f"{RUN}-serve-abc", "serve", CHECKPOINT_NOT_FOUND, MISSING_CHECKPOINT),
         phase="Running",  # restarting after the exit
     )
-    deployment = DeploymentFacts(f"{RUN}-serve", 1, 0)
+    deployment = DeploymentFacts(f"{RUN}-serve", 1, 0, checkpoint="500")
     observed = Observed(train_job=DONE_TRAIN, deployment=deployment, pods=(crashed,))
     decision = decide(run, QwenFineTuneStatus(), observed, NOW)
     assert decision.status.phase == Phase.FAILED
@@ -871,3 +882,229 @@ def test_a_server_refusing_its_checkpoint_wakes_the_run() -> None:
     assert _server_refused(refused)
     assert not _server_refused(failed_pod(f"{RUN}-serve-abc", "serve", 1, "crash"))
     assert not _server_refused(failed_pod(f"{RUN}-merge-x", "merge", CHECKPOINT_NOT_FOUND, ""))
+
+
+# spec.inference.checkpoint changed on a run that merged or serves already.
+
+
+def chosen_run(choice: int | str | None, generation: int = 3, **spec: Any) -> Run:
+    """lora-single-gpu (merged, builtin server, no evaluation prompts) with ``choice`` as
+    spec.inference.checkpoint (None: unset) and the other inference fields kept."""
+    body = yaml.safe_load((EXAMPLES / "lora-single-gpu.yaml").read_text())
+    body["metadata"].update(namespace="team", uid="uid-1", generation=generation)
+    body["spec"]["evaluationPrompts"] = []
+    inference = body["spec"]["inference"]
+    if choice is not None:
+        inference["checkpoint"] = choice
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
+            body["spec"][key].update(value)
+        else:
+            body["spec"][key] = value
+    return Run.from_body(body)
+
+
+def merged_for(choice: str, **kw: Any) -> JobFacts:
+    return job(f"{RUN}-merge", "Succeeded", checkpoint=choice, **kw)
+
+
+def serving(choice: str, *, available: bool = True) -> DeploymentFacts:
+    return DeploymentFacts(
+        f"{RUN}-serve", 1, 1 if available else 0, available=available, checkpoint=choice
+    )
+
+
+def condition_of(decision: Decision, type_: str) -> tuple[str, str]:
+    found = cond.get_condition(decision.status.conditions, type_)
+    assert found is not None, type_
+    return found.status, found.reason
+
+
+def replaced(decision: Decision) -> list[dict[str, Any]]:
+    return [a.body for a in decision.actions if isinstance(a, ReplaceChild)]
+
+
+def created(decision: Decision, kind: str) -> list[dict[str, Any]]:
+    return [a.body for a in decision.actions if isinstance(a, CreateChild) and a.kind == kind]
+
+
+def command_of(body: dict[str, Any]) -> list[str]:
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    return list(container.get("args") or container["command"])
+
+
+def ready_status(run: Run, observed: Observed) -> QwenFineTuneStatus:
+    """The status a run reaches with ``observed``: Ready."""
+    status = decide(run, VALIDATED, observed, NOW).status
+    assert status.phase == Phase.READY
+    return status
+
+
+def test_a_new_checkpoint_on_a_ready_run_redoes_the_merge_then_rolls_the_server() -> None:
+    before = chosen_run(None, generation=2)
+    status = ready_status(before, Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"),
+                                           deployment=serving("final")))  # fmt: skip
+    run = chosen_run(200)
+    later = NOW + timedelta(minutes=5)
+
+    # 1. the old merge Job goes; the old merged model is still served
+    old = Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"), deployment=serving("final"))
+    first = decide(run, status, old, later)
+    assert summary(first) == [
+        f"delete Job {RUN}-merge",
+        "event Normal CheckpointChanged",
+        "event Normal Merging",
+    ]
+    assert first.status.phase == Phase.MERGING and first.status.observed_generation == 3
+    assert condition_of(first, cond.MERGED) == ("Unknown", cond.CHECKPOINT_CHANGED)
+    assert condition_of(first, cond.READY) == ("False", cond.CHECKPOINT_CHANGED)
+    event = next(a for a in first.actions if isinstance(a, EmitEvent))
+    assert event.message == "merge redone for checkpoint 200 (was final)"
+    assert not replaced(first) and not created(first, "Deployment")
+    # the same look again (the watch not showing the deletion yet): no second Event
+    again = decide(run, first.status, old, later)
+    assert summary(again) == [f"delete Job {RUN}-merge"]
+    # the Job being deleted (its pods going first): waited for, not deleted again
+    going = dataclasses.replace(old, merge_job=merged_for("final", deleting=True))
+    assert summary(decide(run, first.status, going, later)) == []
+
+    # 2. gone: the merge Job for checkpoint 200
+    gone = dataclasses.replace(old, merge_job=None)
+    second = decide(run, first.status, gone, later)
+    assert summary(second) == [f"create Job {RUN}-merge"]
+    (merge_job,) = created(second, "Job")
+    args = command_of(merge_job)
+    assert args[args.index("--checkpoint") + 1] == "200"
+    assert merge_job["metadata"]["annotations"] == {"finetune.qwenft.io/checkpoint": "200"}
+    assert parse_job(merge_job).checkpoint == "200"
+    assert second.status.phase == Phase.MERGING
+    assert condition_of(second, cond.MERGED) == ("Unknown", cond.MERGE_RUNNING)
+
+    # 3. while it runs the server is left alone
+    running = dataclasses.replace(old, merge_job=job(f"{RUN}-merge", checkpoint="200"))
+    third = decide(run, second.status, running, later)
+    assert third.status.phase == Phase.MERGING
+    assert summary(third) == [] and not replaced(third)
+    assert condition_of(third, cond.READY) == ("False", cond.CHECKPOINT_CHANGED)
+
+    # 4. merged: the Deployment's pod template is replaced, so it rolls onto the new merge
+    merged = dataclasses.replace(old, merge_job=merged_for("200"))
+    fourth = decide(run, third.status, merged, later)
+    assert summary(fourth) == [
+        f"replace Deployment {RUN}-serve",
+        "event Normal CheckpointChanged",
+        "event Normal Deploying",
+    ]
+    (deployment,) = replaced(fourth)
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"finetune.qwenft.io/checkpoint": "200"}
+    assert parse_deployment(deployment).checkpoint == "200"
+    # the merged model was merged at checkpoint 200; the server just loads it
+    assert "--checkpoint" not in command_of(deployment)
+    assert fourth.status.phase == Phase.DEPLOYING
+    assert condition_of(fourth, cond.MERGED) == ("True", cond.MERGE_SUCCEEDED)
+    assert condition_of(fourth, cond.READY) == ("False", cond.CHECKPOINT_CHANGED)
+
+    # 5. the rollout: new pods not ready yet; then available on checkpoint 200
+    rolling = dataclasses.replace(merged, deployment=serving("200", available=False))
+    fifth = decide(run, fourth.status, rolling, later)
+    assert summary(fifth) == [] and fifth.status.phase == Phase.DEPLOYING
+    rolled = dataclasses.replace(merged, deployment=serving("200"))
+    sixth = decide(run, fifth.status, rolled, later)
+    assert summary(sixth) == ["event Normal Ready"]
+    assert condition_of(sixth, cond.READY) == ("True", cond.ENDPOINT_READY)
+    ready = cond.get_condition(sixth.status.conditions, cond.READY)
+    assert ready is not None and ready.observed_generation == 3
+
+
+def test_removing_the_checkpoint_merges_the_final_adapter_again() -> None:
+    before = chosen_run(200, generation=2)
+    observed = Observed(
+        train_job=DONE_TRAIN, merge_job=merged_for("200"), deployment=serving("200")
+    )
+    status = ready_status(before, observed)
+    run = chosen_run(None)
+    first = decide(run, status, observed, NOW)
+    assert summary(first)[0] == f"delete Job {RUN}-merge"
+    second = decide(run, first.status, dataclasses.replace(observed, merge_job=None), NOW)
+    (merge_job,) = created(second, "Job")
+    assert "--checkpoint" not in command_of(merge_job)
+    assert merge_job["metadata"]["annotations"] == {"finetune.qwenft.io/checkpoint": "final"}
+    third = decide(run, second.status, dataclasses.replace(observed, merge_job=merged_for("final")),
+                   NOW)  # fmt: skip
+    (deployment,) = replaced(third)
+    assert parse_deployment(deployment).checkpoint == "final"
+
+
+@pytest.mark.parametrize("choice", [None, 200, "best"])
+def test_an_unchanged_checkpoint_does_nothing(choice: int | str | None) -> None:
+    extra: dict[str, Any] = {}
+    if choice == "best":
+        extra = {"evaluation": {"fraction": 0.05, "steps": 100}, "checkpoint": {"saveSteps": 100}}
+    run = chosen_run(choice, **extra)
+    value = "final" if choice is None else str(choice)
+    observed = Observed(
+        train_job=DONE_TRAIN, merge_job=merged_for(value), deployment=serving(value)
+    )
+    status = ready_status(run, observed)
+    decision = decide(run, status, observed, NOW)
+    assert decision.actions == ()
+    assert decision.status.phase == Phase.READY
+
+
+def test_objects_without_the_annotation_count_as_the_final_adapter() -> None:
+    """Made by an operator that did not record the choice: the final adapter, as then."""
+    run = chosen_run(None)
+    merge_job = merge.build_merge_job(run)
+    del merge_job["metadata"]["annotations"]
+    deployment = serving_builders.build_serve_deployment(
+        run, serving_builders.build_serve_target(run)
+    )
+    del deployment["spec"]["template"]["metadata"]["annotations"]
+    old_job = dataclasses.replace(parse_job(merge_job), state="Succeeded")
+    old_deployment = dataclasses.replace(parse_deployment(deployment), available=True)
+    assert (old_job.checkpoint, old_deployment.checkpoint) == ("final", "final")
+    observed = Observed(train_job=DONE_TRAIN, merge_job=old_job, deployment=old_deployment)
+    status = ready_status(run, observed)
+    # without a choice nothing changes
+    assert decide(run, status, observed, NOW).actions == ()
+    # with one, the merge is redone
+    chosen = decide(chosen_run(200), status, observed, NOW)
+    assert summary(chosen)[0] == f"delete Job {RUN}-merge"
+
+
+def test_builtin_server_without_merge_rolls_onto_a_new_checkpoint_at_once() -> None:
+    """No merge Job: the builtin server resolves the choice itself (--checkpoint)."""
+    no_merge = {"merge": {"enabled": False}}
+    before = chosen_run(None, generation=2, **no_merge)
+    observed = Observed(train_job=DONE_TRAIN, deployment=serving("final"))
+    status = ready_status(before, observed)
+    run = chosen_run(200, **no_merge)
+    decision = decide(run, status, observed, NOW)
+    assert summary(decision) == [
+        f"replace Deployment {RUN}-serve",
+        "event Normal CheckpointChanged",
+        "event Normal Deploying",
+    ]
+    (deployment,) = replaced(decision)
+    args = command_of(deployment)
+    assert args[args.index("--checkpoint") + 1] == "200"
+    assert parse_deployment(deployment).checkpoint == "200"
+    assert condition_of(decision, cond.MERGED) == ("False", cond.MERGE_SKIPPED)
+    # back to the final adapter: rolled again, without --checkpoint
+    back = decide(before, decision.status, dataclasses.replace(observed,
+                  deployment=serving("200")), NOW)  # fmt: skip
+    (final,) = replaced(back)
+    assert "--checkpoint" not in command_of(final)
+    assert parse_deployment(final).checkpoint == "final"
+
+
+def test_rolling_waits_for_a_missing_reference() -> None:
+    """A Deployment replaced onto a missing Secret would stall: it waits, as creation does."""
+    no_merge = {"merge": {"enabled": False}}
+    run = chosen_run(200, **no_merge)
+    observed = Observed(train_job=DONE_TRAIN, deployment=serving("final"), references={TOKEN: None})
+    decision = decide(run, status_in(Phase.READY), observed, NOW)
+    assert not replaced(decision)
+    ready = cond.get_condition(decision.status.conditions, cond.READY)
+    assert ready is not None and ready.reason == cond.MISSING_REFERENCE

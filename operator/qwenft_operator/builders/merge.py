@@ -12,6 +12,7 @@ from typing import Any
 
 from qwenft_trainer import exit_codes
 
+from qwenft_operator import labels
 from qwenft_operator.builders import jobs, paths, pods
 from qwenft_operator.parsed_run import Run
 
@@ -49,7 +50,11 @@ def build_merge_args(run: Run) -> list[str]:
 
 
 def build_merge_job(run: Run) -> dict[str, Any]:
-    """Job ``<run>-merge``: reads the base and the adapter, writes the merged model."""
+    """Job ``<run>-merge``: reads the base and the adapter, writes the merged model.
+
+    Its :data:`~qwenft_operator.labels.CHECKPOINT_ANNOTATION` records the checkpoint choice
+    it merges, so a changed spec.inference.checkpoint is seen to need a new merge.
+    """
     mounts = pods.Mounts(model=True, output=True)
     pod_spec = pods.pod_spec_base(run, mounts)
     pod_spec["containers"] = [
@@ -61,7 +66,7 @@ def build_merge_job(run: Run) -> dict[str, Any]:
             mounts=mounts,
         )
     ]
-    return jobs.build_job(
+    job = jobs.build_job(
         run,
         name=run.names.merge_job,
         component="merge",
@@ -70,3 +75,6 @@ def build_merge_job(run: Run) -> dict[str, Any]:
         fail_on_exit_codes=MERGE_FAILURE_EXIT_CODES
         + ([CHECKPOINT_NOT_FOUND_EXIT_CODE] if run.spec.inference.checkpoint is not None else []),
     )
+    choice = labels.checkpoint_value(run.spec.inference.checkpoint)
+    job["metadata"]["annotations"] = {labels.CHECKPOINT_ANNOTATION: choice}
+    return job

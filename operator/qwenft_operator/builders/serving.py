@@ -131,6 +131,12 @@ def build_serve_target(run: Run) -> ServeTarget:
     )
 
 
+def served_checkpoint(run: Run) -> str:
+    """The checkpoint choice the server serves (``best``, a step, or ``final``): resolved by
+    the builtin server itself, or merged by the merge Job."""
+    return labels.checkpoint_value(run.spec.inference.checkpoint)
+
+
 def build_builtin_args(run: Run, target: ServeTarget) -> list[str]:
     """``qwenft serve`` command line."""
     args = ["qwenft", "serve", "--model", target.model]
@@ -187,7 +193,8 @@ def _probe(path: str, **extra: int) -> dict[str, Any]:
 
 
 def build_serve_deployment(run: Run, target: ServeTarget) -> dict[str, Any]:
-    """Deployment ``<run>-serve``."""
+    """Deployment ``<run>-serve``; its pod template's
+    :data:`~qwenft_operator.labels.CHECKPOINT_ANNOTATION` is :func:`served_checkpoint`."""
     inference = run.spec.inference
     vllm = inference.engine == "vllm"
     mounts = pods.Mounts(model=True, output=True, output_read_only=True, shm=vllm)
@@ -234,7 +241,11 @@ def build_serve_deployment(run: Run, target: ServeTarget) -> dict[str, Any]:
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
             },
             "template": {
-                "metadata": {"labels": labels.build_labels(run.name, "serve")},
+                "metadata": {
+                    "labels": labels.build_labels(run.name, "serve"),
+                    # a new choice changes the template: the Deployment rolls onto it
+                    "annotations": {labels.CHECKPOINT_ANNOTATION: served_checkpoint(run)},
+                },
                 "spec": pod_spec,
             },
         },
