@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qwenft_operator.sources import ModelSpec
 from qwenft_operator.spec import QwenFineTuneSpec
 
 RefKind = Literal["secret", "configmap", "persistentvolumeclaim"]
@@ -53,16 +54,22 @@ def _is_spec_field(field: str) -> bool:
     return " " not in field
 
 
-def build_references(spec: QwenFineTuneSpec) -> list[Reference]:
-    """Every object ``spec`` points at, each once."""
+def model_references(model: ModelSpec) -> list[Reference]:
+    """The objects a base model source points at (``spec.model`` of a run or a server)."""
     refs: list[Reference] = []
-    hub = spec.model.hub
+    hub = model.hub
     if hub is not None and hub.token_secret_ref is not None:
         refs.append(Reference("secret", hub.token_secret_ref.name, "model.hub.tokenSecretRef"))
-    if spec.model.pvc is not None:
-        refs.append(Reference("persistentvolumeclaim", spec.model.pvc.claim_name, "model.pvc"))
-    if spec.model.cache is not None:
-        refs.append(Reference("persistentvolumeclaim", spec.model.cache.claim_name, "model.cache"))
+    if model.pvc is not None:
+        refs.append(Reference("persistentvolumeclaim", model.pvc.claim_name, "model.pvc"))
+    if model.cache is not None:
+        refs.append(Reference("persistentvolumeclaim", model.cache.claim_name, "model.cache"))
+    return refs
+
+
+def build_references(spec: QwenFineTuneSpec) -> list[Reference]:
+    """Every object ``spec`` points at, each once."""
+    refs = model_references(spec.model)
     data = spec.dataset
     if data.config_map is not None:
         refs.append(

@@ -5,7 +5,8 @@ spec.inference.server, and claim adapters) and why the others don't (another bas
 revision, method full, what vLLM can't serve as LoRA, judged by the very function the
 QwenFineTune path uses, a rank over vLLM's limit, not trained yet, a failed run, a taken
 name); the decision (create, roll on a changed set, Serving once rolled out, delete when
-nothing is left, Events for joined / refused / removed adapters, printer fields); the
+nothing is left, Events for joined / refused / removed adapters, printer fields, nothing
+created or rolled while its token Secret or a claim is missing); the
 vLLM and builtin command lines (--max-lora-rank rounded up to an accepted value,
 --max-loras, --max-cpu-loras, one --lora-modules / --adapter per adapter); the whole
 Deployment and Service of examples/multi-task-adapters.yaml against golden files and the
@@ -258,6 +259,64 @@ class TestDecision:
         assert first.deployment is not None
         gone = decide_server(s, first.status, [], rolled(first.deployment), NOW)
         assert gone.delete and gone.deployment is None and gone.status.phase == "Pending"
+
+
+class TestReferences:
+    """The Deployment's Secret and claims are looked up before it is created or replaced."""
+
+    token: ClassVar = {"tokenSecretRef": {"name": "hf", "key": "token"}}
+    token_base: ClassVar = {"hub": {**BASE["hub"], **token}}
+    runs: ClassVar = [facts(run_body("a"))]
+
+    def test_a_missing_token_secret_holds_the_deployment_back_and_says_what_to_create(
+        self,
+    ) -> None:
+        s = server([{"fromFineTune": "a"}], model=self.token_base)
+        asked = decide_server(s, QwenModelServerStatus(), self.runs, None, NOW)
+        assert asked.create
+        assert [(r.object, r.field) for r in asked.references] == [
+            (("persistentvolumeclaim", "runs"), "volume adapters-0"),
+            (("secret", "hf"), "model.hub.tokenSecretRef"),
+        ]
+        known = {("secret", "hf"): None, ("persistentvolumeclaim", "runs"): kube.Found()}
+        held = decide_server(s, QwenModelServerStatus(), self.runs, None, NOW, known)
+        assert not held.create and not held.replace
+        assert held.status.phase == "Pending"
+        ready = next(c for c in held.status.conditions if c.type == "Ready")
+        assert (ready.status, ready.reason) == ("False", "MissingReference")
+        assert ready.message == (
+            "waiting for secret hf for spec.model.hub.tokenSecretRef in namespace ml before "
+            "creating Deployment shared-server: create it, or change the spec that names it"
+        )
+        assert [(e.type, e.reason) for e in held.events] == [("Warning", "MissingReference")]
+        assert held.requeue_after == 1.0  # a Secret: looked for again soon
+        # the next pass, still missing: no second Event
+        again = decide_server(s, held.status, self.runs, None, NOW, known)
+        assert not again.create and [e.reason for e in again.events] == []
+        # the Secret exists: the Deployment is created
+        known[("secret", "hf")] = kube.Found()
+        made = decide_server(s, again.status, self.runs, None, NOW, known)
+        assert made.create and made.requeue_after is None and made.status.phase == "Deploying"
+
+    def test_a_missing_adapter_claim_holds_a_roll_back(self) -> None:
+        s = server([{"fromFineTune": "a"}, {"fromFineTune": "b"}])
+        first = decide_server(s, QwenModelServerStatus(), self.runs, None, NOW)
+        assert first.deployment is not None
+        live = rolled(first.deployment)
+        other_claim = facts(run_body("b", output={"pvc": {"claimName": "more-runs"}}))
+        known = {("persistentvolumeclaim", "more-runs"): None}
+        held = decide_server(s, first.status, [*self.runs, other_claim], live, NOW, known)
+        assert not held.replace and held.status.phase == "Deploying"
+        ready = next(c for c in held.status.conditions if c.type == "Ready")
+        assert ready.reason == "MissingReference"
+        assert ready.message.startswith(
+            "waiting for persistentvolumeclaim more-runs for volume adapters-0 in namespace ml "
+            "before rolling out Deployment shared-server:"
+        )
+        assert held.requeue_after == 10.0
+        # present: the roll goes ahead
+        rolls = decide_server(s, first.status, [*self.runs, other_claim], live, NOW, {})
+        assert rolls.replace
 
 
 class TestCommandLines:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ from qwenft_operator.model_server.decide import READY, ServerDecision, decide_se
 from qwenft_operator.model_server.spec import KIND
 from qwenft_operator.model_server.status import QwenModelServerStatus, ServerPhase
 from qwenft_operator.parsed_run import Run
+from qwenft_operator.references import Known, Reference, missing
 from qwenft_operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
@@ -217,12 +218,25 @@ class ServerController:
             kube.get_object, self.clients, "Deployment", namespace, server.deployment_name
         )
         decision = decide_server(server, old, facts, deployment, now)
+        if decision.references:
+            # The decision took the Deployment's references as present; if a lookup finds
+            # otherwise, decide again knowing it.
+            known = await self._call(self._look_up, namespace, decision.references)
+            if missing(decision.references, known):
+                decision = decide_server(server, old, facts, deployment, now, known)
         patched = await self._call(self._execute, server, old, decision, deployment)
         if patched is not None:
             self._remember(key, patched)
         for event in decision.events:
             await self._call(kube.post_event, self.clients, body, event)
+        if decision.requeue_after is not None:
+            self._later(key, decision.requeue_after)
         return decision
+
+    def _look_up(self, namespace: str, refs: Sequence[Reference]) -> Known:
+        """What exists of ``refs`` (one API call per object)."""
+        keys = dict.fromkeys(ref.object for ref in refs)
+        return {key: kube.look_up_reference(self.clients, namespace, key) for key in keys}
 
     def _remember(self, key: ServerKey, body: Mapping[str, Any]) -> None:
         if key in self._servers:

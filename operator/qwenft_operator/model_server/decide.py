@@ -27,6 +27,15 @@ from qwenft_operator.model_server.status import (
     ServerPhase,
 )
 from qwenft_operator.observe import parse_deployment
+from qwenft_operator.references import (
+    Known,
+    Reference,
+    describe_all,
+    missing,
+    model_references,
+    secret_retry_after,
+    template_references,
+)
 
 # Condition types of a server.
 READY = "Ready"  # every replica serves the current adapter set
@@ -59,6 +68,10 @@ class ServerDecision:
     replace: bool = False
     delete: bool = False
     events: tuple[EmitEvent, ...] = ()
+    # What the Deployment's pods need, to be looked up before it is created or replaced.
+    references: tuple[Reference, ...] = ()
+    # Seconds until the server is looked at again (a missing reference), or None.
+    requeue_after: float | None = None
 
 
 def rolled_out(deployment: Mapping[str, Any], digest: str) -> bool:
@@ -82,8 +95,13 @@ def decide_server(
     fine_tunes: Sequence[plan.FineTuneFacts],
     deployment: Mapping[str, Any] | None,
     now: datetime,
+    known: Known | None = None,
 ) -> ServerDecision:
-    """The next status of ``server`` and its children's bodies."""
+    """The next status of ``server`` and its children's bodies.
+
+    ``known`` is what exists of the Deployment's references; an object not in it is taken
+    as present (the first decision, whose ``references`` say what to look up).
+    """
     planned = plan.plan_adapters(server.name, server.spec, fine_tunes)
     accepted = [a for a in planned if a.accepted]
     conditions = list(old.conditions)
@@ -102,6 +120,9 @@ def decide_server(
 
     body = service = None
     create = replace = delete = False
+    refs: tuple[Reference, ...] = ()
+    requeue_after = None
+    events: list[EmitEvent] = []
     if not accepted:
         delete = deployment is not None
         phase = ServerPhase.PENDING
@@ -121,7 +142,18 @@ def decide_server(
         replace = deployment is not None and not current
         live = deployment is not None and current and rolled_out(deployment, digest)
         failed = deployment is not None and current and parse_deployment(deployment).failed
-        if live:
+        if create or replace:
+            refs = _named_by_spec(server, template_references(body))
+        gone = missing(refs, known or {})
+        if gone:
+            message = _waiting_message(server, gone, "creating" if create else "rolling out")
+            create = replace = False
+            phase = ServerPhase.PENDING if deployment is None else ServerPhase.DEPLOYING
+            if not _said_before(old, message):
+                events.append(EmitEvent("Warning", cond.MISSING_REFERENCE, message))
+            set_condition(READY, "False", cond.MISSING_REFERENCE, message)
+            requeue_after = _retry_after(old, gone, now)
+        elif live:
             phase = ServerPhase.READY
             set_condition(READY, "True", SERVING, f"serving {len(accepted)} adapters")
         elif failed:
@@ -164,8 +196,52 @@ def decide_server(
         create=create,
         replace=replace,
         delete=delete,
-        events=tuple(_events(old.adapters, statuses)),
+        events=(*events, *_events(old.adapters, statuses)),
+        references=refs,
+        requeue_after=requeue_after,
     )
+
+
+def _named_by_spec(server: builders.Server, pod_refs: Sequence[Reference]) -> tuple[Reference, ...]:
+    """``pod_refs`` with the base model's objects named by their spec field."""
+    by_object = {ref.object: ref for ref in model_references(server.spec.model)}
+    return tuple(by_object.get(ref.object, ref) for ref in pod_refs)
+
+
+# Seconds between looks while only claims are missing (no watch of claims wakes a server).
+MISSING_CLAIM_RETRY = 10.0
+
+
+def _waiting_message(server: builders.Server, gone: Sequence[Reference], step: str) -> str:
+    fix = "create it" if len(gone) == 1 else "create them"
+    return (
+        f"waiting for {describe_all(gone)} in namespace {server.namespace} before {step} "
+        f"Deployment {server.deployment_name}: {fix}, or change the spec that names "
+        f"{'it' if len(gone) == 1 else 'them'}"
+    )
+
+
+def _said_before(old: QwenModelServerStatus, message: str) -> bool:
+    """Whether the old Ready condition already says ``message``."""
+    before = cond.get_condition(old.conditions, READY)
+    return before is not None and (before.reason, before.message) == (
+        cond.MISSING_REFERENCE,
+        message,
+    )
+
+
+def _retry_after(old: QwenModelServerStatus, gone: Sequence[Reference], now: datetime) -> float:
+    """Soon while a Secret has been missing a short while, then less often."""
+    if not any(ref.kind == "secret" for ref in gone):
+        return MISSING_CLAIM_RETRY
+    before = cond.get_condition(old.conditions, READY)
+    missing_since = (
+        before.last_transition_time
+        if before is not None and before.reason == cond.MISSING_REFERENCE
+        else None
+    )
+    waited = (now - missing_since).total_seconds() if missing_since is not None else 0.0
+    return secret_retry_after(waited)
 
 
 def _final_state(
