@@ -51,6 +51,7 @@ from chartkit import (
     helm_uninstall,
     release_name,
     service_account_kubeconfig,
+    wait_for_grants,
 )
 from kubernetes import client
 from operatorkit import (
@@ -240,6 +241,7 @@ def stack(
     kubeconfig = service_account_kubeconfig(
         kubeconfig_path, system, fullname(release), work / "sa.kubeconfig"
     )
+    wait_for_grants(kubeconfig, [watched, broken])
     operator = OperatorProcess(kubeconfig, work, QWENFT_NAMESPACES=f"{watched},{broken}")
     qwenft = str(Path(sys.executable).parent / "qwenft")
     serve_port = free_port()
