@@ -1,6 +1,7 @@
 """Helpers for the chart's e2e tests: helm and kubectl calls, installing the chart into a
 namespace that enforces the "restricted" Pod Security Standard, and a kubeconfig that
-authenticates as the chart's ServiceAccount (a token from the TokenRequest API).
+authenticates as the chart's ServiceAccount (a token from the TokenRequest API), and a wait
+until the API server's authorizer applies the chart's RBAC to that account.
 
 Not a test module; `test_chart_install` and `test_monitoring` import it (pytest puts this
 directory on `sys.path`). helm and kubectl are on PATH once the `cluster` fixture runs.
@@ -14,6 +15,8 @@ import uuid
 from pathlib import Path
 
 import yaml
+from operatorkit import wait_until
+from qwenft_operator import kube, permissions
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "qwenft-operator"
 CRD_NAME = "qwenfinetunes.finetune.qwenft.io"
@@ -96,3 +99,18 @@ def service_account_kubeconfig(admin: Path, namespace: str, account: str, path: 
     )
     path.chmod(0o600)
     return path
+
+
+def wait_for_grants(kubeconfig: Path, namespaces: list[str]) -> None:
+    """Wait until the API server grants ``kubeconfig``'s account every watch the operator
+    checks at start-up in ``namespaces`` ([]: cluster-wide). The authorizer sees RBAC
+    objects through informers, a moment after helm created them; an operator started
+    before would exit 2."""
+    clients = kube.Clients.connect(str(kubeconfig))
+    try:
+        wait_until(
+            "the chart's RBAC to take effect",
+            lambda: not kube.denied(clients, permissions.required(namespaces)),
+        )
+    finally:
+        clients.close()

@@ -47,6 +47,7 @@ from chartkit import (
     release_name,
     run,
     service_account_kubeconfig,
+    wait_for_grants,
 )
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -191,9 +192,23 @@ def _can_i(sa: str, verb: str, resource: str, namespace: str | None) -> bool:
     return done.stdout.strip() == "yes"
 
 
+def wait_for_bindings(sa: str, namespace: str | None) -> None:
+    """Wait until the authorizer applies the release's RoleBinding (or, with no namespace,
+    its ClusterRoleBinding) and the CRD reader's: it sees RBAC objects through informers,
+    a moment after helm created them."""
+    verb, resource = ALLOWED_IN_WATCHED[0]
+    wait_until(
+        f"{sa}'s grant to {verb} {resource} to take effect",
+        lambda: _can_i(sa, verb, resource, namespace),
+    )
+    crds = "customresourcedefinitions.apiextensions.k8s.io"
+    wait_until(f"{sa}'s CRD read to take effect", lambda: _can_i(sa, "list", crds, None))
+
+
 def test_service_account_has_least_privilege(release: tuple[str, str, str]) -> None:
     name, namespace, watched = release
     sa = f"system:serviceaccount:{namespace}:{fullname(name)}"
+    wait_for_bindings(sa, watched)
     for verb, resource in ALLOWED_IN_WATCHED:
         assert _can_i(sa, verb, resource, watched), f"cannot {verb} {resource} in {watched}"
     for verb, resource in DENIED_IN_WATCHED:
@@ -210,6 +225,7 @@ def test_cluster_wide_mode_grants_no_secret_access(restricted_namespace: str) ->
     helm_install(name, restricted_namespace, [])
     try:
         sa = f"system:serviceaccount:{restricted_namespace}:{fullname(name)}"
+        wait_for_bindings(sa, None)
         for verb, resource in [a for a in ALLOWED_IN_WATCHED if a[1] != "secrets"]:
             assert _can_i(sa, verb, resource, None), f"cannot {verb} {resource} cluster-wide"
         assert _can_i(sa, "watch", "namespaces", None)
@@ -339,6 +355,7 @@ def test_operator_cluster_wide_with_chart_permissions_reaches_ready(
     kubeconfig = service_account_kubeconfig(
         kubeconfig_path, restricted_namespace, fullname(name), tmp_path / "sa.kubeconfig"
     )
+    wait_for_grants(kubeconfig, [])
     body = example("lora-single-gpu")
     run_name = body["metadata"]["name"]
     try:

@@ -2,7 +2,8 @@
 
 ``qwenft`` runs as a subprocess with the cluster's KUBECONFIG, as a user runs it. Covers:
 - ``qwenft status --watch`` follows a run the operator drives to Ready (kwok runs the
-  pods), printing its phases in run order and exiting 0 once Ready; ``qwenft status``
+  pods; the run waits for its dataset ConfigMap until the watch has shown it), printing
+  its phases in run order and exiting 0 once Ready; ``qwenft status``
   then shows the endpoint the operator wrote and the conditions table; an unknown run
   exits 1 naming it;
 - ``qwenft render`` of the multi-node Q-LoRA example prints exactly the children the
@@ -29,10 +30,19 @@ import pytest
 import yaml
 from devcluster import ControlPlane
 from kubernetes import client
-from operatorkit import EXAMPLES, create_run, example, get_run, wait_phase, wait_until
+from operatorkit import (
+    CONFIG_MAPS,
+    EXAMPLES,
+    create_run,
+    example,
+    get_run,
+    wait_phase,
+    wait_until,
+)
 from qwenft_operator import kube
 
 pytestmark = pytest.mark.e2e
+DATASET = "support-chats"  # the ConfigMap the example's dataset names
 PHASE_ORDER = ["Pending", "Validating", "Training", "Merging", "Deploying", "Ready"]
 
 
@@ -58,14 +68,39 @@ def field(text: str, label: str) -> list[str]:
 def test_status_watch_follows_a_run_to_ready(
     kube_client: client.ApiClient, namespace: str, kubeconfig_path: Path
 ) -> None:
+    # The run waits for its dataset until the watch has shown it once: a run that reached
+    # Ready before the CLI started would show only its end.
+    core = client.CoreV1Api(kube_client)
+    core.delete_namespaced_config_map(DATASET, namespace)
     create_run(kube_client, namespace, example("lora-single-gpu"))
-    watched = qwenft(
-        kubeconfig_path, "status", "support-lora", "-n", namespace, "--watch", "--interval", "0.2",
-        timeout=120,
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "qwenft_operator.cli", "status", "support-lora", "-n", namespace,
+         "--watch", "--interval", "0.2"],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert watched.returncode == 0, watched.stderr
-    phases = [p.split()[0] for p in field(watched.stdout, "Phase")]
-    assert phases[-1] == "Ready", watched.stdout
+    printed: list[str] = []
+    assert watch.stdout is not None
+    stdout = watch.stdout
+    reader = threading.Thread(target=lambda: [printed.append(line) for line in stdout])
+    reader.start()
+    try:
+        wait_until(
+            "the watch to show the run",
+            lambda: field("".join(printed), "Phase") or watch.poll() is not None,
+            timeout=60,
+        )
+        core.create_namespaced_config_map(
+            namespace, {"metadata": {"name": DATASET}, "data": CONFIG_MAPS[DATASET]}
+        )
+        returncode = watch.wait(timeout=120)
+    finally:
+        watch.kill()
+        reader.join(timeout=10)
+        stdout.close()
+    assert returncode == 0, printed
+    phases = [p.split()[0] for p in field("".join(printed), "Phase")]
+    assert phases[-1] == "Ready", printed
     assert len(set(phases)) >= 2, phases  # it saw the run change, not only the end
     order = [PHASE_ORDER.index(p) for p in phases]
     assert order == sorted(order), phases

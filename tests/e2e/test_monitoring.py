@@ -51,6 +51,7 @@ from chartkit import (
     helm_uninstall,
     release_name,
     service_account_kubeconfig,
+    wait_for_grants,
 )
 from kubernetes import client
 from operatorkit import (
@@ -82,6 +83,9 @@ READY = "mon-ready"  # the happy path, start to Ready
 DENIED = "mon-denied"  # in the namespace whose Role cannot create Deployments
 MODEL = "tiny-chat"
 TRAINER_PORT = 9400  # the port the operator's progress reader scrapes on a training pod
+# More steps than the module lasts (the tiny model trains ~20 steps/s on one idle core): the
+# trainer must still be training when the dashboard's queries run; the fixture stops it.
+TRAIN_STEPS = 100_000
 DATASET = ROOT / "trainer" / "qwenft_trainer" / "assets" / "quickstart-dialogues.jsonl"
 # Series only a GPU produces: CUDA memory, and vLLM's (it serves on a GPU only).
 GPU_ONLY = re.compile(r"qwenft_train_gpu_memory_|vllm:")
@@ -156,7 +160,7 @@ def _train_config(work: Path, model: Path) -> Path:
         "method": "lora",
         "lora": {"r": 8, "alpha": 16},
         "training": {
-            "max_steps": 400,
+            "max_steps": TRAIN_STEPS,
             "per_device_batch_size": 2,
             "gradient_accumulation_steps": 1,
             "learning_rate": 0.001,
@@ -240,6 +244,7 @@ def stack(
     kubeconfig = service_account_kubeconfig(
         kubeconfig_path, system, fullname(release), work / "sa.kubeconfig"
     )
+    wait_for_grants(kubeconfig, [watched, broken])
     operator = OperatorProcess(kubeconfig, work, QWENFT_NAMESPACES=f"{watched},{broken}")
     qwenft = str(Path(sys.executable).parent / "qwenft")
     serve_port = free_port()
@@ -333,7 +338,7 @@ def test_real_trainer_progress_reaches_the_status(stack: Stack) -> None:
         return progress if progress and progress.get("step", 0) >= 2 else None
 
     progress = wait_until("status.progress from the real trainer", progressed, 240, stack.why)
-    assert progress["totalSteps"] == 400
+    assert progress["totalSteps"] == TRAIN_STEPS
     assert 0 < float(str(progress["loss"])) < 20
 
 

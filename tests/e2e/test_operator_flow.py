@@ -218,7 +218,9 @@ def test_failing_training_pod_fails_the_run_with_its_exit_code_and_message(
 
 def test_suspend_and_resume(kube_client: client.ApiClient, namespace: str) -> None:
     run = suspended_run(kube_client, namespace, example("lora-single-gpu"))
-    annotate_train_pods(kube_client, namespace, run, {KWOK_AFTER: "6s"})
+    # The pods run until the test ends them: one that ended on its own before the suspend
+    # reached its Job would finish the run instead.
+    annotate_train_pods(kube_client, namespace, run, {KWOK_AFTER: "1h"})
     patch_run(kube_client, namespace, run, {"spec": {"suspend": False}})
 
     def running() -> bool:
@@ -239,6 +241,17 @@ def test_suspend_and_resume(kube_client: client.ApiClient, namespace: str) -> No
         timeout=30,
     )
     patch_run(kube_client, namespace, run, {"spec": {"suspend": False}})
+    resumed_pods = wait_until(
+        "the resumed Job's training pod to run",
+        lambda: [
+            p for p in pods_of(kube_client, namespace, run, "train") if p.status.phase == "Running"
+        ],
+        timeout=30,
+    )
+    for pod in resumed_pods:  # kwok ends them now
+        client.CoreV1Api(kube_client).patch_namespaced_pod(
+            pod.metadata.name, namespace, {"metadata": {"annotations": {KWOK_AFTER: "0s"}}}
+        )
     ready = wait_phase(kube_client, namespace, run, "Ready", timeout=60)
     resumed = condition(ready, "Suspended")
     assert resumed is not None and (resumed["status"], resumed["reason"]) == ("False", "Resumed")

@@ -82,8 +82,13 @@ def test_a_tight_run_trains_with_a_warning(kube_client: client.ApiClient, namesp
         lambda: train_jobs(kube_client, namespace, "tight"),
         timeout=60,
     )
-    fits = condition(get_run(kube_client, namespace, "tight"), "FitsGPU")
-    assert fits is not None and fits["status"] == "True" and fits["reason"] == "GpuMemoryTight"
+    # The pass that sets FitsGPU creates the Job first and patches the status after it.
+    fits = wait_until(
+        "the tight run's FitsGPU condition",
+        lambda: condition(get_run(kube_client, namespace, "tight"), "FitsGPU"),
+        timeout=30,
+    )
+    assert fits["status"] == "True" and fits["reason"] == "GpuMemoryTight", fits
     event = wait_until(
         "a GpuMemoryTight Warning Event",
         lambda: warning(kube_client, namespace, "tight", "GpuMemoryTight"),

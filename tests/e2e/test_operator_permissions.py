@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from chartkit import service_account_kubeconfig
 from kubernetes import client
+from operatorkit import wait_until
 from qwenft_operator import kube, permissions
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +58,11 @@ def test_watch_refused_in_one_namespace_stops_the_operator_at_start(
         )
         clients = kube.Clients.connect(str(narrow))
         try:
+            # The authorizer sees a new RoleBinding through its informers, a moment later.
+            wait_until(
+                f"the Role in {e2e_namespace} to take effect",
+                lambda: not kube.denied(clients, permissions.required([e2e_namespace])),
+            )
             refused = kube.denied(clients, permissions.required([e2e_namespace, other]))
         finally:
             clients.close()

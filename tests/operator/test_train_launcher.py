@@ -11,7 +11,7 @@ such a verdict stays 1.
 
 And with the real process tree of a pod (slow): the launcher running the real torchrun
 running two real trainer ranks (gloo, tiny model). SIGTERM to the launcher, once the log
-shows step 7 of 12, ends it promptly with STOPPED_EXIT_CODE after both ranks stopped at
+shows step 7 of 24, ends it promptly with STOPPED_EXIT_CODE after both ranks stopped at
 the same later step with a complete checkpoint, a ``Stopped`` termination log and no
 final adapter; the stop file is gone afterwards; the launcher run again resumes from that
 checkpoint and ends (exit 0) with the adapter of an uninterrupted run (rtol 1e-5, atol
@@ -111,7 +111,9 @@ def test_other_failures_keep_torchruns_exit_code(env: dict[str, str]) -> None:
     assert run(env, "crash").returncode == 1
 
 
-STEPS = 12
+# The SIGTERM must land after step SEEN and before the last step: steps take tens of ms
+# here, so the steps between leave room for the log line's way to the test under load.
+STEPS = 24
 SEEN = 7
 
 

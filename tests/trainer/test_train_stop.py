@@ -1,13 +1,13 @@
 """A run stopped by SIGTERM: checkpoint after the current step, exit 75, resume exactly.
 
 Covers, with the real trainer: ``qwenft train`` (one process) sent SIGTERM once its log
-shows step 7 of 12, and two ranks under torchrun where only rank 1 gets SIGTERM (both
+shows step 13 of 24, and two ranks under torchrun where only rank 1 gets SIGTERM (both
 must stop after the same step, the collective in qwenft_trainer.stopping). Each stopped
 run exits promptly with 75 (under torchrun: both ranks, whose exits torchrun reports),
 logs ``train_stopped`` with a complete ``checkpoint-N`` (N past the step seen, inside
 the second epoch: the resume must skip into the middle of an epoch), writes a
 ``Stopped`` termination log, and leaves neither the final adapter nor ``summary.json``.
-Run again, it resumes from N, trains N+1..12 and ends with the adapter of an
+Run again, it resumes from N, trains N+1..24 and ends with the adapter of an
 uninterrupted run (rtol 1e-5, atol 1e-6), LoRA dropout on so the RNG state must come
 back too. The pod launcher around torchrun is tested in tests/operator/test_train_launcher.py.
 """
@@ -36,10 +36,12 @@ from trainrun import (
 
 pytestmark = pytest.mark.slow
 
-STEPS = 12
-SEEN = 7  # SIGTERM once the log shows this step
-ROWS = 24  # 4 rows per step: an epoch is 6 steps, so SEEN and later sit in the second one
-STEPS_PER_EPOCH = 6
+# The SIGTERM must land after step SEEN and before the epoch's end: steps take tens of ms
+# here, so the ten steps between leave room for the log line's way to the test under load.
+STEPS = 24
+SEEN = 13  # SIGTERM once the log shows this step
+ROWS = 48  # 4 rows per step: an epoch is 12 steps, so SEEN and later sit in the second one
+STEPS_PER_EPOCH = 12
 EXIT_SECONDS = 60.0  # a generous bound on two loaded cores; measured values are ~2-10 s
 
 
