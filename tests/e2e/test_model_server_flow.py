@@ -12,7 +12,9 @@ server:
   BaseModelMismatch (and a Warning Event), and never reaches the Deployment;
 - the self-attached run gets no Deployment of its own; its status points at the server;
 - deleting a run rolls the Deployment without its adapter (a new template, rolled out
-  until every replica runs it) and an Event says it was removed.
+  until every replica runs it) and an Event says it was removed;
+- a server whose token Secret is missing creates no Deployment, says MissingReference with
+  the Secret and its spec field (and a Warning Event), and serves once the Secret exists.
 """
 
 from __future__ import annotations
@@ -234,3 +236,48 @@ def test_three_adapters_served_a_fourth_refused_and_deletion_removes_one(
         ),
         timeout=30,
     )
+
+
+def test_a_missing_token_secret_holds_the_deployment_until_it_exists(
+    kube_client: client.ApiClient, namespace: str
+) -> None:
+    base = copy.deepcopy(example("lora-single-gpu")["spec"]["model"])
+    base["hub"]["tokenSecretRef"] = {"name": "server-token", "key": "token"}
+    body = server_body(base)
+    body["spec"]["adapters"] = [{"fromFineTune": "task-a"}]
+    custom = client.CustomObjectsApi(kube_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, SERVERS, body)
+    create_run(kube_client, namespace, fine_tune("task-a", r=16))
+
+    def waiting_for_secret() -> dict[str, Any] | None:
+        found = get_server(kube_client, namespace)
+        ready = condition(found, "Ready")
+        return found if ready is not None and ready["reason"] == "MissingReference" else None
+
+    held = wait_until("the server to wait for its token Secret", waiting_for_secret, timeout=120)
+    ready = condition(held, "Ready")
+    assert ready is not None and ready["status"] == "False"
+    assert ready["message"].startswith(
+        "waiting for secret server-token for spec.model.hub.tokenSecretRef in namespace "
+        f"{namespace} before creating Deployment {SERVER}-server: create it"
+    )
+    assert held["status"]["phase"] == "Pending"
+    assert deployment_command(kube_client, namespace) is None
+    assert any(
+        (t, r) == ("Warning", "MissingReference") and "server-token" in m
+        for t, r, m in server_events(kube_client, namespace)
+    )
+
+    client.CoreV1Api(kube_client).create_namespaced_secret(
+        namespace, {"metadata": {"name": "server-token"}, "stringData": {"token": "hf_x"}}
+    )
+
+    def serving() -> dict[str, Any] | None:
+        found = get_server(kube_client, namespace)
+        return found if adapter_states(found) == {"task-a": ("Serving", "Serving")} else None
+
+    served = wait_until("the server to serve once the Secret exists", serving, timeout=60)
+    assert served["status"]["phase"] == "Ready"
+    dep = client.AppsV1Api(kube_client).read_namespaced_deployment(f"{SERVER}-server", namespace)
+    env = {e.name: e.value_from for e in dep.spec.template.spec.containers[0].env or []}
+    assert env["HF_TOKEN"].secret_key_ref.name == "server-token"
