@@ -23,7 +23,6 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from qwenft_operator import references
 from qwenft_operator.actions import ChildKind, EmitEvent
 from qwenft_operator.events import build_event
 from qwenft_operator.permissions import Access
@@ -35,7 +34,7 @@ from qwenft_operator.queueing import (
     read_wait,
     workload_of,
 )
-from qwenft_operator.references import Found, ObjectKey, Reference
+from qwenft_operator.references import Found, Known, ObjectKey, Reference
 from qwenft_operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -299,13 +298,10 @@ def look_up_reference(clients: Clients, namespace: str, key: ObjectKey) -> Found
     return Found(keys=frozenset({*(found.get("data") or {}), *(found.get("binaryData") or {})}))
 
 
-def missing_references(
-    clients: Clients, namespace: str, refs: Iterable[Reference]
-) -> tuple[str, ...]:
-    """Descriptions of the references that don't exist (or lack their key)."""
-    wanted = list(refs)
-    known = {ref.object: look_up_reference(clients, namespace, ref.object) for ref in wanted}
-    return tuple(ref.describe() for ref in references.missing(wanted, known))
+def look_up_references(clients: Clients, namespace: str, refs: Iterable[Reference]) -> Known:
+    """What exists of the objects ``refs`` name (one call per object)."""
+    keys = dict.fromkeys(ref.object for ref in refs)
+    return {key: look_up_reference(clients, namespace, key) for key in keys}
 
 
 def queue_wait(clients: Clients, namespace: str, job: str) -> QueueWait | None:

@@ -32,8 +32,9 @@ from qwenft_operator.builders import serving
 from qwenft_operator.model_server import adapters as plan
 from qwenft_operator.model_server import builders
 from qwenft_operator.model_server.adapters import FineTuneFacts
-from qwenft_operator.model_server.controller import ServerController, record_fine_tune
+from qwenft_operator.model_server.controller import ServerController
 from qwenft_operator.model_server.decide import decide_server
+from qwenft_operator.model_server.fine_tune_index import record_fine_tune
 from qwenft_operator.model_server.spec import QwenModelServer
 from qwenft_operator.model_server.status import QwenModelServerStatus
 from qwenft_operator.parsed_run import Run

@@ -5,7 +5,7 @@ reconciled when it changes, when its Deployment changes, and when any ``QwenFine
 its namespace changes (a run finishing, being labelled, attaching itself or being deleted
 may change the adapter set; servers are few, so every server of the namespace is looked
 at). The runs come from the operator's index of ``QwenFineTune`` objects
-(:func:`parse_fine_tune`), so a reconcile reads only the server's Deployment. Triggers for
+(:mod:`.fine_tune_index`), so a reconcile reads only the server's Deployment. Triggers for
 a server being reconciled are coalesced into one more pass, as for runs.
 """
 
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,56 +30,17 @@ from qwenft_operator.coalesce import Coalescer
 from qwenft_operator.model_server.adapters import FineTuneFacts
 from qwenft_operator.model_server.builders import Server
 from qwenft_operator.model_server.decide import READY, ServerDecision, decide_server
+from qwenft_operator.model_server.fine_tune_index import FineTuneRecord
 from qwenft_operator.model_server.spec import KIND
 from qwenft_operator.model_server.status import QwenModelServerStatus, ServerPhase
 from qwenft_operator.parsed_run import Run
-from qwenft_operator.references import Known, Reference, missing
+from qwenft_operator.references import missing
 from qwenft_operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 ServerKey = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class FineTuneRecord:
-    """A ``QwenFineTune`` as the index keeps it: raw, so indexing every run event of the
-    cluster costs no spec validation; :meth:`ServerController.facts_of` parses it once per
-    generation, and only for namespaces that have a server."""
-
-    name: str
-    uid: str
-    generation: int
-    labels: tuple[tuple[str, str], ...]
-    body: Mapping[str, Any] = field(compare=False, repr=False)
-    phase: str | None = None
-    trained: bool = False
-    deleting: bool = False
-
-
-def record_fine_tune(body: Mapping[str, Any]) -> FineTuneRecord:
-    """What servers need of a ``QwenFineTune`` body (for the operator's index)."""
-    meta = body["metadata"]
-    status = body.get("status") or {}
-    trained = any(
-        c.get("type") == cond.TRAINED and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    return FineTuneRecord(
-        name=str(meta["name"]),
-        uid=str(meta.get("uid") or ""),
-        generation=int(meta.get("generation") or 1),
-        labels=tuple(sorted((meta.get("labels") or {}).items())),
-        body={"metadata": dict(meta), "spec": body.get("spec") or {}},
-        phase=status.get("phase"),
-        trained=trained,
-        deleting=bool(meta.get("deletionTimestamp")),
-    )
-
-
-def _signature(record: FineTuneRecord) -> tuple[Any, ...]:
-    return (record.generation, record.labels, record.phase, record.trained, record.deleting)
 
 
 def _version(body: Mapping[str, Any]) -> int:
@@ -162,7 +122,7 @@ class ServerController:
     ) -> None:
         """A run of ``namespace`` changed (``record`` None: deleted): look at every server
         there, unless nothing a server reads of the run changed (a progress update, say)."""
-        signature = None if record is None else _signature(record)
+        signature = None if record is None else record.signature()
         slot = (namespace, name)
         if slot in self._fine_tunes_seen and self._fine_tunes_seen[slot] == signature:
             return
@@ -221,7 +181,9 @@ class ServerController:
         if decision.references:
             # The decision took the Deployment's references as present; if a lookup finds
             # otherwise, decide again knowing it.
-            known = await self._call(self._look_up, namespace, decision.references)
+            known = await self._call(
+                kube.look_up_references, self.clients, namespace, decision.references
+            )
             if missing(decision.references, known):
                 decision = decide_server(server, old, facts, deployment, now, known)
         patched = await self._call(self._execute, server, old, decision, deployment)
@@ -232,11 +194,6 @@ class ServerController:
         if decision.requeue_after is not None:
             self._later(key, decision.requeue_after)
         return decision
-
-    def _look_up(self, namespace: str, refs: Sequence[Reference]) -> Known:
-        """What exists of ``refs`` (one API call per object)."""
-        keys = dict.fromkeys(ref.object for ref in refs)
-        return {key: kube.look_up_reference(self.clients, namespace, key) for key in keys}
 
     def _remember(self, key: ServerKey, body: Mapping[str, Any]) -> None:
         if key in self._servers:

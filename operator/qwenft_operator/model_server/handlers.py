@@ -18,7 +18,8 @@ import kopf
 from qwenft_operator import kube, labels
 from qwenft_operator.kopf_typing import typed
 from qwenft_operator.model_server.builders import SERVER_KEY
-from qwenft_operator.model_server.controller import ServerController, record_fine_tune
+from qwenft_operator.model_server.controller import ServerController
+from qwenft_operator.model_server.fine_tune_index import record_fine_tune
 from qwenft_operator.model_server.spec import PLURAL
 from qwenft_operator.settings import OperatorConfig
 from qwenft_operator.spec import GROUP, VERSION
