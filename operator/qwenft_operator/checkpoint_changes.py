@@ -9,9 +9,10 @@ names another choice, the merge is redone and the server rolls onto it, in that 
    merged model meanwhile, and Merged and Ready say so (reason ``CheckpointChanged``);
 2. once it is gone, the reconcile decision creates the merge Job for the new choice, and
    waits for it as for any merge;
-3. once that merge succeeded, the Deployment's pod template is replaced (:func:`roll`): its
-   annotation and, for the builtin server without a merge, its ``--checkpoint`` argument
-   change, so the Deployment rolls and its readiness says when the new choice is served.
+3. once that merge succeeded, the Deployment is replaced as for any change of the spec it
+   is built from (:mod:`~qwenft_operator.server_updates`): its pod template's annotation
+   and, for the builtin server without a merge, its ``--checkpoint`` argument change, so
+   the Deployment rolls and its readiness says when the new choice is served.
 
 Each step posts one Normal Event with reason ``CheckpointChanged``.
 """
@@ -19,15 +20,10 @@ Each step posts one Normal Event with reason ``CheckpointChanged``.
 from __future__ import annotations
 
 from qwenft_operator import conditions as cond
-from qwenft_operator import reference_checks
-from qwenft_operator.actions import DeleteChild, EmitEvent, ReplaceChild
-from qwenft_operator.builders import serving
+from qwenft_operator.actions import DeleteChild, EmitEvent
 from qwenft_operator.draft import Draft
 from qwenft_operator.observe import DeploymentFacts, JobFacts
-from qwenft_operator.parsed_run import Run
 from qwenft_operator.phases import Phase
-from qwenft_operator.reference_checks import Waiting
-from qwenft_operator.references import Known
 
 
 def _said(d: Draft, type_: str, message: str) -> bool:
@@ -59,22 +55,3 @@ def redo_merge(d: Draft, job: JobFacts, deployment: DeploymentFacts | None, want
         )
         d.set(cond.READY, "False", cond.CHECKPOINT_CHANGED, serving_now)
     d.phase(Phase.MERGING)
-
-
-def roll(d: Draft, run: Run, known: Known, deployment: DeploymentFacts) -> None:
-    """Replace the pod template of ``deployment``, made for another choice than the spec's
-    (its merge, if any, is done): the Deployment rolls onto the new choice."""
-    body = serving.build_serve_deployment(run, serving.build_serve_target(run))
-    waiting = Waiting(cond.READY, "False", Phase.DEPLOYING)
-    if not reference_checks.gate(d, run, known, body, waiting):
-        return
-    d.actions.append(ReplaceChild("Deployment", deployment.name, body))
-    wanted = serving.served_checkpoint(run)
-    message = (
-        f"Deployment {deployment.name} rolls from checkpoint {deployment.checkpoint} to {wanted}"
-    )
-    if not _said(d, cond.READY, message):
-        event = f"the server rolls onto checkpoint {wanted} (was {deployment.checkpoint})"
-        d.actions.append(EmitEvent("Normal", cond.CHECKPOINT_CHANGED, event))
-    d.set(cond.READY, "False", cond.CHECKPOINT_CHANGED, message)
-    d.phase(Phase.DEPLOYING)

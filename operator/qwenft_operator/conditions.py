@@ -77,6 +77,9 @@ CHECKPOINT_CHANGED = "CheckpointChanged"
 
 # Reasons: serving.
 DEPLOYING = "Deploying"  # the Deployment is rolling out
+# The run's spec builds another server Deployment than the one running (e.g. a changed
+# inference.replicas or engine): it is replaced and rolls onto the new spec.
+SERVER_UPDATED = "ServerUpdated"
 ENDPOINT_READY = "EndpointReady"  # the Deployment is available behind its Service
 INFERENCE_DISABLED = "InferenceDisabled"  # spec.inference.enabled is false
 SERVED_BY_MODEL_SERVER = "ServedByModelServer"  # spec.inference.server: a shared server serves it
@@ -116,6 +119,7 @@ REASONS = (
     CHECKPOINT_NOT_FOUND,
     CHECKPOINT_CHANGED,
     DEPLOYING,
+    SERVER_UPDATED,
     ENDPOINT_READY,
     INFERENCE_DISABLED,
     SERVED_BY_MODEL_SERVER,

@@ -236,7 +236,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorConfig) -> None:
         if NAME_KEY not in labels:  # a QwenModelServer's (model_server.handlers)
             return
         dep = parse_deployment(body)
-        signature = (dep.available, dep.failed, dep.ready_replicas, dep.checkpoint)
+        # the digest: a Deployment whose spec was replaced (by the operator or anyone) wakes its run
+        signature = (dep.available, dep.failed, dep.ready_replicas, dep.checkpoint, dep.digest)
         await _child_changed(memo, kwargs, _owner(namespace, labels), ("Deployment", dep.name),
                              signature, deleted=type == "DELETED")  # fmt: skip
 

@@ -8,6 +8,8 @@ run's pods.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
@@ -21,6 +23,11 @@ JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # made by an operator that did not record it and is taken as "final" (the final adapter).
 CHECKPOINT_ANNOTATION = "finetune.qwenft.io/checkpoint"
 FINAL_CHECKPOINT = "final"
+# A digest of the spec the operator built a server Deployment with (:func:`spec_digest` of
+# its replicas, strategy and pod template), on the Deployment's metadata. A Deployment
+# whose digest isn't the one the run's spec builds now is replaced; one without it (made by
+# an operator that did not record it) is replaced once.
+SPEC_DIGEST_ANNOTATION = "finetune.qwenft.io/spec-digest"
 
 Component = Literal["validate", "train", "merge", "serve"]
 COMPONENTS: tuple[Component, ...] = ("validate", "train", "merge", "serve")
@@ -34,6 +41,12 @@ def build_labels(run: str, component: Component) -> dict[str, str]:
 def checkpoint_value(choice: int | str | None) -> str:
     """The :data:`CHECKPOINT_ANNOTATION` value of a spec.inference.checkpoint choice."""
     return FINAL_CHECKPOINT if choice is None else str(choice)
+
+
+def spec_digest(value: object) -> str:
+    """A short stable digest of a built object (its JSON with sorted keys): equal exactly
+    when the objects are. The server Deployments of runs and of QwenModelServers carry one."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_selector(run: str, component: Component) -> dict[str, str]:

@@ -18,7 +18,9 @@ Deployment's facts carry the objects its pod template mounts
 :class:`~qwenft_operator.references.Found` (absent once being deleted). A Job's and a
 Deployment's facts carry the checkpoint choice they were made for
 (``labels.CHECKPOINT_ANNOTATION`` on the Job, on the Deployment's pod template; ``final``
-where it is missing).
+where it is missing); a Deployment's facts, the digest of the spec it was built with
+(``labels.SPEC_DIGEST_ANNOTATION``), and it is available only once every replica runs its
+newest pod template (``updatedReplicas``), so a rollout in progress isn't taken as done.
 
 It is over 300 lines because a pod's termination message, scheduling verdict and disruption
 are each parsed here into typed facts, so the decision reads no raw object.
@@ -296,6 +298,9 @@ class DeploymentFacts:
     # The checkpoint choice its pod template serves (labels.CHECKPOINT_ANNOTATION; "final"
     # when missing); the rollout may still be on its way to it.
     checkpoint: str = labels.FINAL_CHECKPOINT
+    # The digest of the spec it was built with (labels.SPEC_DIGEST_ANNOTATION on its
+    # metadata; "" when missing, as on Deployments of operators that did not record it).
+    digest: str = ""
 
 
 def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
@@ -306,6 +311,8 @@ def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
     wanted = spec.get("replicas")
     replicas = 1 if wanted is None else int(wanted)
     available_replicas = int(status.get("availableReplicas") or 0)
+    # pods of the newest template: until they are all there, old pods may be what's available
+    updated_replicas = int(status.get("updatedReplicas") or 0)
     progressing = conditions.get("Progressing") or {}
     stuck = progressing.get("status") == "False" and (
         progressing.get("reason") == "ProgressDeadlineExceeded"
@@ -320,12 +327,16 @@ def parse_deployment(body: Mapping[str, Any]) -> DeploymentFacts:
         replicas=replicas,
         ready_replicas=int(status.get("readyReplicas") or 0),
         available=current
+        and updated_replicas >= replicas
         and available_replicas >= replicas
         and (_true(conditions, "Available") is not None or replicas == 0),
         failed=failure is not None,
         message=str(failure.get("message") or failure.get("reason") or "") if failure else "",
         references=template_references(body),
         checkpoint=_checkpoint((spec.get("template") or {}).get("metadata") or {}),
+        digest=str(
+            (body["metadata"].get("annotations") or {}).get(labels.SPEC_DIGEST_ANNOTATION) or ""
+        ),
     )
 
 

@@ -20,8 +20,9 @@ change and failure) and a status patch. Before each step creates its Job (or the
 Deployment) the objects that child mounts are checked, and those of the children that run
 are watched (:mod:`reference_checks`). Between validation and training the run's memory
 estimate is checked against its GPUs (:mod:`gpu_fit`): a run that can't fit fails there.
-A merge Job or server Deployment of another ``spec.inference.checkpoint`` than the spec's
-is redone or rolled (:mod:`checkpoint_changes`).
+A merge Job of another ``spec.inference.checkpoint`` than the spec's is redone
+(:mod:`checkpoint_changes`); a server Deployment built from another spec than the run's
+now (its digest differs) is replaced and rolls (:mod:`server_updates`).
 
 This module is over 400 lines because it holds every phase step of one decision (the
 pod-scheduling and stopped-pod reports included); splitting it by step is planned with the
@@ -44,6 +45,7 @@ from qwenft_operator import (
     labels,
     reference_checks,
     scheduling,
+    server_updates,
 )
 from qwenft_operator import conditions as cond
 from qwenft_operator.actions import (
@@ -491,8 +493,8 @@ def _serve(d: Draft, run: Run, observed: Observed) -> None:
         d.status.completion_time = d.status.completion_time or d.now
         return
     d.status.endpoint = Endpoint(url=serving.endpoint_url(run), model_name=run.served_model_name)
+    body = serving.build_serve_deployment(run, serving.build_serve_target(run))
     if deployment is None:
-        body = serving.build_serve_deployment(run, serving.build_serve_target(run))
         waiting = Waiting(cond.READY, "False", Phase.DEPLOYING)
         if not reference_checks.gate(d, run, observed.references, body, waiting):
             return
@@ -504,8 +506,8 @@ def _serve(d: Draft, run: Run, observed: Observed) -> None:
     d.child("serve_deployment", deployment.name)
     d.child("serve_service", names.serve_service)
     missing = _checkpoint_not_found(observed.pods_of("serve"))
-    if deployment.checkpoint != serving.served_checkpoint(run):
-        checkpoint_changes.roll(d, run, observed.references, deployment)
+    if server_updates.outdated(deployment, body):
+        server_updates.update(d, run, observed.references, deployment, body)
     elif missing is not None:
         # the server exits at start and would restart forever, holding its GPUs
         d.fail(cond.READY, cond.CHECKPOINT_NOT_FOUND, missing)

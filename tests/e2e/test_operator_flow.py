@@ -20,6 +20,9 @@ become Ready). Covers:
   ``--checkpoint`` argument, then (only once it completed) the Deployment rolls onto pods
   annotated with the new choice, the run Ready on the new generation, with an Event for
   each step;
+- new ``inference.replicas`` (1 -> 2) on a Ready run: the server Deployment is replaced in
+  place with 2 replicas and a new spec digest, the run Ready again on the new generation,
+  with one ServerUpdated Event;
 - deleting a run removes every child (ownerReferences and the garbage collector);
 - ``kubectl get qft`` shows the printer columns.
 
@@ -381,3 +384,59 @@ def test_a_new_checkpoint_on_a_ready_run_merges_again_then_rolls_the_server(
         ),
         timeout=30,
     )
+
+
+SPEC_DIGEST_ANNOTATION = "finetune.qwenft.io/spec-digest"
+
+
+def test_new_replicas_on_a_ready_run_reach_the_server_deployment(
+    kube_client: client.ApiClient, namespace: str
+) -> None:
+    run = "support-lora"
+    create_run(kube_client, namespace, example("lora-single-gpu"))
+    wait_phase(kube_client, namespace, run, "Ready", timeout=60)
+    apps = client.AppsV1Api(kube_client)
+    before = apps.read_namespaced_deployment(f"{run}-serve", namespace)
+    assert before.spec.replicas == 1
+    old_digest = before.metadata.annotations[SPEC_DIGEST_ANNOTATION]
+
+    patch_run(kube_client, namespace, run, {"spec": {"inference": {"replicas": 2}}})
+    generation = get_run(kube_client, namespace, run)["metadata"]["generation"]
+
+    def two_ready() -> Any:
+        found = apps.read_namespaced_deployment(f"{run}-serve", namespace)
+        status = found.status
+        done = (
+            found.spec.replicas == 2
+            and (status.observed_generation or 0) >= found.metadata.generation
+            and (status.updated_replicas or 0) == 2
+            and (status.ready_replicas or 0) == 2
+        )
+        return found if done else None
+
+    after = wait_until("the Deployment with 2 ready replicas", two_ready, timeout=60)
+    assert after.metadata.annotations[SPEC_DIGEST_ANNOTATION] != old_digest
+    # replaced in place (the same object), its spec changed once
+    assert after.metadata.uid == before.metadata.uid
+    assert after.metadata.generation == before.metadata.generation + 1
+
+    def ready_again() -> dict[str, Any] | None:
+        found = get_run(kube_client, namespace, run)
+        ready = condition(found, "Ready")
+        current = ready is not None and ready["observedGeneration"] == generation
+        on_time = found.get("status", {}).get("observedGeneration") == generation
+        return found if current and on_time and ready["status"] == "True" else None
+
+    wait_until("the run Ready on the new generation", ready_again, timeout=60)
+    message = f"the server Deployment is updated to the spec of generation {generation}"
+    wait_until(
+        "the ServerUpdated Event",
+        lambda: any(e.message == message for e in events_of(kube_client, namespace, run)),
+        timeout=30,
+    )
+    updates = [e for e in events_of(kube_client, namespace, run) if e.reason == "ServerUpdated"]
+    assert len(updates) == 1 and (updates[0].count or 1) == 1, [e.message for e in updates]
+    serving = [
+        p for p in pods_of(kube_client, namespace, run, "serve") if p.status.phase == "Running"
+    ]
+    assert len(serving) == 2

@@ -20,7 +20,12 @@ of the old choice deleted, the new one created with the new --checkpoint once it
 the server left alone until that merge succeeded, then its pod template replaced so the
 Deployment rolls; removing the choice merges the final adapter; the builtin server without
 a merge rolls at once; an unchanged choice does nothing; a Job or Deployment without the
-annotation counts as final; a roll waits for a missing reference); observe.py parsing of
+annotation counts as final); any other change of the spec the server Deployment is built
+from on a Ready run (new replicas, engine builtin -> vllm) replaces it once, with one
+ServerUpdated Event, the run Deploying until every replica runs the new template; a new
+generation that builds the same Deployment, or the watch showing the replaced one, asks for
+nothing; a Deployment without the digest annotation is replaced once; a replace waits for
+a missing reference; observe.py parsing of
 Job, Pod and Deployment objects and of validator reports.
 """
 
@@ -110,6 +115,24 @@ def job(name: str, state: str = "Active", **kw: Any) -> JobFacts:
 def failed_pod(name: str, component: str, code: int, message: str) -> PodFacts:
     term = Termination("c", code, "Error", message, NOW - timedelta(seconds=30))
     return PodFacts(name=name, component=component, phase="Failed", failure=term)
+
+
+def built_body(run: Run) -> dict[str, Any]:
+    """The server Deployment the operator builds for ``run``."""
+    return serving_builders.build_serve_deployment(run, serving_builders.build_serve_target(run))
+
+
+def built_deployment(
+    run: Run | None = None, *, ready: int = 1, available: bool = True, **facts: Any
+) -> DeploymentFacts:
+    """The server Deployment the operator builds for ``run`` (``make_run()`` by default) as
+    the watch shows it, its digest current, with ``ready`` replicas ready."""
+    return dataclasses.replace(
+        parse_deployment(built_body(run or make_run())),
+        ready_replicas=ready,
+        available=available,
+        **facts,
+    )
 
 
 def status_in(phase: Phase, *conds: tuple[str, str, str]) -> QwenFineTuneStatus:
@@ -219,7 +242,7 @@ FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
         Observed(
             train_job=DONE_TRAIN,
             merge_job=DONE_MERGE,
-            deployment=DeploymentFacts(f"{RUN}-serve", 1, 1, available=True),
+            deployment=built_deployment(),
         ),
         Phase.READY,
         ["event Normal Ready"],
@@ -304,7 +327,7 @@ FLOW: list[tuple[str, Observed, Phase, list[str], str | None]] = [
         Observed(
             train_job=DONE_TRAIN,
             merge_job=DONE_MERGE,
-            deployment=DeploymentFacts(f"{RUN}-serve", 1, 0, failed=True, message="timed out"),
+            deployment=built_deployment(ready=0, available=False, failed=True, message="timed out"),
         ),
         Phase.FAILED,
         ["event Warning DeployFailed"],
@@ -390,7 +413,8 @@ def test_a_server_that_finds_no_chosen_checkpoint_fails_and_is_removed() -> None
         failed_pod(f"{RUN}-serve-abc", "serve", CHECKPOINT_NOT_FOUND, MISSING_CHECKPOINT),
         phase="Running",  # restarting after the exit
     )
-    deployment = DeploymentFacts(f"{RUN}-serve", 1, 0, checkpoint="500")
+    deployment = built_deployment(run, ready=0, available=False)
+    assert deployment.checkpoint == "500"
     observed = Observed(train_job=DONE_TRAIN, deployment=deployment, pods=(crashed,))
     decision = decide(run, QwenFineTuneStatus(), observed, NOW)
     assert decision.status.phase == Phase.FAILED
@@ -608,12 +632,12 @@ def test_idempotent_when_children_exist() -> None:
         Observed(
             train_job=DONE_TRAIN,
             merge_job=DONE_MERGE,
-            deployment=DeploymentFacts(f"{RUN}-serve", 1, 0),
+            deployment=built_deployment(ready=0, available=False),
         ),
         Observed(
             train_job=DONE_TRAIN,
             merge_job=DONE_MERGE,
-            deployment=DeploymentFacts(f"{RUN}-serve", 1, 1, available=True),
+            deployment=built_deployment(),
             smoke=SmokeOutcome(2, SmokeTest(passed=True, total=1, time=NOW), reachable=True),
         ),
     ]
@@ -630,11 +654,7 @@ def test_idempotent_when_children_exist() -> None:
     assert status.children is not None and status.children.train_job == f"{RUN}-train"
 
 
-READY = Observed(
-    train_job=DONE_TRAIN,
-    merge_job=DONE_MERGE,
-    deployment=DeploymentFacts(f"{RUN}-serve", 1, 1, available=True),
-)
+READY = Observed(train_job=DONE_TRAIN, merge_job=DONE_MERGE, deployment=built_deployment())
 
 
 def smoke_condition(decision: Decision) -> tuple[str, str, str] | None:
@@ -846,11 +866,15 @@ def test_parse_deployment() -> None:
         "spec": {"replicas": 2},
         "status": {
             "observedGeneration": 1,
+            "updatedReplicas": 1,
             "availableReplicas": 2,
             "readyReplicas": 2,
             "conditions": [{"type": "Available", "status": "True"}],
         },
     }
+    # one of the two available pods is of an older template: the rollout isn't done
+    assert not parse_deployment(dep).available
+    dep["status"]["updatedReplicas"] = 2
     assert parse_deployment(dep).available
     dep["status"]["conditions"] = [
         {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
@@ -908,10 +932,9 @@ def merged_for(choice: str, **kw: Any) -> JobFacts:
     return job(f"{RUN}-merge", "Succeeded", checkpoint=choice, **kw)
 
 
-def serving(choice: str, *, available: bool = True) -> DeploymentFacts:
-    return DeploymentFacts(
-        f"{RUN}-serve", 1, 1 if available else 0, available=available, checkpoint=choice
-    )
+def serving(run: Run, *, available: bool = True) -> DeploymentFacts:
+    """The server Deployment built for ``run`` (its checkpoint choice and digest)."""
+    return built_deployment(run, ready=1 if available else 0, available=available)
 
 
 def condition_of(decision: Decision, type_: str) -> tuple[str, str]:
@@ -943,12 +966,12 @@ def ready_status(run: Run, observed: Observed) -> QwenFineTuneStatus:
 def test_a_new_checkpoint_on_a_ready_run_redoes_the_merge_then_rolls_the_server() -> None:
     before = chosen_run(None, generation=2)
     status = ready_status(before, Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"),
-                                           deployment=serving("final")))  # fmt: skip
+                                           deployment=serving(before)))  # fmt: skip
     run = chosen_run(200)
     later = NOW + timedelta(minutes=5)
 
     # 1. the old merge Job goes; the old merged model is still served
-    old = Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"), deployment=serving("final"))
+    old = Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"), deployment=serving(before))
     first = decide(run, status, old, later)
     assert summary(first) == [
         f"delete Job {RUN}-merge",
@@ -1006,10 +1029,10 @@ def test_a_new_checkpoint_on_a_ready_run_redoes_the_merge_then_rolls_the_server(
     assert condition_of(fourth, cond.READY) == ("False", cond.CHECKPOINT_CHANGED)
 
     # 5. the rollout: new pods not ready yet; then available on checkpoint 200
-    rolling = dataclasses.replace(merged, deployment=serving("200", available=False))
+    rolling = dataclasses.replace(merged, deployment=serving(run, available=False))
     fifth = decide(run, fourth.status, rolling, later)
     assert summary(fifth) == [] and fifth.status.phase == Phase.DEPLOYING
-    rolled = dataclasses.replace(merged, deployment=serving("200"))
+    rolled = dataclasses.replace(merged, deployment=serving(run))
     sixth = decide(run, fifth.status, rolled, later)
     assert summary(sixth) == ["event Normal Ready"]
     assert condition_of(sixth, cond.READY) == ("True", cond.ENDPOINT_READY)
@@ -1020,7 +1043,7 @@ def test_a_new_checkpoint_on_a_ready_run_redoes_the_merge_then_rolls_the_server(
 def test_removing_the_checkpoint_merges_the_final_adapter_again() -> None:
     before = chosen_run(200, generation=2)
     observed = Observed(
-        train_job=DONE_TRAIN, merge_job=merged_for("200"), deployment=serving("200")
+        train_job=DONE_TRAIN, merge_job=merged_for("200"), deployment=serving(before)
     )
     status = ready_status(before, observed)
     run = chosen_run(None)
@@ -1043,41 +1066,57 @@ def test_an_unchanged_checkpoint_does_nothing(choice: int | str | None) -> None:
         extra = {"evaluation": {"fraction": 0.05, "steps": 100}, "checkpoint": {"saveSteps": 100}}
     run = chosen_run(choice, **extra)
     value = "final" if choice is None else str(choice)
-    observed = Observed(
-        train_job=DONE_TRAIN, merge_job=merged_for(value), deployment=serving(value)
-    )
+    observed = Observed(train_job=DONE_TRAIN, merge_job=merged_for(value), deployment=serving(run))
     status = ready_status(run, observed)
     decision = decide(run, status, observed, NOW)
     assert decision.actions == ()
     assert decision.status.phase == Phase.READY
 
 
-def test_objects_without_the_annotation_count_as_the_final_adapter() -> None:
-    """Made by an operator that did not record the choice: the final adapter, as then."""
+def test_objects_without_the_annotations_count_as_final_and_the_server_is_replaced_once() -> None:
+    """Made by an operator that recorded neither the choice nor the digest: the final
+    adapter, as then; the Deployment is replaced once, then left alone."""
     run = chosen_run(None)
     merge_job = merge.build_merge_job(run)
     del merge_job["metadata"]["annotations"]
     deployment = serving_builders.build_serve_deployment(
         run, serving_builders.build_serve_target(run)
     )
+    del deployment["metadata"]["annotations"]
     del deployment["spec"]["template"]["metadata"]["annotations"]
     old_job = dataclasses.replace(parse_job(merge_job), state="Succeeded")
     old_deployment = dataclasses.replace(parse_deployment(deployment), available=True)
-    assert (old_job.checkpoint, old_deployment.checkpoint) == ("final", "final")
+    assert (old_job.checkpoint, old_deployment.checkpoint, old_deployment.digest) == (
+        "final",
+        "final",
+        "",
+    )
     observed = Observed(train_job=DONE_TRAIN, merge_job=old_job, deployment=old_deployment)
-    status = ready_status(run, observed)
-    # without a choice nothing changes
-    assert decide(run, status, observed, NOW).actions == ()
-    # with one, the merge is redone
-    chosen = decide(chosen_run(200), status, observed, NOW)
-    assert summary(chosen)[0] == f"delete Job {RUN}-merge"
+    # without a choice: the merge stands; the Deployment is replaced with one that records both
+    first = decide(run, VALIDATED, observed, NOW)
+    assert summary(first) == [
+        f"replace Deployment {RUN}-serve",
+        "event Normal ServerUpdated",
+        "event Normal Deploying",
+    ]
+    (body,) = replaced(first)
+    assert parse_deployment(body).digest == serving(run).digest != ""
+    assert parse_deployment(body).checkpoint == "final"
+    # once the watch shows it: nothing more (no replace on every pass)
+    updated = dataclasses.replace(observed, deployment=serving(run))
+    second = decide(run, first.status, updated, NOW)
+    assert replaced(second) == [] and second.status.phase == Phase.READY
+    assert decide(run, second.status, updated, NOW).actions == ()
+    # with a choice, the merge is redone first (the server waits for it)
+    chosen = decide(chosen_run(200), second.status, observed, NOW)
+    assert summary(chosen)[0] == f"delete Job {RUN}-merge" and not replaced(chosen)
 
 
 def test_builtin_server_without_merge_rolls_onto_a_new_checkpoint_at_once() -> None:
     """No merge Job: the builtin server resolves the choice itself (--checkpoint)."""
     no_merge = {"merge": {"enabled": False}}
     before = chosen_run(None, generation=2, **no_merge)
-    observed = Observed(train_job=DONE_TRAIN, deployment=serving("final"))
+    observed = Observed(train_job=DONE_TRAIN, deployment=serving(before))
     status = ready_status(before, observed)
     run = chosen_run(200, **no_merge)
     decision = decide(run, status, observed, NOW)
@@ -1093,18 +1132,96 @@ def test_builtin_server_without_merge_rolls_onto_a_new_checkpoint_at_once() -> N
     assert condition_of(decision, cond.MERGED) == ("False", cond.MERGE_SKIPPED)
     # back to the final adapter: rolled again, without --checkpoint
     back = decide(before, decision.status, dataclasses.replace(observed,
-                  deployment=serving("200")), NOW)  # fmt: skip
+                  deployment=serving(run)), NOW)  # fmt: skip
     (final,) = replaced(back)
     assert "--checkpoint" not in command_of(final)
     assert parse_deployment(final).checkpoint == "final"
 
 
-def test_rolling_waits_for_a_missing_reference() -> None:
+@pytest.mark.parametrize(
+    "change", [{"checkpoint": 200}, {"replicas": 2}], ids=["checkpoint", "replicas"]
+)
+def test_a_replace_waits_for_a_missing_reference(change: dict[str, Any]) -> None:
     """A Deployment replaced onto a missing Secret would stall: it waits, as creation does."""
     no_merge = {"merge": {"enabled": False}}
-    run = chosen_run(200, **no_merge)
-    observed = Observed(train_job=DONE_TRAIN, deployment=serving("final"), references={TOKEN: None})
+    choice = change.pop("checkpoint", None)
+    run = chosen_run(choice, **no_merge, inference=change)
+    old = serving(chosen_run(None, **no_merge))
+    observed = Observed(train_job=DONE_TRAIN, deployment=old, references={TOKEN: None})
     decision = decide(run, status_in(Phase.READY), observed, NOW)
     assert not replaced(decision)
     ready = cond.get_condition(decision.status.conditions, cond.READY)
     assert ready is not None and ready.reason == cond.MISSING_REFERENCE
+    assert decision.status.phase == Phase.DEPLOYING
+    # the Secret made: replaced
+    found = dataclasses.replace(observed, references={})
+    assert summary(decide(run, decision.status, found, NOW))[0] == f"replace Deployment {RUN}-serve"
+
+
+# Any other change of the spec the server Deployment is built from, on a run that serves.
+
+
+def test_new_replicas_on_a_ready_run_replace_the_deployment_once() -> None:
+    before = chosen_run(None, generation=2)
+    observed = Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"),
+                        deployment=serving(before))  # fmt: skip
+    status = ready_status(before, observed)
+    run = chosen_run(None, inference={"replicas": 2})
+    first = decide(run, status, observed, NOW)
+    assert summary(first) == [
+        f"replace Deployment {RUN}-serve",
+        "event Normal ServerUpdated",
+        "event Normal Deploying",
+    ]
+    (body,) = replaced(first)
+    assert body["spec"]["replicas"] == 2
+    assert body == built_body(run)
+    assert first.status.phase == Phase.DEPLOYING and first.status.observed_generation == 3
+    assert condition_of(first, cond.READY) == ("False", cond.SERVER_UPDATED)
+    events = [a for a in first.actions if isinstance(a, EmitEvent)]
+    assert events[0].message == "the server Deployment is updated to the spec of generation 3"
+    # the watch not showing the new spec yet: replaced again (the same body), no second Event
+    again = decide(run, first.status, observed, NOW)
+    assert summary(again) == [f"replace Deployment {RUN}-serve"]
+    # the new spec shown, one of two replicas ready: Deploying, nothing to do
+    rolling = dataclasses.replace(
+        observed, deployment=built_deployment(run, ready=1, available=False)
+    )
+    third = decide(run, again.status, rolling, NOW)
+    assert summary(third) == [] and third.status.phase == Phase.DEPLOYING
+    assert condition_of(third, cond.READY) == ("False", cond.DEPLOYING)
+    # both ready: Ready on generation 3
+    rolled = dataclasses.replace(observed, deployment=built_deployment(run, ready=2))
+    fourth = decide(run, third.status, rolled, NOW)
+    assert summary(fourth) == ["event Normal Ready"]
+    ready = cond.get_condition(fourth.status.conditions, cond.READY)
+    assert ready is not None and ready.observed_generation == 3
+    assert decide(run, fourth.status, rolled, NOW).actions == ()
+
+
+def test_a_new_generation_that_builds_the_same_server_replaces_nothing() -> None:
+    run = chosen_run(None, generation=2)
+    observed = Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"),
+                        deployment=serving(run))  # fmt: skip
+    status = ready_status(run, observed)
+    later = chosen_run(None, generation=5)
+    decision = decide(later, status, observed, NOW)
+    assert not replaced(decision) and decision.status.phase == Phase.READY
+
+
+def test_engine_builtin_to_vllm_replaces_the_server_command() -> None:
+    before = chosen_run(None, generation=2)
+    observed = Observed(train_job=DONE_TRAIN, merge_job=merged_for("final"),
+                        deployment=serving(before))  # fmt: skip
+    status = ready_status(before, observed)
+    assert command_of(built_body(before))[:2] == ["qwenft", "serve"]
+    run = chosen_run(None, inference={"engine": "vllm"})
+    decision = decide(run, status, observed, NOW)
+    (body,) = replaced(decision)
+    command = command_of(body)
+    assert command[: len(serving_builders.VLLM_COMMAND)] == serving_builders.VLLM_COMMAND
+    assert command[command.index("--model") + 1] == f"/output/{RUN}/merged"
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert decision.status.phase == Phase.DEPLOYING
+    assert condition_of(decision, cond.READY) == ("False", cond.SERVER_UPDATED)

@@ -33,9 +33,9 @@ from kubernetes.client.rest import ApiException
 from qwenft_operator import progress as progress_module
 from qwenft_operator import runner as runner_module
 from qwenft_operator import smoke as smoke_module
-from qwenft_operator.builders import training, validation
+from qwenft_operator.builders import serving, training, validation
 from qwenft_operator.metrics import OperatorMetrics
-from qwenft_operator.observe import DeploymentFacts, JobFacts, PodFacts, parse_job
+from qwenft_operator.observe import JobFacts, PodFacts, parse_deployment, parse_job
 from qwenft_operator.parsed_run import Run
 from qwenft_operator.references import Found, RecentLookups
 from qwenft_operator.runner import Runner
@@ -285,7 +285,11 @@ def test_ready_run_is_smoke_tested_once(api: FakeApi, monkeypatch: pytest.Monkey
     runner.indexes.jobs = {
         KEY: [JobFacts(f"{KEY[1]}-{step}", "Succeeded") for step in ("train", "merge")]
     }
-    runner.indexes.deployments = {KEY: [DeploymentFacts(f"{KEY[1]}-serve", 1, 1, True)]}
+    # the Deployment the runner's decision builds for the run, available
+    run = Run.from_body(api.body, OperatorConfig())
+    built = serving.build_serve_deployment(run, serving.build_serve_target(run))
+    facts = dataclasses.replace(parse_deployment(built), ready_replicas=1, available=True)
+    runner.indexes.deployments = {KEY: [facts]}
 
     def smoke_recorded() -> bool:
         return api.body is not None and "smokeTest" in api.body.get("status", {})

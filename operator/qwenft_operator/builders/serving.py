@@ -194,7 +194,9 @@ def _probe(path: str, **extra: int) -> dict[str, Any]:
 
 def build_serve_deployment(run: Run, target: ServeTarget) -> dict[str, Any]:
     """Deployment ``<run>-serve``; its pod template's
-    :data:`~qwenft_operator.labels.CHECKPOINT_ANNOTATION` is :func:`served_checkpoint`."""
+    :data:`~qwenft_operator.labels.CHECKPOINT_ANNOTATION` is :func:`served_checkpoint`, and
+    its metadata's :data:`~qwenft_operator.labels.SPEC_DIGEST_ANNOTATION` the digest of its
+    spec (replicas, strategy, pod template), by which a changed spec is seen."""
     inference = run.spec.inference
     vllm = inference.engine == "vllm"
     mounts = pods.Mounts(model=True, output=True, output_read_only=True, shm=vllm)
@@ -228,28 +230,32 @@ def build_serve_deployment(run: Run, target: ServeTarget) -> dict[str, Any]:
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
     ]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": pods.object_meta(run, run.names.serve_deployment, "serve"),
-        "spec": {
-            "replicas": inference.replicas,
-            "selector": {"matchLabels": labels.build_selector(run.name, "serve")},
-            # GPUs are scarce: replace pods one at a time instead of surging.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    spec = {
+        "replicas": inference.replicas,
+        "selector": {"matchLabels": labels.build_selector(run.name, "serve")},
+        # GPUs are scarce: replace pods one at a time instead of surging.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+        },
+        "template": {
+            "metadata": {
+                "labels": labels.build_labels(run.name, "serve"),
+                # a new choice changes the template: the Deployment rolls onto it
+                "annotations": {labels.CHECKPOINT_ANNOTATION: served_checkpoint(run)},
             },
-            "template": {
-                "metadata": {
-                    "labels": labels.build_labels(run.name, "serve"),
-                    # a new choice changes the template: the Deployment rolls onto it
-                    "annotations": {labels.CHECKPOINT_ANNOTATION: served_checkpoint(run)},
-                },
-                "spec": pod_spec,
-            },
+            "spec": pod_spec,
         },
     }
+    metadata = pods.object_meta(run, run.names.serve_deployment, "serve")
+    metadata["annotations"] = {labels.SPEC_DIGEST_ANNOTATION: labels.spec_digest(spec)}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
+
+
+def deployment_digest(body: dict[str, Any]) -> str:
+    """The :data:`~qwenft_operator.labels.SPEC_DIGEST_ANNOTATION` of a Deployment
+    :func:`build_serve_deployment` built."""
+    return str(body["metadata"]["annotations"][labels.SPEC_DIGEST_ANNOTATION])
 
 
 def build_serve_service(run: Run) -> dict[str, Any]:

@@ -16,8 +16,6 @@ command lines, volumes, probes and rollout are built together.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,7 +179,7 @@ def build_builtin_args(server: Server, adapters: Sequence[PlannedAdapter]) -> li
 def adapters_hash(adapters: Sequence[PlannedAdapter]) -> str:
     """A short hash of the served set (names, paths, ranks), on the pod template."""
     served = [[a.status.name, a.status.path, a.status.rank] for a in adapters if a.accepted]
-    return hashlib.sha256(json.dumps(served).encode()).hexdigest()[:16]
+    return labels.spec_digest(served)
 
 
 def _claims(adapters: Sequence[PlannedAdapter]) -> list[str]:
