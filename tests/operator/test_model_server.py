@@ -27,7 +27,7 @@ from typing import Any, ClassVar, cast
 import kubernetes_validate
 import pytest
 import yaml
-from qwenft_operator import crd, kube
+from qwenft_operator import crd, kube, labels
 from qwenft_operator.builders import serving
 from qwenft_operator.model_server import adapters as plan
 from qwenft_operator.model_server import builders
@@ -253,6 +253,22 @@ class TestDecision:
             "other": ("Refused", plan.BASE_MODEL_MISMATCH),
         }
         assert third.status.adapters_display == "2/4"
+
+    def test_a_spec_change_alone_rolls_too(self) -> None:
+        s = server(self.spec)
+        first = decide_server(s, QwenModelServerStatus(), [*self.runs, self.other], None, NOW)
+        assert first.deployment is not None
+        live = rolled(first.deployment)
+        assert not decide_server(s, first.status, [*self.runs, self.other], live, NOW).replace
+        # the same adapters, two replicas: the Deployment is replaced with them
+        scaled = server(self.spec, replicas=2)
+        d = decide_server(scaled, first.status, [*self.runs, self.other], live, NOW)
+        assert d.replace and d.deployment is not None and d.deployment["spec"]["replicas"] == 2
+        assert d.status.phase == "Deploying"
+        # a Deployment without the spec digest (an older operator's) is replaced once
+        old = copy.deepcopy(live)
+        del old["metadata"]["annotations"][labels.SPEC_DIGEST_ANNOTATION]
+        assert decide_server(s, first.status, [*self.runs, self.other], old, NOW).replace
 
     def test_nothing_to_serve_deletes(self) -> None:
         s = server([{"fromFineTune": "a"}])

@@ -6,9 +6,11 @@ Pure functions of a :class:`Server` and its accepted adapters. vLLM gets
 (:func:`qwenft_trainer.vllm_serving.round_up_lora_rank`); the builtin server gets one
 ``--adapter name=path`` per adapter. Each claim holding adapters is mounted read-only at
 ``/adapters/<claim>``. The pod template carries a hash of the adapter set, so a change of
-the set is a change of the template: the Deployment rolls, one new pod at a time, each
-taking traffic only once ready (``maxUnavailable: 0``), while the old ones finish what
-they serve (a preStop pause lets the Service drop them before they stop).
+the set is a change of the template; the Deployment carries a digest of its whole spec
+(``labels.SPEC_DIGEST_ANNOTATION``), which the decision compares, so any change of what
+it would be built as (the set, replicas, image, resources) replaces it. It rolls one new
+pod at a time, each taking traffic only once ready (``maxUnavailable: 0``), while the old
+ones finish what they serve (a preStop pause lets the Service drop them before they stop).
 
 It is over 300 lines because the Deployment of a server is one object: its two engines'
 command lines, volumes, probes and rollout are built together.
@@ -285,27 +287,32 @@ def build_server_deployment(server: Server, adapters: Sequence[PlannedAdapter]) 
     pod_spec["containers"] = [container]
     digest = adapters_hash(adapters)
     metadata = _metadata(server, server.deployment_name)
-    metadata["annotations"] = {ADAPTERS_HASH_ANNOTATION: digest}
+    deployment_spec: dict[str, Any] = {
+        "replicas": spec.replicas,
+        "selector": {"matchLabels": server_selector(server)},
+        # A new pod takes traffic only once ready; an old one goes only after that.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        },
+        "template": {
+            "metadata": {
+                "labels": server_labels(server),
+                "annotations": {ADAPTERS_HASH_ANNOTATION: digest},
+            },
+            "spec": pod_spec,
+        },
+    }
+    # The whole spec's digest decides a roll (a new adapter set, replicas, image, ...).
+    metadata["annotations"] = {
+        ADAPTERS_HASH_ANNOTATION: digest,
+        labels.SPEC_DIGEST_ANNOTATION: labels.spec_digest(deployment_spec),
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata,
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": server_selector(server)},
-            # A new pod takes traffic only once ready; an old one goes only after that.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": {
-                    "labels": server_labels(server),
-                    "annotations": {ADAPTERS_HASH_ANNOTATION: digest},
-                },
-                "spec": pod_spec,
-            },
-        },
+        "spec": deployment_spec,
     }
 
 

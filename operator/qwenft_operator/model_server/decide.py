@@ -2,10 +2,11 @@
 
 Pure and level-based, like :func:`qwenft_operator.reconcile.decide`: it plans the adapters
 (:mod:`.adapters`), builds the Deployment and Service that serve the accepted ones
-(:mod:`.builders`), and says whether the Deployment must be created, replaced (its
-adapter set changed: the pod template's hash differs) or deleted (nothing to serve). An
-accepted adapter is Serving once the Deployment has rolled out with it; an Event is asked
-for each adapter that starts serving, is refused, or leaves.
+(:mod:`.builders`), and says whether the Deployment must be created, replaced (what it
+would be built as changed: the adapter set, replicas, image, ...; its spec digest
+differs) or deleted (nothing to serve). An accepted adapter is Serving once the Deployment
+has rolled out with it; an Event is asked for each adapter that starts serving, is
+refused, or leaves.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from qwenft_operator import conditions as cond
+from qwenft_operator import labels
 from qwenft_operator.actions import EmitEvent
 from qwenft_operator.model_server import adapters as plan
 from qwenft_operator.model_server import builders
@@ -78,7 +80,7 @@ def rolled_out(deployment: Mapping[str, Any], digest: str) -> bool:
     """Whether every replica of ``deployment`` runs the template with ``digest`` and is
     available (the controller has seen the newest spec, no old pod is left)."""
     if (deployment.get("metadata", {}).get("annotations") or {}).get(
-        builders.ADAPTERS_HASH_ANNOTATION
+        labels.SPEC_DIGEST_ANNOTATION
     ) != digest:
         return False
     facts = parse_deployment(deployment)
@@ -131,11 +133,11 @@ def decide_server(
     else:
         body = builders.build_server_deployment(server, accepted)
         service = builders.build_server_service(server)
-        digest = body["metadata"]["annotations"][builders.ADAPTERS_HASH_ANNOTATION]
+        digest = body["metadata"]["annotations"][labels.SPEC_DIGEST_ANNOTATION]
         create = deployment is None
         current = deployment is not None and (
             (deployment.get("metadata", {}).get("annotations") or {}).get(
-                builders.ADAPTERS_HASH_ANNOTATION
+                labels.SPEC_DIGEST_ANNOTATION
             )
             == digest
         )
