@@ -46,6 +46,7 @@ from operatorkit import (
     wait_phase,
     wait_until,
 )
+from qwenft_operator.labels import CHECKPOINT_ANNOTATION, SPEC_DIGEST_ANNOTATION
 
 pytestmark = pytest.mark.e2e
 KWOK_FAIL_CODE = "qwenft.io/kwok-fail-exit-code"
@@ -295,9 +296,6 @@ def test_kubectl_get_shows_printer_columns(kube_client: client.ApiClient, namesp
     assert f"http://{run}-serve.{namespace}.svc:8000/v1" in row
 
 
-CHECKPOINT_ANNOTATION = "finetune.qwenft.io/checkpoint"
-
-
 def merge_job_other_than(api: client.ApiClient, namespace: str, run: str, uid: str) -> Any:
     """The run's merge Job, once it is another one than the Job with ``uid``."""
     jobs = client.BatchV1Api(api).list_namespaced_job(
@@ -384,9 +382,6 @@ def test_a_new_checkpoint_on_a_ready_run_merges_again_then_rolls_the_server(
         ),
         timeout=30,
     )
-
-
-SPEC_DIGEST_ANNOTATION = "finetune.qwenft.io/spec-digest"
 
 
 def test_new_replicas_on_a_ready_run_reach_the_server_deployment(

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from kubernetes import client
 from qwenft_operator import kube
-from qwenft_operator.references import Reference
+from qwenft_operator.references import Reference, missing
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,8 @@ def test_many_lookups_over_one_pool_each_get_their_answer(
     expected = (NO_KEY.describe(), NO_SECRET.describe())
 
     def check(_: int) -> tuple[str, ...]:
-        return kube.missing_references(clients, referenced, refs)
+        known = kube.look_up_references(clients, referenced, refs)
+        return tuple(ref.describe() for ref in missing(refs, known))
 
     assert check(0) == expected
     with ThreadPoolExecutor(8) as pool:
